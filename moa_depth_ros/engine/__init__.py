@@ -1,0 +1,10 @@
+"""Inference backends behind one interface (``DepthEngine``).
+
+``load_engine(path, backend='auto')`` picks the backend from the file type: ``.engine`` /
+``.plan`` TensorRT, ``.onnx`` ONNX Runtime, ``.safetensors`` PyTorch. Backends import their
+heavy dependencies lazily, so the node never imports torch unless the torch backend is chosen.
+"""
+
+from moa_depth_ros.engine.base import DepthEngine, ModelMetadata
+
+__all__ = ['DepthEngine', 'ModelMetadata']

@@ -1,0 +1,521 @@
+"""Message <-> numpy codec for sensor_msgs Image, CompressedImage and PointCloud2.
+
+Everything here is a pure function over message *fields*, so the same code serves rclpy
+messages on the robot and ``rosbags`` messages in the offline bag tool: both spell the fields
+the same way, and ``data`` may be ``bytes``, ``array.array('B')`` or a numpy array.
+
+Reads are zero-copy (``np.frombuffer`` over the message buffer, honouring ``step`` and
+``is_bigendian``); colour conversions go through OpenCV. Writes produce ``ImageFields`` /
+``CloudFields`` whose ``data`` is a flat uint8 view of the encoded array, and
+``fill_image_msg`` / ``fill_cloud_msg`` move it into a message with one memcpy (rclpy) or none
+(rosbags). cv_bridge is not used: ROS 2 Humble's cv_bridge breaks under NumPy 2
+(ros-perception/vision_opencv#535).
+
+Depth conventions (REP 118, REP 117): ``32FC1`` is metres along the optical axis with NaN for
+"no measurement"; ``16UC1`` is millimetres with 0 for "no measurement".
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import sys
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from moa_depth_ros.errors import InvalidImageError
+from moa_depth_ros.geometry import pack_rgb, unpack_rgb
+
+__all__ = [
+    'CloudFields',
+    'ImageFields',
+    'SUPPORTED_ENCODINGS',
+    'colorize_depth',
+    'decode_cloud',
+    'decode_compressed_image',
+    'decode_depth',
+    'decode_image',
+    'encode_cloud',
+    'encode_colored_depth',
+    'encode_confidence',
+    'encode_depth',
+    'encode_rgb',
+    'fill_cloud_msg',
+    'fill_image_msg',
+    'pack_rgb',
+    'unpack_rgb',
+]
+
+# sensor_msgs/PointField datatype constants.
+INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64 = 1, 2, 3, 4, 5, 6, 7, 8
+_POINT_FIELD_DTYPES = {
+    INT8: np.dtype(np.int8),
+    UINT8: np.dtype(np.uint8),
+    INT16: np.dtype(np.int16),
+    UINT16: np.dtype(np.uint16),
+    INT32: np.dtype(np.int32),
+    UINT32: np.dtype(np.uint32),
+    FLOAT32: np.dtype(np.float32),
+    FLOAT64: np.dtype(np.float64),
+}
+
+_NATIVE_BIG_ENDIAN = sys.byteorder == 'big'
+
+# encoding -> (bytes per pixel, OpenCV conversion to RGB or None for "already RGB").
+# yuv422 is UYVY (sensor_msgs/image_encodings.hpp), yuv422_yuy2 is YUYV, what most USB (UVC)
+# cameras send. mono16 is handled on its own (byte order, 16 -> 8 bit scaling).
+_DECODERS: dict[str, tuple[int, int | None]] = {
+    'rgb8': (3, None),
+    'bgr8': (3, cv2.COLOR_BGR2RGB),
+    'rgba8': (4, cv2.COLOR_RGBA2RGB),
+    'bgra8': (4, cv2.COLOR_BGRA2RGB),
+    'mono8': (1, cv2.COLOR_GRAY2RGB),
+    'mono16': (2, cv2.COLOR_GRAY2RGB),
+    'yuv422': (2, cv2.COLOR_YUV2RGB_UYVY),
+    'yuv422_yuy2': (2, cv2.COLOR_YUV2RGB_YUY2),
+}
+
+#: Image encodings ``decode_image`` understands.
+SUPPORTED_ENCODINGS = tuple(_DECODERS)
+
+# Bounds for cv2.inRange masks of "positive and finite" (inRange is False for NaN).
+_SMALLEST_POSITIVE_F32 = float(np.finfo(np.float32).smallest_subnormal)
+_LARGEST_F32 = float(np.finfo(np.float32).max)
+# Largest depth a 16UC1 image holds, in millimetres.
+_MAX_DEPTH_MM = 65535
+
+
+@dataclasses.dataclass
+class ImageFields:
+    """The fields of a sensor_msgs/Image except the header; ``data`` is flat uint8."""
+
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: np.ndarray
+
+
+@dataclasses.dataclass
+class CloudFields:
+    """The fields of a sensor_msgs/PointCloud2 except the header; ``data`` is flat uint8.
+
+    ``fields`` holds ``(name, offset, datatype, count)`` tuples (PointField values).
+    """
+
+    height: int
+    width: int
+    fields: list[tuple[str, int, int, int]]
+    is_bigendian: bool
+    point_step: int
+    row_step: int
+    data: np.ndarray
+    is_dense: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Reading images
+
+
+def _buffer(data: Any, what: str) -> np.ndarray:
+    """View a message ``data`` field as flat uint8 without copying where possible."""
+    if isinstance(data, np.ndarray):
+        # The bytes, never a value cast (a non-uint8 array is reinterpreted, as a C++ node would).
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if isinstance(data, (bytes, bytearray, memoryview, array.array)):
+        return np.frombuffer(data, dtype=np.uint8)
+    try:
+        # A plain list of ints (hand-built messages): correct but slow, never the fast path.
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidImageError(
+            f'{what}.data must be bytes, array.array or a uint8 array, got {type(data).__name__}'
+        ) from e
+
+
+def _checked_view(msg: Any, bytes_per_pixel: int, dtype: np.dtype, channels: int) -> np.ndarray:
+    """Validate size, step and data length; return a strided [H, W(, C)] view of ``data``."""
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise InvalidImageError(
+            f'Image height and width must be positive, got height={height} width={width}'
+        )
+    row_bytes = width * bytes_per_pixel
+    if step < row_bytes:
+        raise InvalidImageError(
+            f'Image.step {step} is smaller than width*bytes_per_pixel = '
+            f'{width}*{bytes_per_pixel} = {row_bytes} (encoding {msg.encoding!r})'
+        )
+    buf = _buffer(msg.data, 'Image')
+    if buf.size < step * height:
+        raise InvalidImageError(
+            f'Image.data has {buf.size} bytes, fewer than step*height = '
+            f'{step}*{height} = {step * height}'
+        )
+    shape: tuple[int, ...] = (height, width) if channels == 1 else (height, width, channels)
+    strides: tuple[int, ...] = (step, dtype.itemsize)
+    if channels != 1:
+        strides = (step, dtype.itemsize * channels, dtype.itemsize)
+    view = np.ndarray(shape=shape, dtype=dtype, buffer=buf, strides=strides)
+    if step % dtype.itemsize:
+        # OpenCV cannot describe rows that do not start on an element boundary (it would
+        # misread them), so such odd steps cost one copy.
+        view = np.ascontiguousarray(view)
+    return view
+
+
+def decode_image(msg: Any) -> np.ndarray:
+    """Decode a sensor_msgs/Image to uint8 RGB [H, W, 3].
+
+    rgb8 is returned as a zero-copy (possibly read-only, possibly row-strided) view of the
+    message buffer; every other encoding is converted by OpenCV into a new array. mono16 is
+    scaled to 8 bits by 255/65535 with rounding, as cv_bridge does. Raises InvalidImageError
+    for an unknown encoding, a step smaller than one row, short data or a zero-sized image.
+    """
+    encoding = str(msg.encoding)
+    try:
+        bytes_per_pixel, conversion = _DECODERS[encoding]
+    except KeyError as e:
+        raise InvalidImageError(
+            f'Image.encoding {encoding!r} is not supported; supported: '
+            f'{", ".join(SUPPORTED_ENCODINGS)}'
+        ) from e
+    if encoding == 'mono16':
+        dtype = np.dtype('>u2' if msg.is_bigendian else '<u2')
+        mono16 = _checked_view(msg, 2, dtype, 1)
+        if not dtype.isnative:
+            mono16 = mono16.astype(np.uint16)
+        mono8 = cv2.convertScaleAbs(mono16, alpha=255.0 / 65535.0)
+        return cv2.cvtColor(mono8, cv2.COLOR_GRAY2RGB)
+    if encoding.startswith('yuv422'):
+        if int(msg.width) % 2:
+            raise InvalidImageError(
+                f'Image.width must be even for {encoding!r} (two pixels share U and V), '
+                f'got {msg.width}'
+            )
+        packed = _checked_view(msg, 2, np.dtype(np.uint8), 2)
+        return cv2.cvtColor(packed, conversion)
+    channels = bytes_per_pixel
+    view = _checked_view(msg, bytes_per_pixel, np.dtype(np.uint8), channels)
+    if conversion is None:
+        return view
+    return cv2.cvtColor(view, conversion)
+
+
+def decode_compressed_image(msg: Any) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage (jpeg or png) to uint8 RGB [H, W, 3].
+
+    image_transport's ``format`` reads like ``'rgb8; jpeg compressed bgr8'`` or just ``'jpeg'``;
+    the colour order of the compressed payload is always BGR for colour images, which is what
+    OpenCV decodes to. compressedDepth (PNG-wrapped depth) is not a camera image and is refused.
+    """
+    fmt = str(getattr(msg, 'format', ''))
+    lowered = fmt.lower()
+    if 'compresseddepth' in lowered:
+        raise InvalidImageError(
+            f'CompressedImage.format {fmt!r} is a compressed depth image, not a camera image'
+        )
+    if lowered and not any(kind in lowered for kind in ('jpeg', 'jpg', 'png')):
+        raise InvalidImageError(
+            f'CompressedImage.format {fmt!r} is not supported; supported: jpeg, png'
+        )
+    buf = _buffer(msg.data, 'CompressedImage')
+    if buf.size == 0:
+        raise InvalidImageError(f'CompressedImage.data is empty (format {fmt!r})')
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise InvalidImageError(
+            f'CompressedImage.data ({buf.size} bytes, format {fmt!r}) could not be decoded'
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_depth(msg: Any) -> np.ndarray:
+    """Decode a 32FC1 (metres) or 16UC1 (millimetres) depth image to float32 metres, NaN invalid.
+
+    The inverse of ``encode_depth``, for the bag tool and tests.
+    """
+    encoding = str(msg.encoding)
+    order = '>' if msg.is_bigendian else '<'
+    if encoding == '32FC1':
+        depth = _checked_view(msg, 4, np.dtype(order + 'f4'), 1)
+        return depth.astype(np.float32)
+    if encoding == '16UC1':
+        depth_mm = _checked_view(msg, 2, np.dtype(order + 'u2'), 1)
+        depth_m = depth_mm.astype(np.float32) * np.float32(0.001)
+        depth_m[depth_mm == 0] = np.nan
+        return depth_m
+    raise InvalidImageError(
+        f'Image.encoding {encoding!r} is not a depth encoding; supported: 32FC1, 16UC1'
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Writing images
+
+
+def _fields_from_array(image: np.ndarray, encoding: str) -> ImageFields:
+    image = np.ascontiguousarray(image)
+    height, width = image.shape[:2]
+    return ImageFields(
+        height=int(height),
+        width=int(width),
+        encoding=encoding,
+        is_bigendian=int(_NATIVE_BIG_ENDIAN and image.dtype.itemsize > 1),
+        step=int(image.strides[0]),
+        data=image.reshape(-1).view(np.uint8),
+    )
+
+
+def _require_2d(array_: np.ndarray, what: str) -> np.ndarray:
+    array_ = np.asarray(array_)
+    if array_.ndim == 3 and array_.shape[2] == 1:
+        array_ = array_[..., 0]
+    if array_.ndim != 2 or array_.size == 0:
+        raise InvalidImageError(f'{what} must be a non-empty [H, W] array, got {array_.shape}')
+    return array_
+
+
+def encode_depth(depth_m: np.ndarray, encoding: str = '32FC1') -> ImageFields:
+    """Encode a depth map in metres as 32FC1 (metres, NaN invalid) or 16UC1 (mm, 0 invalid).
+
+    32FC1: finite values <= 0 become NaN; +-Inf pass through (REP 117: too far / too close).
+    16UC1: NaN, non-positive and +-Inf become 0; positive depths round to the nearest
+    millimetre and are clamped into [1, 65535], so a valid reading never turns into "invalid"
+    and never wraps around.
+    """
+    depth_m = _require_2d(depth_m, 'depth_m')
+    if encoding == '32FC1':
+        depth = np.asarray(depth_m, dtype=np.float32)
+        # NaN compares False, so NaN stays; -Inf is REP 117's "too close" and stays too.
+        non_positive = (depth <= 0) & (depth != -np.inf)
+        if non_positive.any():
+            depth = np.where(non_positive, np.float32(np.nan), depth)
+        return _fields_from_array(depth, '32FC1')
+    if encoding == '16UC1':
+        depth = np.ascontiguousarray(depth_m, dtype=np.float32)
+        # inRange is False for NaN and for anything outside [smallest positive, float max].
+        valid = cv2.inRange(depth, _SMALLEST_POSITIVE_F32, _LARGEST_F32)
+        # Clamp before scaling: OpenCV's float -> int rounding wraps past 2**31 (1e9 m would
+        # come out as 0). The multiply then rounds to nearest and saturates into uint16.
+        # (No cv2.min/max with a scalar here: OpenCV reads a 1x1 array as a scalar too.)
+        depth = cv2.threshold(depth, _MAX_DEPTH_MM / 1000.0, 0.0, cv2.THRESH_TRUNC)[1]
+        depth_mm = cv2.multiply(depth, 1000.0, dtype=cv2.CV_16U)
+        np.maximum(depth_mm, 1, out=depth_mm)  # sub-millimetre but valid: 1 mm, not "invalid"
+        depth_mm = cv2.bitwise_and(depth_mm, depth_mm, mask=valid)
+        return _fields_from_array(depth_mm, '16UC1')
+    raise InvalidImageError(f'depth encoding must be 32FC1 or 16UC1, got {encoding!r}')
+
+
+def encode_confidence(confidence: np.ndarray) -> ImageFields:
+    """Encode a confidence map (values in [0, 1]) as 32FC1."""
+    confidence = _require_2d(confidence, 'confidence')
+    return _fields_from_array(np.asarray(confidence, dtype=np.float32), '32FC1')
+
+
+def colorize_depth(depth_m: np.ndarray, min_depth_m: float, max_depth_m: float) -> np.ndarray:
+    """Colour-map a depth map to BGR uint8: near is red, far is blue, invalid is black."""
+    depth_m = _require_2d(depth_m, 'depth_m')
+    if not (np.isfinite(min_depth_m) and np.isfinite(max_depth_m)) or max_depth_m <= min_depth_m:
+        raise InvalidImageError(
+            f'colour range must be finite with min < max, got [{min_depth_m}, {max_depth_m}]'
+        )
+    depth = np.ascontiguousarray(depth_m, dtype=np.float32)
+    scale = 255.0 / (max_depth_m - min_depth_m)
+    # TURBO runs blue -> red; flip so that near obstacles stand out in warm colours. The
+    # uint8 output saturates, so depths outside the range take the end colours.
+    level = cv2.addWeighted(depth, -scale, depth, 0.0, max_depth_m * scale, dtype=cv2.CV_8U)
+    bgr = cv2.applyColorMap(level, cv2.COLORMAP_TURBO)
+    valid = cv2.inRange(depth, _SMALLEST_POSITIVE_F32, _LARGEST_F32)  # False for NaN, Inf
+    return cv2.bitwise_and(bgr, bgr, mask=valid)
+
+
+def encode_colored_depth(
+    depth_m: np.ndarray, min_depth_m: float, max_depth_m: float
+) -> ImageFields:
+    """Encode a colour-mapped depth preview (``colorize_depth``) as bgr8."""
+    return _fields_from_array(colorize_depth(depth_m, min_depth_m, max_depth_m), 'bgr8')
+
+
+def encode_rgb(rgb: np.ndarray) -> ImageFields:
+    """Encode a uint8 RGB [H, W, 3] image as rgb8."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
+        raise InvalidImageError(
+            f'rgb must be a non-empty uint8 [H, W, 3] array, got {rgb.dtype} {rgb.shape}'
+        )
+    return _fields_from_array(rgb, 'rgb8')
+
+
+# --------------------------------------------------------------------------------------------
+# Point clouds
+
+
+def encode_cloud(cloud: Any) -> CloudFields:
+    """Pack a ``geometry.PointCloud`` into PointCloud2 fields.
+
+    Layout: x, y, z float32 at offsets 0, 4, 8 (point_step 12), plus rgb float32 at 12
+    (point_step 16) when the cloud has colours. Organized clouds keep H x W with NaN points and
+    ``is_dense`` false; unorganized clouds are 1 x N with only finite points.
+    """
+    xyz = np.asarray(cloud.xyz)
+    if xyz.dtype != np.float32 or xyz.shape[-1:] != (3,) or xyz.ndim not in (2, 3):
+        raise InvalidImageError(
+            f'cloud.xyz must be float32 [H, W, 3] or [N, 3], got {xyz.dtype} {xyz.shape}'
+        )
+    if cloud.organized:
+        if xyz.ndim != 3:
+            raise InvalidImageError(f'an organized cloud needs xyz [H, W, 3], got {xyz.shape}')
+        height, width = xyz.shape[:2]
+    else:
+        xyz = xyz.reshape(-1, 3)
+        height, width = 1, xyz.shape[0]
+    fields = [('x', 0, FLOAT32, 1), ('y', 4, FLOAT32, 1), ('z', 8, FLOAT32, 1)]
+    if cloud.rgb is None:
+        packed = np.ascontiguousarray(xyz)  # already x, y, z interleaved: no copy
+        point_step = 12
+    else:
+        packed = getattr(cloud, 'packed', None)
+        if packed is None or packed.shape != xyz.shape[:-1] + (4,):
+            rgb = np.asarray(cloud.rgb)
+            if rgb.size != xyz.size or rgb.shape[-1:] != (3,):
+                raise InvalidImageError(
+                    f'cloud.rgb shape {rgb.shape} does not match cloud.xyz shape {xyz.shape}'
+                )
+            packed = np.concatenate(
+                [xyz, pack_rgb(rgb.reshape(xyz.shape)).reshape(xyz.shape[:-1] + (1,))], axis=-1
+            )
+        packed = np.ascontiguousarray(packed, dtype=np.float32)
+        fields.append(('rgb', 12, FLOAT32, 1))
+        point_step = 16
+    return CloudFields(
+        height=int(height),
+        width=int(width),
+        fields=fields,
+        is_bigendian=_NATIVE_BIG_ENDIAN,
+        point_step=point_step,
+        row_step=point_step * int(width),
+        data=packed.reshape(-1).view(np.uint8),
+        is_dense=not cloud.organized,
+    )
+
+
+def decode_cloud(msg: Any) -> np.ndarray:
+    """View a PointCloud2 as a structured numpy array of shape (height, width).
+
+    Field names, offsets, datatypes and counts come from ``msg.fields``; ``point_step``,
+    ``row_step`` and ``is_bigendian`` are honoured, so padded layouts (e.g. depth_image_proc's
+    32-byte XYZRGB) decode too. Zero-copy over the message buffer.
+    """
+    height, width = int(msg.height), int(msg.width)
+    point_step, row_step = int(msg.point_step), int(msg.row_step)
+    order = '>' if msg.is_bigendian else '<'
+    names, formats, offsets = [], [], []
+    for field in msg.fields:
+        try:
+            base = _POINT_FIELD_DTYPES[int(field.datatype)].newbyteorder(order)
+        except KeyError as e:
+            raise InvalidImageError(
+                f'PointField {field.name!r} has unknown datatype {field.datatype}'
+            ) from e
+        count = int(field.count) if int(field.count) > 0 else 1
+        names.append(str(field.name))
+        formats.append(base if count == 1 else (base, (count,)))
+        offsets.append(int(field.offset))
+    dtype = np.dtype(
+        {'names': names, 'formats': formats, 'offsets': offsets, 'itemsize': point_step}
+    )
+    if width * point_step > row_step:
+        raise InvalidImageError(
+            f'PointCloud2.row_step {row_step} is smaller than width*point_step = '
+            f'{width}*{point_step}'
+        )
+    buf = _buffer(msg.data, 'PointCloud2')
+    if buf.size < row_step * height:
+        raise InvalidImageError(
+            f'PointCloud2.data has {buf.size} bytes, fewer than row_step*height = '
+            f'{row_step}*{height}'
+        )
+    return np.ndarray(
+        shape=(height, width), dtype=dtype, buffer=buf, strides=(row_step, point_step)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Filling messages
+
+
+def _is_rclpy_message(msg: Any) -> bool:
+    """Tell an rclpy message (array.array sequences) from a rosbags one (numpy arrays)."""
+    if hasattr(type(msg), '__msgtype__'):  # rosbags dataclasses carry their type name here
+        return False
+    return isinstance(getattr(msg, 'data', None), array.array) or hasattr(
+        msg, 'get_fields_and_field_types'
+    )
+
+
+def _as_data(msg: Any, data: np.ndarray) -> Any:
+    data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)  # bytes, never a value cast
+    if _is_rclpy_message(msg):
+        # rclpy's uint8[] setter takes an array.array('B') as is; anything else is checked and
+        # copied element by element (ros2/rclpy#763). frombytes is a single memcpy from the
+        # buffer (ros2/rosidl_python#156), where array.array('B', x) would iterate.
+        out = array.array('B')
+        out.frombytes(data)
+        return out
+    return data
+
+
+def fill_image_msg(msg: Any, fields: ImageFields) -> Any:
+    """Set the non-header fields of an rclpy or rosbags sensor_msgs/Image; returns ``msg``."""
+    msg.height = int(fields.height)
+    msg.width = int(fields.width)
+    msg.encoding = str(fields.encoding)
+    msg.is_bigendian = int(fields.is_bigendian)
+    msg.step = int(fields.step)
+    msg.data = _as_data(msg, fields.data)
+    return msg
+
+
+def _point_field_factory(msg: Any) -> Callable[..., Any]:
+    """Find the PointField class that belongs with ``msg``'s message implementation."""
+    existing = list(getattr(msg, 'fields', None) or [])
+    if existing:
+        return type(existing[0])
+    module = sys.modules.get(type(msg).__module__)
+    # rosbags keeps every generated class of a store in one module.
+    cls = getattr(module, 'sensor_msgs__msg__PointField', None)
+    if cls is None:
+        # rclpy: sensor_msgs.msg._point_cloud2 -> the already imported sensor_msgs.msg package.
+        package = sys.modules.get(type(msg).__module__.rpartition('.')[0])
+        cls = getattr(package, 'PointField', None)
+    if cls is None:
+        raise InvalidImageError(
+            f'cannot find the PointField type for {type(msg).__module__}.{type(msg).__name__};'
+            ' pass point_field=<PointField class>'
+        )
+    return cls
+
+
+def fill_cloud_msg(msg: Any, fields: CloudFields, point_field: Callable[..., Any] | None = None):
+    """Set the non-header fields of an rclpy or rosbags sensor_msgs/PointCloud2; returns ``msg``.
+
+    ``point_field`` constructs a PointField (keyword arguments name, offset, datatype, count);
+    by default it is found from the message's own package.
+    """
+    factory = point_field or _point_field_factory(msg)
+    msg.height = int(fields.height)
+    msg.width = int(fields.width)
+    msg.fields = [
+        factory(name=name, offset=int(offset), datatype=int(datatype), count=int(count))
+        for name, offset, datatype, count in fields.fields
+    ]
+    msg.is_bigendian = bool(fields.is_bigendian)
+    msg.point_step = int(fields.point_step)
+    msg.row_step = int(fields.row_step)
+    msg.data = _as_data(msg, fields.data)
+    msg.is_dense = bool(fields.is_dense)
+    return msg

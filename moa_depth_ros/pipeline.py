@@ -1,0 +1,373 @@
+"""The ROS-agnostic frame pipeline: camera image in -> depth, confidence and points out.
+
+``DepthPipeline`` is what the node and the offline bag tool both run per frame: decode the
+image (any encoding ``msgs`` supports), resize it once to the network input, run the
+estimator, bring depth and confidence back once to the output resolution (the camera's, by
+default), blank depths outside the configured range, and back-project through the camera
+model's cached ray table. It holds no per-frame state, so a bad frame raises a typed error
+and the next frame runs as if nothing happened.
+
+The estimator is anything with ``.input_hw``, ``.depth_range_m`` and
+``.infer(float32 [N, 3, H, W] RGB in [0, 1]) -> (depth_m, confidence)`` (a ``DepthEngine`` or a
+test stand-in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from moa_depth_ros import geometry, msgs
+from moa_depth_ros.errors import ConfigError, EngineError, InvalidImageError
+
+# Depth upsampling choices. NEAREST_EXACT samples pixel centres like LINEAR does, so the
+# camera model scaled by CameraModel.scaled matches both (plain NEAREST is shifted by half a
+# source pixel).
+INTERPOLATIONS = {
+    'linear': cv2.INTER_LINEAR,
+    'nearest': cv2.INTER_NEAREST_EXACT,
+    'cubic': cv2.INTER_CUBIC,
+}
+OUT_OF_RANGE = ('nan', 'clamp')
+STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud')
+
+
+class DepthEstimator(Protocol):
+    """What the pipeline needs from an inference engine."""
+
+    input_hw: tuple[int, int]
+    depth_range_m: tuple[float, float]
+
+    def infer(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map float32 [N, 3, H, W] RGB in [0, 1] to (depth_m, confidence) [N, 1, H, W]."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Per-frame settings; every field is validated on construction (ConfigError).
+
+    min_depth_m / max_depth_m: valid depth range; None takes the model's range. Depths outside
+        it become NaN (``out_of_range='nan'``) or are clamped to it (``'clamp'``).
+    cloud / cloud_rgb: build a point cloud (needs a camera model), coloured from the image.
+    decimation: keep every n-th pixel of the cloud in both directions.
+    organized: H x W cloud with NaN points, or a compact 1 x N cloud of finite points.
+    interpolation: depth/confidence upsampling, 'linear', 'nearest' or 'cubic'.
+    output_hw: (height, width) of the depth output; None keeps the camera image size.
+    """
+
+    min_depth_m: float | None = None
+    max_depth_m: float | None = None
+    cloud: bool = True
+    cloud_rgb: bool = True
+    decimation: int = 1
+    organized: bool = True
+    interpolation: str = 'linear'
+    out_of_range: str = 'nan'
+    output_hw: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ('min_depth_m', 'max_depth_m'):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f'{name} must be a number or None, got {value!r}')
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f'{name} must be finite and >= 0, got {value!r}')
+        lo, hi = self.min_depth_m, self.max_depth_m
+        if lo is not None and hi is not None and lo >= hi:
+            raise ConfigError(f'min_depth_m must be < max_depth_m, got {lo!r} >= {hi!r}')
+        for name in ('cloud', 'cloud_rgb', 'organized'):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f'{name} must be true or false, got {getattr(self, name)!r}')
+        d = self.decimation
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ConfigError(f'decimation must be an integer >= 1, got {d!r}')
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f'interpolation must be one of {", ".join(INTERPOLATIONS)}, '
+                f'got {self.interpolation!r}'
+            )
+        if self.out_of_range not in OUT_OF_RANGE:
+            raise ConfigError(
+                f'out_of_range must be one of {", ".join(OUT_OF_RANGE)}, got {self.out_of_range!r}'
+            )
+        if self.output_hw is not None:
+            hw = tuple(self.output_hw)
+            if len(hw) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in hw
+            ):
+                raise ConfigError(
+                    f'output_hw must be None or (height, width) > 0, got {self.output_hw!r}'
+                )
+            object.__setattr__(self, 'output_hw', hw)
+
+
+@dataclasses.dataclass
+class FrameResult:
+    """Everything one frame produced.
+
+    rgb: uint8 [H, W, 3], the decoded input image (input resolution; for rgb8 messages a
+        read-only view of the message buffer).
+    depth_m: float32 [h, w] metres along the optical axis, NaN invalid, output resolution.
+    confidence: float32 [h, w] in [0, 1]; 0 where depth is invalid.
+    cloud: the point cloud, or None (disabled, or no camera model).
+    camera: the camera model matching ``depth_m`` (scaled if needed), or None.
+    timings_ms: milliseconds per stage: decode, preprocess, network, postprocess, cloud.
+    """
+
+    rgb: np.ndarray
+    depth_m: np.ndarray
+    confidence: np.ndarray
+    cloud: geometry.PointCloud | None
+    camera: geometry.CameraModel | None
+    timings_ms: dict[str, float]
+
+
+# ------------------------------------------------------------------------------ stage functions
+
+
+def check_rgb(rgb: Any) -> np.ndarray:
+    """Validate a uint8 RGB [H, W, 3] image (typed error otherwise); no copy."""
+    if not isinstance(rgb, np.ndarray):
+        raise InvalidImageError(f'image must be a numpy array, got {type(rgb).__name__}')
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InvalidImageError(f'image must be uint8 [H, W, 3] RGB, got {rgb.dtype} {rgb.shape}')
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise InvalidImageError(f'image must not be empty, got shape {rgb.shape}')
+    return rgb
+
+
+def preprocess(rgb: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """Resize uint8 RGB to the network input and return float32 [1, 3, h, w] in [0, 1].
+
+    Downscaling averages the pixels each network pixel covers, so it does not alias: exact
+    2x box halvings (OpenCV's fast integer INTER_AREA path) while the image is at least twice
+    the input size, then INTER_LINEAR for the last factor below 2. On a VGA frame this matches
+    one-step INTER_AREA to within a quarter of a grey level and is ~8x faster (1.3 -> 0.15 ms).
+    """
+    h, w = input_hw
+
+    def halvable(image: np.ndarray) -> bool:
+        rows, cols = image.shape[:2]
+        return rows >= 2 * h and cols >= 2 * w and rows % 2 == 0 and cols % 2 == 0
+
+    while halvable(rgb):
+        rgb = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    if rgb.shape[:2] != (h, w):
+        # A factor >= 2 can remain only for odd sizes: exact (slow) INTER_AREA for those.
+        far = rgb.shape[0] >= 2 * h or rgb.shape[1] >= 2 * w
+        shrinking = rgb.shape[0] >= h and rgb.shape[1] >= w
+        rgb = cv2.resize(
+            rgb, (w, h), interpolation=cv2.INTER_AREA if far and shrinking else cv2.INTER_LINEAR
+        )
+    nchw = np.empty((1, 3, h, w), dtype=np.float32)
+    np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=nchw[0], casting='unsafe')
+    return nchw
+
+
+def _plane(value: Any, name: str, input_hw: tuple[int, int]) -> np.ndarray:
+    array = np.asarray(value)
+    squeezed = array.reshape(array.shape[-2:]) if array.ndim >= 2 else array
+    if array.ndim < 2 or array.size != squeezed.size or squeezed.shape != tuple(input_hw):
+        raise EngineError(
+            f'estimator {name} must be [1, 1, {input_hw[0]}, {input_hw[1]}], '
+            f'got {list(array.shape)}'
+        )
+    return np.ascontiguousarray(squeezed, dtype=np.float32)
+
+
+def postprocess(
+    depth_small: np.ndarray,
+    confidence_small: np.ndarray,
+    output_hw: tuple[int, int],
+    range_m: tuple[float, float],
+    interpolation: str = 'linear',
+    out_of_range: str = 'nan',
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize network depth/confidence [h, w] to ``output_hw`` and apply the depth range.
+
+    Returns float32 (depth_m, confidence): depth outside ``range_m`` is NaN (or clamped), and
+    confidence is clipped to [0, 1] and 0 where depth is NaN.
+    """
+    h, w = output_hw
+    flag = INTERPOLATIONS[interpolation]
+    lo, hi = range_m
+    if out_of_range == 'clamp':
+        depth_small = np.clip(depth_small, lo, hi)  # NaN stays NaN
+    confidence_small = np.clip(confidence_small, 0.0, 1.0)
+    # Linear and nearest upsampling only take convex combinations of the network's values, so
+    # if those are finite and in range, every output pixel is too and no mask is needed.
+    if flag != cv2.INTER_CUBIC and np.isfinite(depth_small).all():
+        if lo <= float(depth_small.min()) and float(depth_small.max()) <= hi:
+            return _resize(depth_small, h, w, flag), _resize(confidence_small, h, w, flag)
+    depth = _resize(depth_small, h, w, flag)
+    confidence = _resize(confidence_small, h, w, flag)
+    if out_of_range == 'clamp':
+        valid = cv2.inRange(depth, -3.4e38, 3.4e38)  # NaN (and Inf) stay invalid
+        depth = np.clip(depth, lo, hi, out=depth)
+    else:
+        valid = cv2.inRange(depth, lo, hi)
+    depth_m = np.full((h, w), np.nan, dtype=np.float32)
+    cv2.copyTo(depth, valid, depth_m)
+    confidence_out = np.zeros((h, w), dtype=np.float32)
+    cv2.copyTo(np.clip(confidence, 0.0, 1.0, out=confidence), valid, confidence_out)
+    return depth_m, confidence_out
+
+
+def _resize(plane: np.ndarray, h: int, w: int, flag: int) -> np.ndarray:
+    if plane.shape == (h, w):
+        return plane.copy()
+    return cv2.resize(plane, (w, h), interpolation=flag)
+
+
+# ------------------------------------------------------------------------------------ pipeline
+
+
+class DepthPipeline:
+    """Camera frame in -> depth, confidence and point cloud out (see the module docstring)."""
+
+    def __init__(self, estimator: DepthEstimator, config: PipelineConfig | None = None) -> None:
+        try:
+            h, w = (int(v) for v in estimator.input_hw)
+            lo, hi = (float(v) for v in estimator.depth_range_m)
+        except (AttributeError, TypeError, ValueError) as e:
+            raise EngineError(
+                f'estimator {type(estimator).__name__} must have input_hw (h, w) and '
+                f'depth_range_m (min, max): {e}'
+            ) from e
+        if h <= 0 or w <= 0 or not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            raise EngineError(
+                f'estimator {type(estimator).__name__} has input_hw ({h}, {w}) and '
+                f'depth_range_m ({lo}, {hi}); need positive sizes and min < max'
+            )
+        if not callable(getattr(estimator, 'infer', None)):
+            raise EngineError(f'estimator {type(estimator).__name__} has no infer() method')
+        self.estimator = estimator
+        self.input_hw = (h, w)
+        self.model_range_m = (lo, hi)
+        if config is not None and not isinstance(config, PipelineConfig):
+            raise ConfigError(f'config must be a PipelineConfig, got {type(config).__name__}')
+        self.config = config or PipelineConfig()
+
+    def update_config(self, **changes: Any) -> PipelineConfig:
+        """Replace config fields (validated; ConfigError leaves the old config in place)."""
+        known = {f.name for f in dataclasses.fields(PipelineConfig)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(
+                f'unknown pipeline setting(s) {", ".join(unknown)}; '
+                f'known: {", ".join(sorted(known))}'
+            )
+        # One attribute assignment: a frame running concurrently sees the old or the new config.
+        self.config = dataclasses.replace(self.config, **changes)
+        return self.config
+
+    def depth_range_m(self, config: PipelineConfig | None = None) -> tuple[float, float]:
+        """Return the (min, max) depth kept in the output: the config's, else the model's."""
+        config = config or self.config
+        lo = self.model_range_m[0] if config.min_depth_m is None else config.min_depth_m
+        hi = self.model_range_m[1] if config.max_depth_m is None else config.max_depth_m
+        if lo >= hi:
+            raise ConfigError(
+                f'depth range [{lo}, {hi}] is empty (config min/max against the model range '
+                f'{self.model_range_m})'
+            )
+        return (float(lo), float(hi))
+
+    def process_msg(self, image_msg: Any, camera: geometry.CameraModel | None = None):
+        """Decode a sensor_msgs/Image (rclpy or rosbags) and process it."""
+        start = time.perf_counter()
+        rgb = msgs.decode_image(image_msg)
+        return self._process(rgb, camera, (time.perf_counter() - start) * 1e3)
+
+    def process_compressed_msg(self, msg: Any, camera: geometry.CameraModel | None = None):
+        """Decode a sensor_msgs/CompressedImage (jpeg, png) and process it."""
+        start = time.perf_counter()
+        rgb = msgs.decode_compressed_image(msg)
+        return self._process(rgb, camera, (time.perf_counter() - start) * 1e3)
+
+    def process_rgb(
+        self, rgb: np.ndarray, camera: geometry.CameraModel | None = None
+    ) -> FrameResult:
+        """Process a uint8 RGB [H, W, 3] image; ``camera`` must describe an H x W image."""
+        return self._process(rgb, camera, 0.0)
+
+    def _process(
+        self, rgb: np.ndarray, camera: geometry.CameraModel | None, decode_ms: float
+    ) -> FrameResult:
+        config = self.config  # read once: update_config may swap it mid-frame
+        timings = dict.fromkeys(STAGES, 0.0)
+        timings['decode'] = decode_ms
+        rgb = check_rgb(rgb)
+        height, width = rgb.shape[:2]
+        if camera is not None:
+            if not isinstance(camera, geometry.CameraModel):
+                raise ConfigError(f'camera must be a CameraModel, got {type(camera).__name__}')
+            camera.check_size(width, height)
+        range_m = self.depth_range_m(config)
+        output_hw = config.output_hw or (height, width)
+
+        start = time.perf_counter()
+        nchw = preprocess(rgb, self.input_hw)
+        timings['preprocess'] = _ms_since(start)
+
+        start = time.perf_counter()
+        outputs = self.estimator.infer(nchw)
+        timings['network'] = _ms_since(start)
+        try:
+            depth_raw, confidence_raw = outputs
+        except (TypeError, ValueError) as e:
+            raise EngineError(
+                f'estimator infer() must return (depth, confidence), got {type(outputs).__name__}'
+            ) from e
+
+        start = time.perf_counter()
+        depth_small = _plane(depth_raw, 'depth', self.input_hw)
+        confidence_small = _plane(confidence_raw, 'confidence', self.input_hw)
+        depth_m, confidence = postprocess(
+            depth_small,
+            confidence_small,
+            output_hw,
+            range_m,
+            config.interpolation,
+            config.out_of_range,
+        )
+        out_camera = None if camera is None else camera.scaled(output_hw[1], output_hw[0])
+        timings['postprocess'] = _ms_since(start)
+
+        cloud = None
+        if config.cloud and out_camera is not None:
+            start = time.perf_counter()
+            cloud_rgb = None
+            if config.cloud_rgb:
+                cloud_rgb = rgb
+                if output_hw != (height, width):
+                    cloud_rgb = cv2.resize(
+                        rgb, (output_hw[1], output_hw[0]), interpolation=cv2.INTER_AREA
+                    )
+            cloud = geometry.make_cloud(
+                depth_m,
+                out_camera,
+                rgb=cloud_rgb,
+                decimation=config.decimation,
+                organized=config.organized,
+            )
+            timings['cloud'] = _ms_since(start)
+        return FrameResult(
+            rgb=rgb,
+            depth_m=depth_m,
+            confidence=confidence,
+            cloud=cloud,
+            camera=out_camera,
+            timings_ms=timings,
+        )
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3

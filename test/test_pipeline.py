@@ -1,0 +1,240 @@
+"""The frame pipeline with an analytic stand-in network: resolution, range, clouds, bad input."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from moa_depth_ros import benchmark, msgs
+from moa_depth_ros.errors import CameraInfoError, ConfigError, EngineError, InvalidImageError
+from moa_depth_ros.geometry import CameraModel
+from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig, preprocess
+
+W, H = 80, 60  # camera image, non-square and larger than the network input
+
+
+class RowDepth:
+    """Stand-in network: depth grows down the rows, 1 m at the top to 5 m at the bottom.
+
+    Confidence is 0.8 everywhere; every input it was given is kept in ``inputs``.
+    """
+
+    def __init__(self, input_hw=(24, 32), depth_range_m=(0.5, 10.0)):
+        self.input_hw = input_hw
+        self.depth_range_m = depth_range_m
+        self.inputs = []
+
+    def infer(self, image):
+        self.inputs.append(image)
+        h, w = self.input_hw
+        depth = np.repeat(np.linspace(1.0, 5.0, h, dtype=np.float32)[:, None], w, axis=1)
+        return depth[None, None], np.full((1, 1, h, w), 0.8, np.float32)
+
+
+class ConstantDepth(RowDepth):
+    def __init__(self, depth_m, **kw):
+        super().__init__(**kw)
+        self.depth_m = depth_m
+
+    def infer(self, image):
+        self.inputs.append(image)
+        shape = (1, 1) + tuple(self.input_hw)
+        return np.full(shape, self.depth_m, np.float32), np.full(shape, 0.5, np.float32)
+
+
+def pinhole(width=W, height=H):
+    return CameraModel(width=width, height=height, fx_px=60.0, fy_px=62.0, cx_px=39.5, cy_px=29.5)
+
+
+def rgb_msg(rgb, encoding='rgb8'):
+    image = rgb if encoding == 'rgb8' else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return SimpleNamespace(
+        height=rgb.shape[0],
+        width=rgb.shape[1],
+        encoding=encoding,
+        is_bigendian=0,
+        step=rgb.shape[1] * 3,
+        data=image.tobytes(),
+    )
+
+
+RED = np.zeros((H, W, 3), np.uint8)
+RED[..., 0] = 255
+
+
+@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8'])
+def test_network_gets_rgb_in_unit_range_at_its_input_size(encoding):
+    net = RowDepth()
+    DepthPipeline(net).process_msg(rgb_msg(RED, encoding))
+    (image,) = net.inputs
+    assert image.shape == (1, 3, 24, 32) and image.dtype == np.float32
+    np.testing.assert_allclose(image[0, 0], 1.0)
+    np.testing.assert_allclose(image[0, 1:], 0.0)
+
+
+def test_depth_comes_back_at_camera_resolution_with_the_network_layout():
+    result = DepthPipeline(RowDepth()).process_rgb(RED, pinhole())
+    depth = result.depth_m
+    assert depth.shape == (H, W) and depth.dtype == np.float32
+    assert result.confidence.shape == (H, W)
+    np.testing.assert_allclose(result.confidence, 0.8)
+    # Rows increase, columns are constant, values stay within the network's 1..5 m.
+    assert np.all(np.diff(depth[:, 0]) >= 0) and depth[-1, 0] > depth[0, 0] + 3
+    np.testing.assert_array_equal(depth, np.repeat(depth[:, :1], W, axis=1))
+    assert depth.min() >= 1.0 and depth.max() <= 5.0
+    assert result.camera == pinhole()
+    assert set(result.timings_ms) == {'decode', 'preprocess', 'network', 'postprocess', 'cloud'}
+
+
+def test_cloud_of_a_constant_depth_is_the_closed_form_plane():
+    result = DepthPipeline(ConstantDepth(2.0)).process_rgb(RED, pinhole())
+    xyz = result.cloud.xyz
+    assert result.cloud.organized and xyz.shape == (H, W, 3)
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    np.testing.assert_allclose(xyz[..., 2], 2.0)
+    np.testing.assert_allclose(xyz[..., 0], (u - 39.5) / 60.0 * 2.0, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(xyz[..., 1], (v - 29.5) / 62.0 * 2.0, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(result.cloud.rgb, RED)
+    fields = msgs.encode_cloud(result.cloud)
+    assert (fields.height, fields.width, fields.point_step) == (H, W, 16)
+
+
+def test_no_camera_means_no_cloud():
+    result = DepthPipeline(RowDepth()).process_rgb(RED)
+    assert result.cloud is None and result.camera is None
+    assert result.depth_m.shape == (H, W)
+
+
+def test_configured_range_blanks_depth_and_zeroes_confidence():
+    pipe = DepthPipeline(RowDepth(), PipelineConfig(min_depth_m=2.0, max_depth_m=4.0))
+    result = pipe.process_rgb(RED, pinhole())
+    depth, conf = result.depth_m, result.confidence
+    outside = np.isnan(depth)
+    assert outside[0].all() and outside[-1].all() and not outside[H // 2].any()
+    assert np.nanmin(depth) >= 2.0 and np.nanmax(depth) <= 4.0
+    np.testing.assert_array_equal(conf[outside], 0.0)
+    np.testing.assert_allclose(conf[~outside], 0.8)
+    assert np.isnan(result.cloud.xyz[outside]).all()
+
+
+def test_clamp_mode_keeps_every_pixel_inside_the_range():
+    pipe = DepthPipeline(RowDepth(), PipelineConfig(min_depth_m=2.0, max_depth_m=4.0))
+    pipe.update_config(out_of_range='clamp')
+    depth = pipe.process_rgb(RED).depth_m
+    assert np.isfinite(depth).all() and depth.min() == 2.0 and depth.max() == 4.0
+
+
+def test_network_output_outside_its_range_or_non_finite_is_invalid():
+    net = ConstantDepth(20.0, depth_range_m=(0.5, 10.0))
+    assert np.isnan(DepthPipeline(net).process_rgb(RED).depth_m).all()
+    net = ConstantDepth(np.nan)
+    result = DepthPipeline(net).process_rgb(RED, pinhole())
+    assert np.isnan(result.depth_m).all() and (result.confidence == 0).all()
+
+
+def test_nearest_upsampling_only_returns_network_values():
+    pipe = DepthPipeline(RowDepth(), PipelineConfig(interpolation='nearest'))
+    depth = pipe.process_rgb(RED).depth_m
+    network_values = np.linspace(1.0, 5.0, 24, dtype=np.float32)
+    assert np.isin(np.unique(depth), network_values).all()
+
+
+def test_output_size_scales_depth_camera_and_cloud():
+    pipe = DepthPipeline(RowDepth(), PipelineConfig(output_hw=(30, 40), decimation=2))
+    result = pipe.process_rgb(RED, pinhole())
+    assert result.depth_m.shape == (30, 40)
+    assert result.camera.size == (40, 30)
+    assert result.camera.fx_px == pytest.approx(30.0)
+    assert result.cloud.xyz.shape == (15, 20, 3) and result.cloud.rgb.shape == (15, 20, 3)
+
+
+def test_unorganized_cloud_holds_only_finite_points():
+    pipe = DepthPipeline(RowDepth(), PipelineConfig(organized=False, min_depth_m=2.0))
+    cloud = pipe.process_rgb(RED, pinhole()).cloud
+    assert not cloud.organized and cloud.xyz.ndim == 2
+    assert np.isfinite(cloud.xyz).all() and (cloud.xyz[:, 2] >= 2.0).all()
+
+
+def test_compressed_images_go_through_the_same_pipeline():
+    ok, png = cv2.imencode('.png', cv2.cvtColor(RED, cv2.COLOR_RGB2BGR))
+    assert ok
+    net = RowDepth()
+    result = DepthPipeline(net).process_compressed_msg(
+        SimpleNamespace(format='png', data=png.tobytes()), pinhole()
+    )
+    np.testing.assert_array_equal(result.rgb, RED)
+    np.testing.assert_allclose(net.inputs[0][0, 0], 1.0)
+
+
+def test_bad_frames_raise_typed_errors_and_the_next_frame_works():
+    pipe = DepthPipeline(RowDepth())
+    good = rgb_msg(RED)
+    bad_frames = [
+        (InvalidImageError, 'rgb16', SimpleNamespace(**{**vars(good), 'encoding': 'rgb16'})),
+        (InvalidImageError, 'step', SimpleNamespace(**{**vars(good), 'step': 10})),
+        (InvalidImageError, 'data', SimpleNamespace(**{**vars(good), 'data': b'\0' * 99})),
+        (InvalidImageError, 'height', SimpleNamespace(**{**vars(good), 'height': 0})),
+    ]
+    for error, word, msg in bad_frames:
+        with pytest.raises(error, match=word):
+            pipe.process_msg(msg, pinhole())
+        assert pipe.process_msg(good, pinhole()).depth_m.shape == (H, W)
+    with pytest.raises(CameraInfoError, match=r'40x30.*80x60'):
+        pipe.process_msg(good, pinhole(40, 30))
+    assert pipe.process_msg(good, pinhole()).cloud is not None
+
+
+def test_estimator_with_wrong_output_shape_is_an_engine_error():
+    class Wrong(RowDepth):
+        def infer(self, image):
+            return np.zeros((1, 1, 5, 5), np.float32), np.zeros((1, 1, 5, 5), np.float32)
+
+    with pytest.raises(EngineError, match=r'\[1, 1, 5, 5\]'):
+        DepthPipeline(Wrong()).process_rgb(RED)
+    with pytest.raises(EngineError, match='depth_range_m'):
+        DepthPipeline(SimpleNamespace(input_hw=(8, 8), infer=lambda x: x))
+
+
+@pytest.mark.parametrize(
+    ('changes', 'word'),
+    [
+        ({'decimation': 0}, 'decimation'),
+        ({'decimation': 1.5}, 'decimation'),
+        ({'min_depth_m': 5.0, 'max_depth_m': 2.0}, 'min_depth_m'),
+        ({'max_depth_m': float('nan')}, 'max_depth_m'),
+        ({'interpolation': 'bicubic'}, "'bicubic'"),
+        ({'out_of_range': 'drop'}, "'drop'"),
+        ({'output_hw': (0, 10)}, 'output_hw'),
+        ({'colour': True}, 'colour'),
+    ],
+)
+def test_invalid_settings_are_refused_and_leave_the_config_unchanged(changes, word):
+    pipe = DepthPipeline(RowDepth())
+    before = pipe.config
+    with pytest.raises(ConfigError, match=word):
+        pipe.update_config(**changes)
+    assert pipe.config is before
+    assert pipe.process_rgb(RED).depth_m.shape == (H, W)
+
+
+def test_frame_benchmark_reports_every_stage():
+    report = benchmark.bench_frame_stages(
+        width=64, height=48, input_hw=(16, 16), repeats=3, threads=None
+    )
+    stages = report['stages']
+    for name in ('decode rgb8', 'resize to input', 'back-project', 'pack cloud', 'fill messages'):
+        assert stages[name]['median_ms'] >= 0 and stages[name]['floor_ms'] > 0
+    assert report['total_ms'] > 0
+    assert 'sum of stages' in benchmark.format_report(report)
+
+
+@pytest.mark.parametrize('size', [(120, 160), (121, 161)])  # even: 2x halvings; odd: INTER_AREA
+def test_downscaling_to_the_network_averages_instead_of_aliasing(size):
+    stripes = np.zeros(size + (3,), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: any point sampling aliases to black or white
+    image = preprocess(stripes, (24, 32))
+    assert image.shape == (1, 3, 24, 32)
+    assert np.abs(image - 0.5).max() < 0.1

@@ -19,6 +19,7 @@ ROSDEP_KEYS = {
     'numpy': 'python3-numpy',
     'cv2': 'python3-opencv',
     'yaml': 'python3-yaml',
+    'tqdm': 'python3-tqdm',
 }
 # Import name -> PyPI distribution (requirements*.txt) for modules without a rosdep key.
 PIP_DISTS = {

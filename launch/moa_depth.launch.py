@@ -1,0 +1,147 @@
+"""Launch depth_node beside a camera, optionally with a webcam driver and RViz.
+
+Everything runs in one namespace (default ``camera``), the way camera drivers lay out their
+topics, so the outputs land next to the image::
+
+    /camera/image_raw, /camera/camera_info          (the camera driver)
+    /camera/depth, /camera/depth/camera_info,       (depth_node)
+    /camera/depth/confidence, /camera/points, /camera/depth/colored
+
+A laptop webcam through v4l2_camera, with RViz::
+
+    ros2 launch moa_depth_ros moa_depth.launch.py model:=/m.onnx camera:=v4l2 use_rviz:=true
+
+A running camera that publishes /front/color/image_raw and /front/color/camera_info::
+
+    ros2 launch moa_depth_ros moa_depth.launch.py model:=/m.onnx namespace:=front
+        image_topic:=color/image_raw camera_info_topic:=color/camera_info
+
+Without calibration a webcam driver publishes a CameraInfo with zero focal length: depth
+still comes out, the point cloud needs a calibration (``camera_calibration``).
+"""
+
+from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
+from launch.launch_description import LaunchDescription
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node, PushRosNamespace
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = 'moa_depth_ros'
+CAMERAS = ('none', 'v4l2', 'usb_cam')
+
+ARGUMENTS = (
+    (
+        'model',
+        '',
+        'Model file (.onnx, .engine, .safetensors); absolute, or relative to '
+        'share/moa_depth_ros/models. Empty keeps model_path from params_file.',
+    ),
+    (
+        'camera',
+        'none',
+        'Camera driver to start: none (use a running camera), v4l2 (v4l2_camera) or usb_cam.',
+    ),
+    ('video_device', '/dev/video0', 'Video device for camera:=v4l2 or camera:=usb_cam.'),
+    (
+        'frame_id',
+        'camera_optical_frame',
+        "Optical frame of the started camera driver; also RViz's fixed frame.",
+    ),
+    ('namespace', 'camera', 'Namespace of the camera topics and of depth_node.'),
+    (
+        'image_topic',
+        'image_raw',
+        'Image topic depth_node subscribes to (relative to the '
+        'namespace; image_topic/compressed for subscribe_compressed).',
+    ),
+    ('camera_info_topic', 'camera_info', 'CameraInfo topic (relative to the namespace).'),
+    (
+        'params_file',
+        '',
+        'Parameter file of depth_node (default: share/moa_depth_ros/config/moa_depth.yaml).',
+    ),
+    ('use_rviz', 'false', 'Start RViz showing the image, depth and point cloud.'),
+    ('log_level', 'info', 'Log level of depth_node.'),
+)
+
+
+def _camera_driver(camera, video_device, frame_id):
+    """Return the driver node for ``camera`` (both publish image_raw and camera_info)."""
+    if camera == 'v4l2':
+        return Node(
+            package='v4l2_camera',
+            executable='v4l2_camera_node',
+            name='v4l2_camera',
+            parameters=[{'video_device': video_device, 'camera_frame_id': frame_id}],
+            output='screen',
+        )
+    if camera == 'usb_cam':
+        return Node(
+            package='usb_cam',
+            executable='usb_cam_node_exe',
+            name='usb_cam',
+            parameters=[{'video_device': video_device, 'frame_id': frame_id}],
+            output='screen',
+        )
+    return None
+
+
+def _launch_setup(context, *args, **kwargs):
+    value = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    camera = value['camera']
+    if camera not in CAMERAS:
+        raise ValueError(f'camera must be one of {", ".join(CAMERAS)}, got {camera!r}')
+    share = FindPackageShare(PACKAGE).perform(context)
+    params_file = value['params_file'] or f'{share}/config/moa_depth.yaml'
+    parameters = [params_file]
+    if value['model']:
+        parameters.append({'model_path': value['model']})
+    image_topic = value['image_topic']
+    actions = []
+    driver = _camera_driver(camera, value['video_device'], value['frame_id'])
+    if driver is not None:
+        actions.append(driver)
+    actions.append(
+        Node(
+            package=PACKAGE,
+            executable='depth_node',
+            name='moa_depth_node',
+            parameters=parameters,
+            remappings=[
+                ('image', image_topic),
+                ('image/compressed', f'{image_topic}/compressed'),
+                ('camera_info', value['camera_info_topic']),
+            ],
+            arguments=['--ros-args', '--log-level', value['log_level']],
+            output='screen',
+            emulate_tty=True,
+        )
+    )
+    if value['use_rviz'].lower() in ('true', '1', 'yes'):
+        actions.append(
+            Node(
+                package='rviz2',
+                executable='rviz2',
+                name='rviz2',
+                arguments=['-d', f'{share}/config/moa_depth.rviz', '-f', value['frame_id']],
+                output='screen',
+            )
+        )
+    return actions
+
+
+def _in_namespace(context, *args, **kwargs):
+    # The driver and depth_node go into the camera namespace, where relative topics meet.
+    namespace = LaunchConfiguration('namespace').perform(context)
+    return [GroupAction([PushRosNamespace(namespace), *_launch_setup(context)])]
+
+
+def generate_launch_description():
+    """Declare the arguments; the nodes are built once their values are known."""
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(name, default_value=default, description=description)
+            for name, default, description in ARGUMENTS
+        ]
+        + [OpaqueFunction(function=_in_namespace)]
+    )

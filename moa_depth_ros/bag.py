@@ -1,0 +1,567 @@
+"""``moa-depth bag IN OUT --model M``: the node's depth pipeline over a recorded rosbag2.
+
+Reads a rosbag2 (MCAP or sqlite3, with ``rosbags``), runs the same ``DepthPipeline`` as
+``depth_node`` on every image of one camera, and writes a new rosbag2 holding every input
+topic unchanged plus the node's outputs next to the image::
+
+    /camera/image_raw  ->  /camera/depth, /camera/depth/camera_info, /camera/depth/confidence,
+                           /camera/points, /camera/depth/colored (with --colored)
+
+Output messages carry the image's header stamp and frame_id and are logged at the image's
+bag time, as a node recording would have them (without the inference delay). CameraInfo is
+matched like the node does it: the newest one logged before the image.
+
+The output is written to ``OUT.partial/`` and moved to ``OUT`` only when complete, so an
+interrupted or crashed run never leaves a bag at ``OUT`` that looks finished. A frame that
+cannot be processed (bad encoding, size mismatch) is skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+import shutil
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from moa_depth_ros import params
+from moa_depth_ros.errors import ConfigError, InvalidImageError, MoaDepthError
+
+DISTROS = ('humble', 'iron', 'jazzy', 'kilted')
+STORAGES = ('mcap', 'sqlite3')
+IMAGE = 'sensor_msgs/msg/Image'
+COMPRESSED = 'sensor_msgs/msg/CompressedImage'
+CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
+POINT_CLOUD = 'sensor_msgs/msg/PointCloud2'
+
+
+class UndecodableMessageError(InvalidImageError):
+    """A message in the bag whose CDR payload cannot be deserialized."""
+
+
+# Output topics relative to the camera namespace: the same names depth_node publishes.
+OUTPUTS = {
+    'depth': ('depth', IMAGE),
+    'depth_info': ('depth/camera_info', CAMERA_INFO),
+    'confidence': ('depth/confidence', IMAGE),
+    'points': ('points', POINT_CLOUD),
+    'colored': ('depth/colored', IMAGE),
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bag`` arguments."""
+    defaults = params.NodeSettings()
+    parser.add_argument('input', type=Path, help='input rosbag2 (directory, .mcap or .db3)')
+    parser.add_argument('output', type=Path, help='output rosbag2 directory (must not exist)')
+    parser.add_argument('--model', required=True, help='model file (.onnx, .engine, ...)')
+    parser.add_argument('--image-topic', help='image topic (default: the only image topic)')
+    parser.add_argument(
+        '--info-topic', help='CameraInfo topic (default: camera_info beside the image topic)'
+    )
+    parser.add_argument(
+        '--output-namespace',
+        help='namespace of the output topics (default: the image topic namespace)',
+    )
+    parser.add_argument('--backend', default=defaults.backend, choices=params.BACKENDS)
+    parser.add_argument('--device', default=defaults.device, help='auto, cpu, cuda or cuda:N')
+    parser.add_argument(
+        '--depth-encoding', default=defaults.depth_encoding, choices=params.DEPTH_ENCODINGS
+    )
+    parser.add_argument('--min-depth', type=float, default=0.0, help='metres (0: model min)')
+    parser.add_argument('--max-depth', type=float, default=0.0, help='metres (0: model max)')
+    parser.add_argument('--no-cloud', action='store_true', help='do not write points')
+    parser.add_argument('--no-cloud-rgb', action='store_true', help='points without colour')
+    parser.add_argument('--decimation', type=int, default=defaults.cloud_decimation)
+    parser.add_argument('--unorganized', action='store_true', help='only valid points')
+    parser.add_argument('--no-confidence', action='store_true', help='skip depth/confidence')
+    parser.add_argument('--colored', action='store_true', help='also write depth/colored')
+    parser.add_argument(
+        '--storage', choices=STORAGES, help='output storage (default: same as the input)'
+    )
+    parser.add_argument(
+        '--distro', choices=DISTROS, help='message definitions (default: input bag, or humble)'
+    )
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing OUTPUT')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def settings_from_args(args: argparse.Namespace) -> params.NodeSettings:
+    """Map the command line onto the node's parameters (same names, same validation)."""
+    return params.NodeSettings.from_values(
+        {
+            'model_path': str(args.model),
+            'backend': args.backend,
+            'device': args.device,
+            'depth_encoding': args.depth_encoding,
+            'min_depth_m': args.min_depth,
+            'max_depth_m': args.max_depth,
+            'publish_cloud': not args.no_cloud,
+            'cloud_rgb': not args.no_cloud_rgb,
+            'cloud_decimation': args.decimation,
+            'cloud_organized': not args.unorganized,
+            'publish_confidence': not args.no_confidence,
+            'publish_colored': args.colored,
+        }
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``moa-depth bag``."""
+    summary = process_bag(
+        args.input,
+        args.output,
+        settings=settings_from_args(args),
+        image_topic=args.image_topic,
+        info_topic=args.info_topic,
+        output_namespace=args.output_namespace,
+        storage=args.storage,
+        distro=args.distro,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(format_summary(summary))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ topics
+
+
+def _parent(topic: str) -> str:
+    return topic.rstrip('/').rsplit('/', 1)[0]
+
+
+def output_topics(image_topic: str, msgtype: str, namespace: str | None = None) -> dict[str, str]:
+    """Output topic names for an image topic: its namespace + the node's relative names.
+
+    ``/camera/image_raw`` (or ``/camera/image_raw/compressed``) gives ``/camera/depth``,
+    ``/camera/points``, ...; ``namespace`` overrides the ``/camera`` part.
+    """
+    if namespace is None:
+        base = _parent(image_topic) if msgtype == COMPRESSED else image_topic
+        namespace = _parent(base)
+    namespace = '/' + namespace.strip('/') if namespace.strip('/') else ''
+    return {key: f'{namespace}/{name}' for key, (name, _) in OUTPUTS.items()}
+
+
+def _choose_image_topic(topics: dict[str, str], requested: str | None) -> str:
+    if requested is not None:
+        if topics.get(requested) not in (IMAGE, COMPRESSED):
+            found = ', '.join(sorted(t for t, ty in topics.items() if ty in (IMAGE, COMPRESSED)))
+            raise ConfigError(
+                f'--image-topic {requested!r} is not an Image or CompressedImage topic of the '
+                f'bag; image topics: {found or "none"}'
+            )
+        return requested
+    for msgtype in (IMAGE, COMPRESSED):
+        candidates = sorted(t for t, ty in topics.items() if ty == msgtype)
+        # RGB-D and simulated bags also hold depth images; those are not camera input.
+        cameras = [t for t in candidates if 'depth' not in t.lower()]
+        if len(cameras) == 1:
+            return cameras[0]
+        if candidates:
+            raise ConfigError(
+                f'the bag has several {msgtype} topics ({", ".join(candidates)}); choose one '
+                f'with --image-topic'
+            )
+    raise ConfigError('the bag has no sensor_msgs/msg/Image or CompressedImage topic')
+
+
+def _choose_info_topic(
+    topics: dict[str, str], image_topic: str, requested: str | None
+) -> str | None:
+    if requested is not None:
+        if topics.get(requested) != CAMERA_INFO:
+            raise ConfigError(f'--info-topic {requested!r} is not a CameraInfo topic of the bag')
+        return requested
+    base = _parent(image_topic) if topics[image_topic] == COMPRESSED else image_topic
+    sibling = f'{_parent(base)}/camera_info'
+    if topics.get(sibling) == CAMERA_INFO:
+        return sibling
+    infos = sorted(t for t, ty in topics.items() if ty == CAMERA_INFO)
+    return infos[0] if len(infos) == 1 else None
+
+
+def _input_storage(path: Path) -> str:
+    if path.is_file():
+        return 'mcap' if path.suffix == '.mcap' else 'sqlite3'
+    import yaml
+
+    try:
+        metadata = yaml.safe_load((path / 'metadata.yaml').read_text())
+        return str(metadata['rosbag2_bagfile_information']['storage_identifier'])
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        raise ConfigError(
+            f'{str(path)!r} is not a rosbag2 directory (no readable metadata.yaml): {e}'
+        ) from e
+
+
+# ---------------------------------------------------------------------------------- messages
+
+
+@dataclasses.dataclass
+class _Messages:
+    """Builds the output messages of one frame with the chosen typestore's classes."""
+
+    typestore: Any
+
+    def __post_init__(self) -> None:
+        types = self.typestore.types
+        self.Header = types['std_msgs/msg/Header']
+        self.Time = types['builtin_interfaces/msg/Time']
+        self.Image = types[IMAGE]
+        self.CameraInfo = types[CAMERA_INFO]
+        self.RegionOfInterest = types['sensor_msgs/msg/RegionOfInterest']
+        self.PointCloud2 = types[POINT_CLOUD]
+        self.PointField = types['sensor_msgs/msg/PointField']
+
+    def header(self, image_header: Any) -> Any:
+        stamp = self.Time(sec=int(image_header.stamp.sec), nanosec=int(image_header.stamp.nanosec))
+        return self.Header(stamp=stamp, frame_id=str(image_header.frame_id))
+
+    def image(self, header: Any, fields: Any) -> Any:
+        from moa_depth_ros import msgs
+
+        empty = np.empty(0, dtype=np.uint8)
+        msg = self.Image(
+            header=header, height=0, width=0, encoding='', is_bigendian=0, step=0, data=empty
+        )
+        return msgs.fill_image_msg(msg, fields)
+
+    def camera_info(self, header: Any, fields: dict[str, Any]) -> Any:
+        roi = fields['roi']
+        return self.CameraInfo(
+            header=header,
+            height=int(fields['height']),
+            width=int(fields['width']),
+            distortion_model=str(fields['distortion_model']),
+            d=np.asarray(fields['d'], dtype=np.float64),
+            k=np.asarray(fields['k'], dtype=np.float64),
+            r=np.asarray(fields['r'], dtype=np.float64),
+            p=np.asarray(fields['p'], dtype=np.float64),
+            binning_x=int(fields['binning_x']),
+            binning_y=int(fields['binning_y']),
+            roi=self.RegionOfInterest(
+                x_offset=int(roi['x_offset']),
+                y_offset=int(roi['y_offset']),
+                height=int(roi['height']),
+                width=int(roi['width']),
+                do_rectify=bool(roi['do_rectify']),
+            ),
+        )
+
+    def cloud(self, header: Any, fields: Any) -> Any:
+        from moa_depth_ros import msgs
+
+        msg = self.PointCloud2(
+            header=header,
+            height=0,
+            width=0,
+            fields=[],
+            is_bigendian=False,
+            point_step=0,
+            row_step=0,
+            data=np.empty(0, dtype=np.uint8),
+            is_dense=False,
+        )
+        return msgs.fill_cloud_msg(msg, fields, self.PointField)
+
+
+def _frame_outputs(
+    result: Any, image_header: Any, settings: params.NodeSettings, build: _Messages, model_range_m
+) -> list[tuple[str, Any]]:
+    """(output key, message) pairs for one processed frame, as the node publishes them."""
+    from moa_depth_ros import msgs
+
+    header = build.header(image_header)
+    out = [
+        ('depth', build.image(header, msgs.encode_depth(result.depth_m, settings.depth_encoding)))
+    ]
+    if result.camera is not None:
+        out.append(
+            ('depth_info', build.camera_info(header, result.camera.to_camera_info_fields()))
+        )
+    if settings.publish_confidence:
+        out.append(('confidence', build.image(header, msgs.encode_confidence(result.confidence))))
+    if result.cloud is not None:
+        out.append(('points', build.cloud(header, msgs.encode_cloud(result.cloud))))
+    if settings.publish_colored:
+        min_m, max_m = settings.depth_limits_m()
+        colored = msgs.encode_colored_depth(
+            result.depth_m, min_m or model_range_m[0], max_m or model_range_m[1]
+        )
+        out.append(('colored', build.image(header, colored)))
+    return out
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def _progress(total: int, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional on a robot; the summary still prints
+        return _NoProgress()
+    return tqdm(total=total, unit='msg', disable=not enabled, file=sys.stderr, leave=False)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _copy_connection(writer: Any, conn: Any, typestore: Any) -> Any:
+    msgdef = getattr(conn.msgdef, 'data', '') or None
+    digest = conn.digest or None
+    if msgdef is None or digest is None:
+        # Older bags lack the definition or hash; the typestore supplies both.
+        msgdef = digest = None
+    return writer.add_connection(
+        conn.topic,
+        conn.msgtype,
+        typestore=typestore,
+        msgdef=msgdef,
+        rihs01=digest,
+        serialization_format=conn.ext.serialization_format,
+        offered_qos_profiles=conn.ext.offered_qos_profiles,
+    )
+
+
+def process_bag(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    settings: params.NodeSettings,
+    image_topic: str | None = None,
+    info_topic: str | None = None,
+    output_namespace: str | None = None,
+    storage: str | None = None,
+    distro: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Process one camera of a rosbag2 into a new rosbag2; return the summary (see module doc).
+
+    ``settings`` are the node's parameters (model_path, backend, device, encodings, cloud
+    options). Raises ConfigError for unusable arguments before anything is written.
+    """
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from moa_depth_ros.engine import load_engine
+    from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
+    from moa_depth_ros.worker import CameraModelCache
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.exists():
+        raise ConfigError(f'input bag {str(input_path)!r} does not exist')
+    if output_path.exists() and not overwrite:
+        raise ConfigError(f'output {str(output_path)!r} exists; pass --overwrite to replace it')
+    if output_path.resolve() == input_path.resolve():
+        raise ConfigError('output must differ from the input bag')
+    staging = output_path.with_name(output_path.name + '.partial')
+    storage = storage or _input_storage(input_path)
+    if storage not in STORAGES:
+        raise ConfigError(f'storage must be one of {", ".join(STORAGES)}, got {storage!r}')
+
+    started = time.perf_counter()
+    with Reader(input_path) as reader:
+        if distro is None:
+            distro = reader.ros_distro if reader.ros_distro in DISTROS else 'humble'
+        if distro not in DISTROS:
+            raise ConfigError(f'distro must be one of {", ".join(DISTROS)}, got {distro!r}')
+        typestore = get_typestore(getattr(Stores, f'ROS2_{distro.upper()}'))
+        topics = {conn.topic: conn.msgtype for conn in reader.connections}
+        image_topic = _choose_image_topic(topics, image_topic)
+        info_topic = _choose_info_topic(topics, image_topic, info_topic)
+        outputs = output_topics(image_topic, topics[image_topic], output_namespace)
+        clashes = sorted(set(outputs.values()) & set(topics))
+        if clashes:
+            raise ConfigError(
+                f'the bag already has {", ".join(clashes)}; write the outputs elsewhere with '
+                f'--output-namespace'
+            )
+
+        model_file = params.resolve_model_path(
+            str(Path(settings.model_path).expanduser().absolute()), None
+        )
+        engine = load_engine(model_file, backend=settings.backend, device=settings.device)
+        model_description = engine.describe()
+        try:
+            pipeline = DepthPipeline(engine, PipelineConfig(**settings.pipeline_kwargs()))
+            pipeline.depth_range_m()  # min/max against the model range: ConfigError now
+            if staging.exists():
+                shutil.rmtree(staging)  # the leftover of an interrupted run
+            staging.mkdir(parents=True)
+            bag_dir = staging / output_path.name
+            writer = Writer(
+                bag_dir,
+                version=9 if distro in ('jazzy', 'kilted') else 8,
+                storage_plugin=StoragePlugin[storage.upper()],
+            )
+            with writer:
+                counts = _run_frames(
+                    reader,
+                    writer,
+                    typestore,
+                    pipeline,
+                    settings,
+                    image_topic=image_topic,
+                    info_topic=info_topic,
+                    outputs=outputs,
+                    cameras=CameraModelCache(),
+                    progress=progress,
+                )
+        finally:
+            engine.close()
+
+    if output_path.exists():  # --overwrite: swap in the new bag, then drop the old one
+        previous = staging / (output_path.name + '.previous')
+        os.replace(output_path, previous)
+    os.replace(bag_dir, output_path)
+    shutil.rmtree(staging)
+    counts.update(
+        {
+            'input': str(input_path),
+            'output': str(output_path),
+            'storage': storage,
+            'distro': distro,
+            'image_topic': image_topic,
+            'info_topic': info_topic,
+            'model': model_description,
+            'wall_s': time.perf_counter() - started,
+        }
+    )
+    return counts
+
+
+def _run_frames(
+    reader: Any,
+    writer: Any,
+    typestore: Any,
+    pipeline: Any,
+    settings: params.NodeSettings,
+    *,
+    image_topic: str,
+    info_topic: str | None,
+    outputs: dict[str, str],
+    cameras: Any,
+    progress: bool,
+) -> dict[str, Any]:
+    """Copy every message, process every image; return the counters of the summary."""
+    copied = {conn.id: _copy_connection(writer, conn, typestore) for conn in reader.connections}
+    out_conns = {
+        key: writer.add_connection(outputs[key], msgtype, typestore=typestore)
+        for key, (_, msgtype) in OUTPUTS.items()
+    }
+    build = _Messages(typestore)
+    written = {conn.topic: 0 for conn in copied.values()}
+    written.update(dict.fromkeys(outputs.values(), 0))
+    frames = processed = without_cloud = 0
+    skipped: dict[str, int] = {}
+    stage_ms: dict[str, float] = {}
+    camera_info = None
+    camera_problems: list[str] = []
+    bar = _progress(reader.message_count, progress)
+    try:
+        for conn, timestamp, raw in reader.messages():
+            bar.update(1)
+            writer.write(copied[conn.id], timestamp, raw)
+            written[conn.topic] += 1
+            if conn.topic == info_topic:
+                try:
+                    camera_info = _deserialize(typestore, raw, conn.msgtype)
+                except UndecodableMessageError as e:
+                    camera_problems.append(str(e))  # keep using the previous one
+                continue
+            if conn.topic != image_topic:
+                continue
+            frames += 1
+            camera, camera_error = cameras.update(camera_info)
+            if camera_error:
+                camera_problems.append(camera_error)
+            try:
+                msg = _deserialize(typestore, raw, conn.msgtype)
+                if conn.msgtype == COMPRESSED:
+                    result = pipeline.process_compressed_msg(msg, camera)
+                else:
+                    result = pipeline.process_msg(msg, camera)
+                start = time.perf_counter()
+                messages = _frame_outputs(
+                    result, msg.header, settings, build, pipeline.model_range_m
+                )
+                for key, out_msg in messages:
+                    data = typestore.serialize_cdr(out_msg, OUTPUTS[key][1])
+                    writer.write(out_conns[key], timestamp, data)
+                    written[outputs[key]] += 1
+            except MoaDepthError as e:
+                reason = f'{type(e).__name__}: {e}'
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            processed += 1
+            without_cloud += int(result.cloud is None)
+            timings = dict(result.timings_ms, encode=(time.perf_counter() - start) * 1e3)
+            for stage, ms in timings.items():
+                stage_ms[stage] = stage_ms.get(stage, 0.0) + ms
+            bar.set_postfix_str(f'{processed} frames')
+    finally:
+        bar.close()
+    ms_per_frame = (
+        {stage: total / processed for stage, total in stage_ms.items()} if processed else {}
+    )
+    if ms_per_frame:
+        ms_per_frame['total'] = sum(ms_per_frame.values())
+    return {
+        'frames': frames,
+        'processed': processed,
+        'skipped': sum(skipped.values()),
+        'skipped_reasons': skipped,
+        'dropped': 0,  # offline, every frame is processed: nothing is dropped
+        'frames_without_cloud': without_cloud,
+        'camera_info_problems': sorted(set(camera_problems)),
+        'ms_per_frame': ms_per_frame,
+        'topics_written': {topic: n for topic, n in written.items() if n},
+    }
+
+
+def _deserialize(typestore: Any, raw: bytes, msgtype: str) -> Any:
+    try:
+        return typestore.deserialize_cdr(raw, msgtype)
+    except Exception as e:  # rosbags raises several types for a truncated or foreign payload
+        raise UndecodableMessageError(
+            f'cannot deserialize a {msgtype} ({len(raw)} bytes): {type(e).__name__}: {e}'
+        ) from e
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable summary printed at the end of ``moa-depth bag``."""
+    lines = [
+        f'wrote {summary["output"]} ({summary["storage"]}, {summary["distro"]}) from '
+        f'{summary["input"]} with {summary["model"]}',
+        f'frames: {summary["frames"]} on {summary["image_topic"]}, processed '
+        f'{summary["processed"]}, skipped {summary["skipped"]}, dropped {summary["dropped"]}, '
+        f'without cloud {summary["frames_without_cloud"]} '
+        f'(camera_info: {summary["info_topic"] or "none"})',
+    ]
+    for reason, count in sorted(summary['skipped_reasons'].items()):
+        lines.append(f'  skipped {count}x: {reason}')
+    for problem in summary['camera_info_problems']:
+        lines.append(f'  unusable camera_info: {problem}')
+    if summary['ms_per_frame']:
+        stages = ', '.join(f'{k} {v:.1f}' for k, v in summary['ms_per_frame'].items())
+        lines.append(f'ms per frame: {stages}')
+    lines.append(f'time: {summary["wall_s"]:.1f} s')
+    lines.append('topics written:')
+    lines.extend(f'  {topic}: {n}' for topic, n in sorted(summary['topics_written'].items()))
+    return '\n'.join(lines)

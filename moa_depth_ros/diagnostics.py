@@ -1,0 +1,181 @@
+"""Rate and latency statistics for /diagnostics (and the bag tool's summary).
+
+What an integrator wants to see on ``rqt_runtime_monitor`` or Foxglove: how fast images come
+in, how fast depth goes out, where the time goes (decode, preprocess, network, postprocess,
+cloud, publish), how many frames were dropped because inference was busy, how many failed,
+and which backend runs the network. The node turns ``DiagnosticsSnapshot`` into a
+``diagnostic_msgs/DiagnosticStatus``; nothing here imports ROS.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import threading
+import time
+from typing import Callable, Deque, Mapping
+
+# Levels, mapped by the node onto DiagnosticStatus.OK / WARN / ERROR / STALE.
+OK = 'ok'
+WARN = 'warn'
+ERROR = 'error'
+STALE = 'stale'
+
+
+class RateMeter:
+    """Events per second over a sliding time window."""
+
+    def __init__(self, window_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self._window_s = float(window_s)
+        self._clock = clock
+        self._times: Deque[float] = collections.deque()
+        self.count = 0
+
+    def tick(self) -> None:
+        """Record one event now."""
+        now = self._clock()
+        self._times.append(now)
+        self.count += 1
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self._window_s:
+            self._times.popleft()
+
+    def rate_hz(self) -> float:
+        """Events per second in the window (0 with fewer than two events)."""
+        now = self._clock()
+        self._trim(now)
+        if len(self._times) < 2:
+            return 0.0
+        span_s = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span_s if span_s > 0.0 else 0.0
+
+    def seconds_since_last(self) -> float:
+        """Seconds since the last event (inf if none)."""
+        return self._clock() - self._times[-1] if self._times else math.inf
+
+
+class LatencyStats:
+    """Per-stage latency in milliseconds over the last ``window`` frames."""
+
+    def __init__(self, window: int = 100) -> None:
+        self._window = int(window)
+        self._samples: dict[str, Deque[float]] = {}
+
+    def add(self, timings_ms: Mapping[str, float]) -> None:
+        """Record one frame's stage timings (stage -> ms)."""
+        total = 0.0
+        for stage, ms in timings_ms.items():
+            self._samples.setdefault(stage, collections.deque(maxlen=self._window)).append(ms)
+            total += ms
+        self._samples.setdefault('total', collections.deque(maxlen=self._window)).append(total)
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        """Stage -> (mean ms, max ms) over the window; 'total' sums the stages."""
+        return {
+            stage: (sum(values) / len(values), max(values))
+            for stage, values in self._samples.items()
+            if values
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnosticsSnapshot:
+    """One diagnostic status: a level, a one-line message, and key/value pairs."""
+
+    level: str
+    message: str
+    values: list[tuple[str, str]]
+
+
+class NodeStatistics:
+    """Everything /diagnostics reports, updated from the subscription and worker threads."""
+
+    def __init__(
+        self,
+        *,
+        backend: str,
+        model: str,
+        window_s: float = 5.0,
+        stale_after_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.model = model
+        self._stale_after_s = float(stale_after_s)
+        self._lock = threading.Lock()
+        self._input = RateMeter(window_s, clock)
+        self._output = RateMeter(window_s, clock)
+        self._latency = LatencyStats()
+        self._camera_info = False
+        self.notes: dict[str, str] = {}
+
+    def input_frame(self) -> None:
+        """Count an arriving image."""
+        with self._lock:
+            self._input.tick()
+
+    def output_frame(self, timings_ms: Mapping[str, float]) -> None:
+        """Count a published depth image; ``timings_ms`` maps stage -> ms."""
+        with self._lock:
+            self._output.tick()
+            self._latency.add(timings_ms)
+
+    def camera_info_received(self) -> None:
+        """Note that a CameraInfo arrived (the cloud becomes possible)."""
+        with self._lock:
+            self._camera_info = True
+
+    def set_note(self, key: str, value: str) -> None:
+        """Report an extra key/value (e.g. why there is no cloud)."""
+        with self._lock:
+            if value:
+                self.notes[key] = value
+            else:
+                self.notes.pop(key, None)
+
+    def snapshot(
+        self, *, dropped: int, failed: int, last_error: str = '', cloud_enabled: bool = True
+    ) -> DiagnosticsSnapshot:
+        """Build the status; drop/failure counters come from the worker."""
+        with self._lock:
+            in_hz = self._input.rate_hz()
+            out_hz = self._output.rate_hz()
+            since_input_s = self._input.seconds_since_last()
+            received = self._input.count
+            published = self._output.count
+            latency = self._latency.summary()
+            camera_info = self._camera_info
+            notes = dict(self.notes)
+        values = [
+            ('backend', self.backend),
+            ('model', self.model),
+            ('input rate (Hz)', f'{in_hz:.2f}'),
+            ('output rate (Hz)', f'{out_hz:.2f}'),
+            ('frames received', str(received)),
+            ('frames published', str(published)),
+            ('frames dropped (busy)', str(dropped)),
+            ('frames failed', str(failed)),
+            ('camera_info received', 'yes' if camera_info else 'no'),
+        ]
+        for stage, (mean_ms, max_ms) in latency.items():
+            values.append((f'latency {stage} (ms)', f'mean {mean_ms:.1f}, max {max_ms:.1f}'))
+        if last_error:
+            values.append(('last error', last_error))
+        values.extend(sorted(notes.items()))
+
+        if received == 0:
+            level, message = STALE, 'no image received yet'
+        elif since_input_s > self._stale_after_s:
+            level, message = STALE, f'no image for {since_input_s:.1f} s'
+        elif published == 0 and failed > 0:
+            level, message = ERROR, f'every frame fails: {last_error}'
+        elif failed > 0 and out_hz == 0.0:
+            level, message = WARN, f'frames failing: {last_error}'
+        elif cloud_enabled and not camera_info:
+            level, message = WARN, f'{out_hz:.1f} Hz depth, no camera_info (no point cloud)'
+        else:
+            level, message = OK, f'{out_hz:.1f} Hz depth from {in_hz:.1f} Hz images'
+        return DiagnosticsSnapshot(level=level, message=message, values=values)

@@ -1,0 +1,279 @@
+"""The latest-frame worker: one inference thread that never builds a backlog.
+
+A camera delivers frames faster than a CPU can run the network, and a queue of old frames
+only adds latency. The worker therefore has a one-slot mailbox: ``submit`` puts a frame
+there, replacing (and counting as dropped) a frame that is still waiting. The thread takes
+the newest frame, runs ``process`` on it, and goes back to wait. An optional rate limit
+spaces the starts of consecutive frames; frames arriving meanwhile replace each other.
+
+A frame that fails costs that frame only: a ``MoaDepthError`` (bad encoding, size
+mismatch, ...) is logged as a skipped frame with its reason, anything else with its
+traceback; the thread keeps running. Logging is throttled per reason, so a camera that
+sends only bad frames does not flood the log.
+
+``CameraModelCache`` keeps the camera model of the newest CameraInfo, converted once per
+calibration, for the node's worker and the bag tool alike.
+
+Pure Python (threading); the node, the bag tool and the tests drive it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import traceback
+from typing import Any, Callable, Generic, Protocol, TypeVar
+
+from moa_depth_ros.errors import CameraInfoError, ConfigError, MoaDepthError
+from moa_depth_ros.geometry import CameraModel
+
+FrameT = TypeVar('FrameT')
+
+
+class Log(Protocol):
+    """What the worker needs from a logger (rclpy's and ``logging``'s both fit)."""
+
+    def warning(self, message: str) -> object: ...
+
+    def error(self, message: str) -> object: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStats:
+    """Counters since the worker started."""
+
+    submitted: int = 0
+    processed: int = 0
+    dropped: int = 0
+    failed: int = 0
+    last_error: str = ''
+
+
+class LatestFrameWorker(Generic[FrameT]):
+    """A thread that processes only the newest submitted frame.
+
+    ``process(frame)`` runs on the worker thread. ``log`` receives one line per skipped or
+    failed frame (at most one per ``log_throttle_s`` for the same reason). ``clock`` is a
+    monotonic clock in seconds (replaceable in tests).
+    """
+
+    def __init__(
+        self,
+        process: Callable[[FrameT], object],
+        *,
+        log: Log,
+        max_rate_hz: float = 0.0,
+        name: str = 'moa_depth_worker',
+        log_throttle_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._process = process
+        self._log = log
+        self._name = name
+        self._log_throttle_s = float(log_throttle_s)
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._slot: list[FrameT] = []  # zero or one frame waiting
+        self._stopping = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._stats = WorkerStats()
+        self._min_interval_s = 0.0
+        self._last_start_s: float | None = None
+        # reason -> (last time logged, occurrences suppressed since)
+        self._log_state: dict[str, tuple[float, int]] = {}
+        self.set_max_rate(max_rate_hz)
+
+    # -- control ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        with self._cond:
+            if self._thread is not None:
+                raise RuntimeError(f'worker {self._name!r} was already started')
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Drop any waiting frame, stop the thread and join it.
+
+        Returns False when the frame in progress did not finish within ``timeout_s`` (the
+        daemon thread is then abandoned rather than blocking shutdown).
+        """
+        with self._cond:
+            self._stopping = True
+            self._slot.clear()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout_s)
+        return not thread.is_alive()
+
+    def set_max_rate(self, max_rate_hz: float) -> None:
+        """Limit how often frames start (0 = as fast as frames come)."""
+        rate = float(max_rate_hz)
+        if not rate >= 0.0 or rate == float('inf'):
+            raise ConfigError(f'max_rate_hz must be a finite number >= 0, got {max_rate_hz!r}')
+        with self._cond:
+            self._min_interval_s = 1.0 / rate if rate > 0.0 else 0.0
+            self._cond.notify_all()
+
+    def submit(self, frame: FrameT) -> bool:
+        """Offer a frame; return True if it replaced a waiting one (that one is dropped)."""
+        with self._cond:
+            if self._stopping:
+                return False
+            replaced = bool(self._slot)
+            self._slot[:] = [frame]
+            self._stats = dataclasses.replace(
+                self._stats,
+                submitted=self._stats.submitted + 1,
+                dropped=self._stats.dropped + int(replaced),
+            )
+            self._cond.notify_all()
+            return replaced
+
+    @property
+    def stats(self) -> WorkerStats:
+        """A consistent snapshot of the counters."""
+        with self._cond:
+            return self._stats
+
+    @property
+    def is_alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait_idle(self, timeout_s: float = 5.0) -> bool:
+        """Block until no frame waits and none is in progress (for tests and tools)."""
+        # Real time, not ``clock``: a test's frozen clock must not make this wait forever.
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._slot or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.0:
+                    return False
+                self._cond.wait(min(remaining, 0.05))
+            return True
+
+    # -- thread -------------------------------------------------------------------------
+
+    def _next_frame(self) -> tuple[bool, FrameT | None]:
+        """Wait for a frame (and for the rate limit); (False, None) once stopping."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return False, None
+                if self._slot:
+                    wait_s = 0.0
+                    if self._min_interval_s > 0.0 and self._last_start_s is not None:
+                        wait_s = self._last_start_s + self._min_interval_s - self._clock()
+                    if wait_s <= 0.0:
+                        frame = self._slot.pop()
+                        self._busy = True
+                        self._last_start_s = self._clock()
+                        return True, frame
+                    # Frames that come while we wait out the rate limit replace this one.
+                    self._cond.wait(wait_s)
+                else:
+                    self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            ok, frame = self._next_frame()
+            if not ok:
+                return
+            error = ''
+            try:
+                self._process(frame)  # type: ignore[arg-type]
+            except MoaDepthError as e:
+                error = f'{type(e).__name__}: {e}'
+                self._throttled(self._log.warning, f'skipped a frame: {error}', error)
+            except Exception as e:  # a bug must not stop depth output for good
+                error = f'{type(e).__name__}: {e}'
+                self._throttled(
+                    self._log.error,
+                    f'unexpected error while processing a frame (frame skipped, worker keeps '
+                    f'running):\n{traceback.format_exc()}',
+                    error,
+                )
+            with self._cond:
+                self._busy = False
+                if error:
+                    self._stats = dataclasses.replace(
+                        self._stats, failed=self._stats.failed + 1, last_error=error
+                    )
+                else:
+                    self._stats = dataclasses.replace(
+                        self._stats, processed=self._stats.processed + 1
+                    )
+                self._cond.notify_all()
+
+    def _throttled(self, emit: Callable[[str], object], message: str, reason: str) -> None:
+        if self._stopping:
+            return  # a frame cut short by shutdown (publishers gone) is not worth a traceback
+        now = self._clock()
+        last, suppressed = self._log_state.get(reason, (None, 0))
+        if last is not None and now - last < self._log_throttle_s:
+            self._log_state[reason] = (last, suppressed + 1)
+            return
+        if suppressed:
+            message += f' ({suppressed} more like this in the last {now - last:.0f} s)'
+        self._log_state[reason] = (now, 0)
+        emit(message)
+
+
+def camera_info_key(msg: Any) -> tuple:
+    """Return what makes two CameraInfo messages (rclpy or rosbags) describe the same camera."""
+    roi = msg.roi
+    return (
+        int(msg.height),
+        int(msg.width),
+        str(msg.distortion_model),
+        tuple(float(v) for v in msg.d),
+        tuple(float(v) for v in msg.k),
+        tuple(float(v) for v in msg.r),
+        tuple(float(v) for v in msg.p),
+        int(msg.binning_x),
+        int(msg.binning_y),
+        (int(roi.x_offset), int(roi.y_offset), int(roi.height), int(roi.width)),
+    )
+
+
+class CameraModelCache:
+    """The camera model of the newest CameraInfo, converted only when the calibration changes.
+
+    Drivers repeat the same CameraInfo with every frame; building the model (and its ray
+    table) once per calibration instead of once per frame is what keeps the cloud cheap.
+    Used from one thread (the worker, or the bag tool's loop).
+    """
+
+    def __init__(self) -> None:
+        self._source: Any = None
+        self._key: tuple | None = None
+        self._model: CameraModel | None = None
+        self.error = ''
+
+    def update(self, info: Any) -> tuple[CameraModel | None, str]:
+        """Return ``(model, new_error)`` for ``info`` (None: no camera).
+
+        ``new_error`` is the CameraInfoError text the first time a calibration fails (to log
+        once), else ''; ``model`` is None for a calibration that cannot be used.
+        """
+        if info is None or info is self._source:
+            return (None if info is None else self._model), ''
+        self._source = info
+        key = camera_info_key(info)
+        if key == self._key:
+            return self._model, ''
+        self._key = key
+        try:
+            self._model = CameraModel.from_camera_info(info)
+            self.error = ''
+        except CameraInfoError as e:
+            self._model = None
+            self.error = str(e)
+            return None, self.error
+        return self._model, ''

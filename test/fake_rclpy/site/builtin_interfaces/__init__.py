@@ -1,0 +1,1 @@
+"""Stand-in of the builtin_interfaces message package (see _fake_rosidl)."""

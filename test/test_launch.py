@@ -1,0 +1,196 @@
+"""The launch file, the parameter file and the RViz config as a user meets them.
+
+Here (no ROS): the YAML documents exactly the node's parameters with their defaults and
+types, the RViz config shows image, depth and cloud in the camera frame, and the launch
+file, loaded against a recording stand-in of ``launch``/``launch_ros``, starts the nodes a
+user asked for with the right remappings. With ROS 2: the real ``launch`` loads the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+import py_compile
+import sys
+import types
+
+import pytest
+import yaml
+
+from moa_depth_ros import params
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_FILE = ROOT / 'launch' / 'moa_depth.launch.py'
+CONFIG_FILE = ROOT / 'config' / 'moa_depth.yaml'
+RVIZ_FILE = ROOT / 'config' / 'moa_depth.rviz'
+
+
+def test_parameter_file_documents_exactly_the_declared_parameters():
+    document = yaml.safe_load(CONFIG_FILE.read_text())
+    assert list(document) == ['/**']
+    values = document['/**']['ros__parameters']
+    assert set(values) == set(params.SPEC_BY_NAME)
+    for name, value in values.items():
+        spec = params.SPEC_BY_NAME[name]
+        # ROS 2 parameters are statically typed: 10 is an integer, 10.0 a double.
+        assert type(value) is type(spec.default), name
+        assert value == spec.default, name
+    text = CONFIG_FILE.read_text()
+    for name in values:
+        before = text[: text.index(f'    {name}:')].rstrip().splitlines()[-1]
+        assert before.strip().startswith('#'), f'{name} has no comment above it'
+
+
+def test_rviz_config_shows_image_depth_and_cloud_in_the_camera_frame():
+    config = yaml.safe_load(RVIZ_FILE.read_text())['Visualization Manager']
+    displays = {d['Topic']['Value']: d['Class'] for d in config['Displays'] if 'Topic' in d}
+    assert displays['/camera/image_raw'] == 'rviz_default_plugins/Image'
+    assert displays['/camera/depth'] == 'rviz_default_plugins/Image'
+    assert displays['/camera/points'] == 'rviz_default_plugins/PointCloud2'
+    cloud = next(d for d in config['Displays'] if d['Class'].endswith('PointCloud2'))
+    assert cloud['Color Transformer'] == 'RGB8'  # matches cloud_rgb's packed rgb field
+    assert config['Global Options']['Fixed Frame'] == 'camera_optical_frame'
+
+
+# -- the launch file against a recording stand-in of launch / launch_ros ----------------------
+
+
+class _Recorded:
+    """Any launch class: remembers its arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+        self.kwargs = kwargs
+
+
+class _LaunchConfiguration(_Recorded):
+    def perform(self, context):
+        return context.launch_configurations[self.args[0]]
+
+
+class _FindPackageShare(_Recorded):
+    def perform(self, context):
+        return f'/opt/ros/share/{self.args[0]}'
+
+
+def _stand_in_modules():
+    names = {
+        'launch': {},
+        'launch.actions': {
+            'DeclareLaunchArgument': type('DeclareLaunchArgument', (_Recorded,), {}),
+            'GroupAction': type('GroupAction', (_Recorded,), {}),
+            'OpaqueFunction': type('OpaqueFunction', (_Recorded,), {}),
+        },
+        'launch.launch_description': {
+            'LaunchDescription': type('LaunchDescription', (_Recorded,), {})
+        },
+        'launch.substitutions': {'LaunchConfiguration': _LaunchConfiguration},
+        'launch_ros': {},
+        'launch_ros.actions': {
+            'Node': type('Node', (_Recorded,), {}),
+            'PushRosNamespace': type('PushRosNamespace', (_Recorded,), {}),
+        },
+        'launch_ros.substitutions': {'FindPackageShare': _FindPackageShare},
+    }
+    modules = {}
+    for name, attrs in names.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        modules[name] = module
+    return modules
+
+
+def _load_launch_file(module_name='moa_depth_launch_under_test'):
+    spec = importlib.util.spec_from_file_location(module_name, LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def launch_file(monkeypatch):
+    for name, module in _stand_in_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return _load_launch_file()
+
+
+def _run(launch_file, **arguments):
+    description = launch_file.generate_launch_description()
+    entities = description.args[0]
+    declared = {
+        e.args[0]: e.kwargs['default_value'] for e in entities if type(e).__name__.startswith('D')
+    }
+    context = types.SimpleNamespace(launch_configurations={**declared, **arguments})
+    (opaque,) = [e for e in entities if type(e).__name__ == 'OpaqueFunction']
+    (group,) = opaque.kwargs['function'](context)
+    namespace, *nodes = group.args[0]
+    return declared, namespace.args[0], {n.kwargs['package']: n.kwargs for n in nodes}
+
+
+def test_launch_file_compiles():
+    py_compile.compile(str(LAUNCH_FILE), doraise=True)
+
+
+def test_launch_defaults_start_only_depth_node_with_the_installed_parameter_file(launch_file):
+    declared, namespace, nodes = _run(launch_file)
+    assert {'model', 'camera', 'image_topic', 'camera_info_topic', 'namespace'} <= set(declared)
+    assert {'use_rviz', 'params_file'} <= set(declared)
+    assert namespace == 'camera'
+    assert list(nodes) == ['moa_depth_ros']
+    node = nodes['moa_depth_ros']
+    assert node['executable'] == 'depth_node'
+    assert node['parameters'] == ['/opt/ros/share/moa_depth_ros/config/moa_depth.yaml']
+    assert node['remappings'] == [
+        ('image', 'image_raw'),
+        ('image/compressed', 'image_raw/compressed'),
+        ('camera_info', 'camera_info'),
+    ]
+
+
+def test_webcam_launch_starts_the_driver_rviz_and_passes_the_model(launch_file):
+    _, namespace, nodes = _run(
+        launch_file,
+        camera='v4l2',
+        model='/models/m.onnx',
+        use_rviz='true',
+        namespace='webcam',
+        frame_id='webcam_optical',
+    )
+    assert namespace == 'webcam'
+    assert list(nodes) == ['v4l2_camera', 'moa_depth_ros', 'rviz2']
+    assert nodes['v4l2_camera']['executable'] == 'v4l2_camera_node'
+    assert nodes['v4l2_camera']['parameters'][0]['camera_frame_id'] == 'webcam_optical'
+    assert nodes['moa_depth_ros']['parameters'][1] == {'model_path': '/models/m.onnx'}
+    rviz_args = nodes['rviz2']['arguments']
+    assert rviz_args[:2] == ['-d', '/opt/ros/share/moa_depth_ros/config/moa_depth.rviz']
+    assert rviz_args[2:] == ['-f', 'webcam_optical']
+
+
+def test_usb_cam_and_remapped_topics(launch_file):
+    _, _, nodes = _run(
+        launch_file,
+        camera='usb_cam',
+        image_topic='color/image_raw',
+        camera_info_topic='color/camera_info',
+        params_file='/etc/my.yaml',
+    )
+    assert nodes['usb_cam']['executable'] == 'usb_cam_node_exe'
+    node = nodes['moa_depth_ros']
+    assert node['parameters'] == ['/etc/my.yaml']
+    assert ('image/compressed', 'color/image_raw/compressed') in node['remappings']
+    assert ('camera_info', 'color/camera_info') in node['remappings']
+
+
+def test_unknown_camera_is_refused_with_the_choices(launch_file):
+    with pytest.raises(ValueError, match='camera must be one of none, v4l2, usb_cam'):
+        _run(launch_file, camera='webcam')
+
+
+@pytest.mark.ros2
+def test_real_launch_loads_the_file_and_declares_its_arguments():
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    source = PythonLaunchDescriptionSource(str(LAUNCH_FILE))
+    description = source.try_get_launch_description_without_context()
+    names = {arg.name for arg in description.get_launch_arguments()}
+    assert {'model', 'camera', 'namespace', 'use_rviz', 'params_file'} <= names

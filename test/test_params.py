@@ -1,0 +1,128 @@
+"""Parameter specs of depth_node: types, validation reasons, model path resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from moa_depth_ros import params
+from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.pipeline import PipelineConfig
+
+
+def test_settings_fields_are_exactly_the_declared_parameters_with_their_defaults():
+    fields = {f.name: f.default for f in dataclasses.fields(params.NodeSettings)}
+    assert fields == {spec.name: spec.default for spec in params.SPECS}
+    assert params.READ_ONLY == {'model_path', 'backend', 'device'}
+    for spec in params.SPECS:
+        assert spec.description.endswith('.'), spec.name
+        assert spec.check(spec.default) is None or spec.name == 'model_path', spec.name
+
+
+@pytest.mark.parametrize(
+    ('name', 'value', 'reason'),
+    [
+        ('cloud_decimation', True, 'cloud_decimation must be an integer'),
+        ('cloud_decimation', 2.0, 'cloud_decimation must be an integer'),
+        ('publish_cloud', 1, 'publish_cloud must be true or false'),
+        ('depth_encoding', 32, 'depth_encoding must be a string'),
+        ('min_depth_m', float('nan'), 'min_depth_m must be finite'),
+        ('min_depth_m', -0.1, 'min_depth_m must be >= 0'),
+        ('cloud_decimation', 17, 'cloud_decimation must be <= 16'),
+        ('diagnostics_period_s', 0.05, 'diagnostics_period_s must be >= 0.1'),
+        ('backend', 'cuda', 'backend must be one of auto, tensorrt, onnxruntime, torch'),
+        ('device', 'gpu0', 'device must match'),
+        ('output_reliability', 'RELIABLE', 'output_reliability must be one of'),
+    ],
+)
+def test_bad_values_are_refused_with_a_reason_naming_field_and_value(name, value, reason):
+    spec = params.SPEC_BY_NAME[name]
+    assert reason in spec.check(value)
+    assert repr(value) in spec.check(value)
+    with pytest.raises(ConfigError, match=reason):
+        params.NodeSettings.from_values({name: value})
+
+
+@pytest.mark.parametrize(
+    ('name', 'value'),
+    [('device', 'cuda:1'), ('device', 'cpu'), ('max_rate_hz', 15), ('cloud_decimation', 16)],
+)
+def test_good_values_pass(name, value):
+    settings = params.NodeSettings.from_values({name: value})
+    assert getattr(settings, name) == value
+    if params.SPEC_BY_NAME[name].type_name == 'float':
+        assert isinstance(getattr(settings, name), float)  # ints become floats
+
+
+def test_read_only_parameters_change_only_at_start():
+    settings = params.NodeSettings.from_values({'model_path': '/m/a.onnx', 'backend': 'torch'})
+    with pytest.raises(ConfigError, match='restart the node with backend:=.onnxruntime'):
+        settings.updated({'backend': 'onnxruntime'})
+    assert settings.updated({'backend': 'torch'}).backend == 'torch'  # unchanged is fine
+    with pytest.raises(ConfigError, match="unknown parameter 'cloud'"):
+        settings.updated({'cloud': True})
+
+
+def test_depth_limits_must_leave_a_range():
+    with pytest.raises(ConfigError, match=r'min_depth_m \(5\) must be below max_depth_m \(2\)'):
+        params.NodeSettings.from_values({'min_depth_m': 5.0, 'max_depth_m': 2.0})
+    only_max = params.NodeSettings.from_values({'max_depth_m': 2.0})
+    assert only_max.depth_limits_m() == (None, 2.0)
+
+
+def test_pipeline_kwargs_build_a_pipeline_config():
+    settings = params.NodeSettings.from_values(
+        {'min_depth_m': 0.3, 'cloud_decimation': 4, 'cloud_organized': False}
+    )
+    config = PipelineConfig(**settings.pipeline_kwargs())
+    assert (config.min_depth_m, config.max_depth_m) == (0.3, None)
+    assert (config.decimation, config.organized, config.cloud, config.cloud_rgb) == (
+        4,
+        False,
+        True,
+        True,
+    )
+
+
+def test_constraints_describe_choices_ranges_and_read_only():
+    assert params.SPEC_BY_NAME['cloud_decimation'].constraints == 'in [1, 16]'
+    assert params.SPEC_BY_NAME['max_rate_hz'].constraints == '>= 0'
+    backend = params.SPEC_BY_NAME['backend'].constraints
+    assert "'onnxruntime'" in backend and 'read-only: restart the node' in backend
+    assert 'matches' in params.SPEC_BY_NAME['device'].constraints
+
+
+def _fake_prefix(root):
+    marker = root / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'moa_depth_ros'
+    marker.parent.mkdir(parents=True)
+    marker.write_text('')
+    return root / 'share' / 'moa_depth_ros'
+
+
+def test_package_share_is_found_through_the_ament_index(tmp_path):
+    other = tmp_path / 'other'
+    other.mkdir()
+    share = _fake_prefix(tmp_path / 'install')
+    env = {'AMENT_PREFIX_PATH': os.pathsep.join(['', str(other), str(tmp_path / 'install')])}
+    assert params.find_package_share(environ=env) == share
+    assert params.find_package_share(environ={}) is None
+
+
+def test_model_path_resolution_never_uses_the_working_directory(tmp_path, monkeypatch):
+    share = _fake_prefix(tmp_path / 'install')
+    (share / 'models').mkdir(parents=True)
+    (share / 'models' / 'm.onnx').write_bytes(b'x')
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'cwd.onnx').write_bytes(b'x')
+    assert params.resolve_model_path('m.onnx', share) == share / 'models' / 'm.onnx'
+    assert params.resolve_model_path(str(tmp_path / 'cwd.onnx'), None) == tmp_path / 'cwd.onnx'
+    with pytest.raises(ConfigError, match='relative and the moa_depth_ros share'):
+        params.resolve_model_path('cwd.onnx', None)
+    with pytest.raises(ConfigError, match='no such file'):
+        params.resolve_model_path('cwd.onnx', share)
+    with pytest.raises(ConfigError, match='model_path is empty'):
+        params.resolve_model_path('', share)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    assert params.resolve_model_path('~/cwd.onnx', None) == tmp_path / 'cwd.onnx'

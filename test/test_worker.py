@@ -1,0 +1,170 @@
+"""The latest-frame worker: newest frame wins, drops are counted, failures cost one frame."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from moa_depth_ros.errors import ConfigError, InvalidImageError
+from moa_depth_ros.worker import LatestFrameWorker
+
+
+class RecordingLog:
+    def __init__(self):
+        self.warnings: list[str] = []
+        self.errors: list[str] = []
+
+    def warning(self, message):
+        self.warnings.append(message)
+
+    def error(self, message):
+        self.errors.append(message)
+
+
+class Gate:
+    """A process callback that blocks on the first frame until released."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.frames: list[object] = []
+
+    def __call__(self, frame):
+        self.started.set()
+        self.release.wait(5.0)
+        self.frames.append(frame)
+
+
+@pytest.fixture
+def stop_after():
+    workers = []
+    yield workers.append
+    for worker in workers:
+        worker.stop(1.0)
+
+
+def test_frames_arriving_while_busy_replace_each_other_and_count_as_drops(stop_after):
+    gate = Gate()
+    worker = LatestFrameWorker(gate, log=RecordingLog())
+    stop_after(worker)
+    worker.start()
+    assert worker.submit('f0') is False
+    assert gate.started.wait(5.0)  # f0 is being processed: the slot is empty again
+    assert worker.submit('f1') is False
+    assert worker.submit('f2') is True
+    assert worker.submit('f3') is True
+    gate.release.set()
+    assert worker.wait_idle(5.0)
+    assert gate.frames == ['f0', 'f3']
+    stats = worker.stats
+    assert (stats.submitted, stats.processed, stats.dropped, stats.failed) == (4, 2, 2, 0)
+
+
+def test_a_failing_frame_is_logged_and_the_worker_keeps_going(stop_after):
+    log = RecordingLog()
+    done = []
+
+    def process(frame):
+        if frame == 'bad-encoding':
+            raise InvalidImageError("Image.encoding 'weird' is not supported")
+        if frame == 'bug':
+            raise ZeroDivisionError('division by zero')
+        done.append(frame)
+
+    worker = LatestFrameWorker(process, log=log)
+    stop_after(worker)
+    worker.start()
+    for frame in ('bad-encoding', 'bug', 'good'):
+        worker.submit(frame)
+        assert worker.wait_idle(5.0)
+    assert done == ['good']
+    assert log.warnings == [
+        "skipped a frame: InvalidImageError: Image.encoding 'weird' is not supported"
+    ]
+    (error,) = log.errors
+    assert 'worker keeps running' in error and 'Traceback' in error
+    assert 'ZeroDivisionError' in error
+    stats = worker.stats
+    assert (stats.processed, stats.failed) == (1, 2)
+    assert stats.last_error == 'ZeroDivisionError: division by zero'
+    assert worker.is_alive
+
+
+def test_repeated_failures_are_logged_once_per_period_with_a_count():
+    now = [100.0]
+    log = RecordingLog()
+
+    def process(frame):
+        raise InvalidImageError('step too small')
+
+    worker = LatestFrameWorker(process, log=log, log_throttle_s=5.0, clock=lambda: now[0])
+    worker.start()
+    try:
+        for t in (100.0, 101.0, 102.0, 106.0):
+            now[0] = t
+            worker.submit(t)
+            assert worker.wait_idle(5.0)
+    finally:
+        worker.stop(1.0)
+    assert log.warnings == [
+        'skipped a frame: InvalidImageError: step too small',
+        'skipped a frame: InvalidImageError: step too small (2 more like this in the last 6 s)',
+    ]
+
+
+def test_max_rate_spaces_frame_starts(stop_after):
+    starts: list[float] = []
+    worker = LatestFrameWorker(lambda f: starts.append(time.monotonic()), log=RecordingLog())
+    worker.set_max_rate(20.0)
+    stop_after(worker)
+    worker.start()
+    for i in range(4):
+        worker.submit(i)
+        deadline = time.monotonic() + 5.0
+        while len(starts) < i + 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.04  # 50 ms apart, less scheduling jitter
+    worker.set_max_rate(0.0)  # back to unlimited
+
+
+@pytest.mark.parametrize('rate', [-1.0, float('nan'), float('inf')])
+def test_invalid_max_rate_is_refused(rate):
+    with pytest.raises(ConfigError, match='max_rate_hz'):
+        LatestFrameWorker(lambda f: None, log=RecordingLog(), max_rate_hz=rate)
+
+
+def test_stop_joins_and_later_frames_are_ignored():
+    processed = []
+    worker = LatestFrameWorker(processed.append, log=RecordingLog())
+    assert worker.stop() is True  # never started: nothing to join
+    worker = LatestFrameWorker(processed.append, log=RecordingLog())
+    worker.start()
+    with pytest.raises(RuntimeError, match='already started'):
+        worker.start()
+    assert worker.stop(1.0) is True
+    assert not worker.is_alive
+    assert worker.submit('late') is False
+    assert processed == []
+
+
+def test_stop_gives_up_on_a_frame_that_does_not_finish():
+    gate = Gate()
+    log = RecordingLog()
+
+    def process(frame):
+        gate(frame)
+        raise RuntimeError('publisher destroyed')  # what a frame cut short by shutdown meets
+
+    worker = LatestFrameWorker(process, log=log)
+    worker.start()
+    worker.submit('slow')
+    assert gate.started.wait(5.0)
+    assert worker.wait_idle(0.05) is False
+    assert worker.stop(0.05) is False
+    gate.release.set()
+    assert worker.stop(5.0) is True
+    assert worker.stats.failed == 1 and log.errors == []  # counted, not logged

@@ -1,0 +1,168 @@
+"""Building open_clip towers, loading CLIP weights, and encoding prompts once.
+
+The depth models keep only the vision tower as a submodule. When a model needs text-derived
+vectors (MoA-DepthCLIP's scene context, DepthCLIP's bin embeddings) the full CLIP model is
+built, the prompts are encoded once, and the text tower is dropped: checkpoints and ONNX
+graphs never contain a text encoder. ``load_model`` builds the vision tower alone
+(``with_text=False``) because the text vectors come back from the checkpoint as buffers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from moa_depth_ros.errors import CheckpointError, ConfigError
+
+# open_clip's SimpleTokenizer emits ids up to this vocabulary size.
+TOKENIZER_VOCAB_SIZE = 49408
+
+
+def is_vit_cfg(clip_cfg: dict[str, Any]) -> bool:
+    """Tell a ViT tower config from a ModifiedResNet one (``layers`` is a list there)."""
+    return not isinstance(clip_cfg['vision_cfg'].get('layers'), (list, tuple))
+
+
+def _vision_cfg_for(clip_cfg: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, Any]:
+    vision_cfg = dict(clip_cfg['vision_cfg'])
+    if is_vit_cfg(clip_cfg):
+        patch = int(vision_cfg.get('patch_size', 16))
+        if image_hw[0] % patch or image_hw[1] % patch:
+            raise ConfigError(
+                f'input_size {tuple(image_hw)} must be a multiple of the patch size {patch}'
+            )
+        # The positional grid must match the input grid: build the tower at this size
+        # (pretrained weights are resized by open_clip's load_checkpoint).
+        vision_cfg['image_size'] = [int(image_hw[0]), int(image_hw[1])]
+    elif image_hw[0] % 32 or image_hw[1] % 32:
+        raise ConfigError(f'input_size {tuple(image_hw)} must be a multiple of 32 for a ResNet')
+    return vision_cfg
+
+
+def build_vision_tower(clip_cfg: dict[str, Any], image_hw: tuple[int, int]) -> nn.Module:
+    """Build a randomly initialised vision tower without the text tower."""
+    from open_clip.model import _build_vision_tower  # the builder open_clip's CLIP uses
+
+    vision_cfg = _vision_cfg_for(clip_cfg, image_hw)
+    return _build_vision_tower(
+        clip_cfg['embed_dim'], vision_cfg, quick_gelu=bool(clip_cfg.get('quick_gelu'))
+    )
+
+
+def build_clip(
+    clip_cfg: dict[str, Any],
+    image_hw: tuple[int, int],
+    *,
+    clip_model: str,
+    pretrained: str | None,
+) -> nn.Module:
+    """Build a full open_clip CLIP (both towers), loading ``pretrained`` weights if given."""
+    import open_clip
+
+    cfg = dict(clip_cfg)
+    cfg['vision_cfg'] = _vision_cfg_for(clip_cfg, image_hw)
+    try:
+        model = open_clip.model.CLIP(**cfg)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ConfigError(f'clip_cfg is not a buildable open_clip config: {e}') from e
+    if pretrained is not None:
+        load_clip_weights(model, clip_model, pretrained)
+    return model.float().eval()
+
+
+def load_clip_weights(model: nn.Module, clip_model: str, pretrained: str) -> None:
+    """Load CLIP weights from a local file or an open_clip pretrained tag (downloads)."""
+    import open_clip
+
+    if os.path.isfile(pretrained):
+        path = pretrained
+    else:
+        tag_cfg = open_clip.get_pretrained_cfg(clip_model, pretrained)
+        if not tag_cfg:
+            tags = open_clip.list_pretrained_tags_by_model(clip_model)
+            raise ConfigError(
+                f'pretrained={pretrained!r} is neither a file nor an open_clip tag of '
+                f'{clip_model!r} (tags: {tags})'
+            )
+        try:
+            path = open_clip.download_pretrained(tag_cfg)
+        except Exception as e:  # network, cache and hub errors all mean "no weights"
+            raise CheckpointError(
+                f'could not download {clip_model!r} weights for tag {pretrained!r}: {e}'
+            ) from e
+    try:
+        # Handles safetensors or weights_only torch files, 'module.' prefixes and
+        # resizing the positional embedding to our grid. Nothing is unpickled.
+        open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        raise CheckpointError(f'{path}: not loadable as {clip_model!r} CLIP weights: {e}') from e
+
+
+@torch.no_grad()
+def encode_prompts(clip: nn.Module, prompts: Sequence[str]) -> torch.Tensor:
+    """Encode prompts with the text tower; returns L2-normalised [P, embed_dim] float32."""
+    import open_clip
+
+    if not prompts:
+        raise ConfigError('at least one text prompt is needed, got none')
+    if clip.vocab_size < TOKENIZER_VOCAB_SIZE:
+        raise ConfigError(
+            f'text_cfg.vocab_size must be >= {TOKENIZER_VOCAB_SIZE} for the CLIP tokenizer, '
+            f'got {clip.vocab_size}'
+        )
+    tokens = open_clip.tokenize(list(prompts), context_length=clip.context_length)
+    features = clip.encode_text(tokens).float()
+    return F.normalize(features, dim=-1)
+
+
+def vit_tokens(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Patch-embed an image for an open_clip ViT: [N, 1 + h*w, width] after ln_pre.
+
+    This is HF CLIP's ``hidden_states[0]``: class token first, positional embedding added,
+    then the pre-transformer LayerNorm.
+    """
+    x = visual.conv1(pixels)
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    return visual.ln_pre(x)
+
+
+def vit_block(block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Run one open_clip ``ResidualAttentionBlock`` on batch-first tokens [N, L, D].
+
+    The same function as ``block(tokens)``, spelled out: in eval mode
+    ``nn.MultiheadAttention`` takes a fused fast path (``_native_multi_head_attention``)
+    that no ONNX exporter can translate, while this form exports and runs identically
+    in eager mode, training and every backend.
+    """
+    tokens = tokens + block.ls_1(_self_attention(block.attn, block.ln_1(tokens)))
+    return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
+
+
+def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    batch, length, width = x.shape
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = qkv.reshape(batch, length, 3, attn.num_heads, width // attn.num_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    y = F.scaled_dot_product_attention(q, k, v)
+    return attn.out_proj(y.transpose(1, 2).reshape(batch, length, width))
+
+
+def tokens_to_map(tokens: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Reshape patch tokens [N, h*w, C] (class token removed) into a map [N, C, h, w]."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid_hw)
+
+
+def vit_grid(visual: nn.Module) -> tuple[int, int]:
+    """Return the (rows, columns) of the tower's patch grid."""
+    return tuple(int(g) for g in visual.grid_size)
+
+
+def vit_depth(visual: nn.Module) -> int:
+    """Return the number of transformer blocks in an open_clip ViT."""
+    return len(visual.transformer.resblocks)

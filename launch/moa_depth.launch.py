@@ -16,6 +16,8 @@ A running camera that publishes /front/color/image_raw and /front/color/camera_i
     ros2 launch moa_depth_ros moa_depth.launch.py model:=/m.onnx namespace:=front
         image_topic:=color/image_raw camera_info_topic:=color/camera_info
 
+RViz's saved topics (``/camera/...``) are remapped to the chosen namespace and image topic.
+
 Without calibration a webcam driver publishes a CameraInfo with zero focal length: depth
 still comes out, the point cloud needs a calibration (``camera_calibration``).
 """
@@ -86,6 +88,21 @@ def _camera_driver(camera, video_device, frame_id):
     return None
 
 
+# Topics config/moa_depth.rviz displays, as named for the default namespace and image topic.
+RVIZ_NAMESPACE = '/camera'
+RVIZ_IMAGE_TOPIC = 'image_raw'
+RVIZ_OUTPUT_TOPICS = ('depth', 'depth/colored', 'points')
+
+
+def _rviz_remappings(namespace, image_topic):
+    """Point RViz's saved /camera/... topics at this launch's namespace and image topic."""
+    ns = '/' + namespace.strip('/') if namespace.strip('/') else ''
+    image = image_topic if image_topic.startswith('/') else f'{ns}/{image_topic}'
+    pairs = [(f'{RVIZ_NAMESPACE}/{RVIZ_IMAGE_TOPIC}', image)]
+    pairs += [(f'{RVIZ_NAMESPACE}/{topic}', f'{ns}/{topic}') for topic in RVIZ_OUTPUT_TOPICS]
+    return [(saved, actual) for saved, actual in pairs if saved != actual]
+
+
 def _launch_setup(context, *args, **kwargs):
     value = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     camera = value['camera']
@@ -124,6 +141,7 @@ def _launch_setup(context, *args, **kwargs):
                 executable='rviz2',
                 name='rviz2',
                 arguments=['-d', f'{share}/config/moa_depth.rviz', '-f', value['frame_id']],
+                remappings=_rviz_remappings(value['namespace'], image_topic),
                 output='screen',
             )
         )

@@ -113,6 +113,9 @@ def settings_from_args(args: argparse.Namespace) -> params.NodeSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``moa-depth bag``."""
+    from moa_depth_ros.runtime import retain_freed_memory
+
+    retain_freed_memory()  # the node's allocator setting: no page faults on reused buffers
     summary = process_bag(
         args.input,
         args.output,

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from moa_depth_ros.runtime import retain_freed_memory
+
 TARGET_MS = 3.0
 
 
@@ -39,29 +41,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action='store_true',
         help='ask glibc to keep freed memory (mallopt) instead of returning it to the OS; '
         'shows how much of the end-to-end time is page faults on fresh frame buffers',
-    )
-
-
-def retain_freed_memory() -> bool:
-    """Stop glibc from trimming and unmapping freed buffers of a few MB; True if applied.
-
-    Every frame allocates ~15 MB of fresh output (depth, confidence, cloud, message copies).
-    By default glibc hands such blocks back to the kernel when they are freed, and the next
-    frame pays a page fault per 4 KiB touching them again. The same effect is available to a
-    node through the environment: MALLOC_TRIM_THRESHOLD_=268435456 MALLOC_MMAP_THRESHOLD_=33554432.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library('c')
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
-    if not hasattr(libc, 'mallopt'):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc <malloc.h>
-    return bool(libc.mallopt(m_trim_threshold, 256 << 20)) and bool(
-        libc.mallopt(m_mmap_threshold, 32 << 20)
     )
 
 
@@ -289,9 +268,11 @@ def run(args: argparse.Namespace) -> int:
             f'width, height, repeats and decimation must be positive, got {args.width}, '
             f'{args.height}, {args.repeats}, {args.decimation}'
         )
-    retained = retain_freed_memory() if args.retain_freed_memory else False
-    if args.retain_freed_memory and not retained:
-        print('note: mallopt is not available (not glibc); allocator left as it is')
+    retained = False
+    if args.retain_freed_memory:
+        retained, how = retain_freed_memory()
+        if not retained:
+            print(f'note: {how}')
     report = bench_frame_stages(
         width=args.width,
         height=args.height,

@@ -364,6 +364,29 @@ def _radial_limit(camera: CameraModel, kind: str, coeffs: tuple[float, ...]) -> 
     return float(r[folds[0]]) if folds.size else math.inf
 
 
+def _undistort_points(
+    pixels: np.ndarray, k: np.ndarray, dist: np.ndarray, *, fisheye: bool
+) -> np.ndarray:
+    """Pixels [N, 1, 2] -> normalized undistorted (x/z, y/z), iterating to convergence.
+
+    The Python spelling differs by OpenCV version, and ROS installs the distribution's OpenCV
+    (Ubuntu 22.04: 4.5.4, 24.04: 4.6): in 4.x the iterative form of undistortPoints is
+    ``undistortPointsIter(src, K, D, R, P, criteria)`` and plain undistortPoints takes no
+    criteria (5 fixed iterations); OpenCV 5 merged them. fisheye.undistortPoints takes
+    criteria from 4.6 on; before that its own 10 Newton steps are used, and the reprojection
+    check of the caller drops any ray that did not converge.
+    """
+    if fisheye:
+        try:
+            return cv2.fisheye.undistortPoints(pixels, k, dist, criteria=_UNDISTORT_CRITERIA)
+        except TypeError:  # OpenCV < 4.6: no criteria keyword
+            return cv2.fisheye.undistortPoints(pixels, k, dist)
+    iterative = getattr(cv2, 'undistortPointsIter', None)
+    if iterative is not None:  # OpenCV 3.3.1 - 4.x
+        return iterative(pixels, k, dist, None, None, _UNDISTORT_CRITERIA)
+    return cv2.undistortPoints(pixels, k, dist, criteria=_UNDISTORT_CRITERIA)
+
+
 def _compute_rays(camera: CameraModel) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     h, w = camera.height, camera.width
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
@@ -374,13 +397,8 @@ def _compute_rays(camera: CameraModel) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return x.astype(np.float32), y.astype(np.float32), None
     pixels = np.stack([u, v], axis=-1).reshape(-1, 1, 2)
     dist = np.asarray(coeffs, dtype=np.float64)
-    if kind == 'equidistant':
-        und = cv2.fisheye.undistortPoints(
-            pixels, camera.k, dist, criteria=_UNDISTORT_CRITERIA
-        ).reshape(h, w, 2)
-    else:
-        und = cv2.undistortPoints(pixels, camera.k, dist, criteria=_UNDISTORT_CRITERIA)
-        und = und.reshape(h, w, 2)
+    und = _undistort_points(pixels, camera.k, dist, fisheye=kind == 'equidistant')
+    und = und.reshape(h, w, 2)
     x, y = und[..., 0], und[..., 1]
     # Keep a ray only where the closed-form forward model maps it back onto its own pixel, and
     # the lens model is still one-to-one at its radius.
@@ -476,11 +494,13 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     lead = rgb.shape[:-1]
     # cvtColor wants an image; a single row keeps its per-row overhead out of [N, 3] inputs.
     image = rgb if rgb.ndim == 3 else rgb.reshape(1, -1, 3)
-    # In little-endian memory (r << 16) | (g << 8) | b is the byte sequence b, g, r, 0.
+    # In little-endian memory (r << 16) | (g << 8) | b is the byte sequence b, g, r, 0; a
+    # big-endian host reads those bytes reversed, so it swaps them before the alpha byte
+    # (which cvtColor sets to 255) is masked off.
     packed = cv2.cvtColor(image, cv2.COLOR_RGB2BGRA).view(np.uint32).reshape(lead)
-    packed &= np.uint32(0x00FFFFFF)
     if sys.byteorder == 'big':
         packed = packed.byteswap()
+    packed &= np.uint32(0x00FFFFFF)
     return packed.view(np.float32)
 
 

@@ -81,7 +81,9 @@ _DECODERS: dict[str, tuple[int, int | None]] = {
 SUPPORTED_ENCODINGS = tuple(_DECODERS)
 
 # Bounds for cv2.inRange masks of "positive and finite" (inRange is False for NaN).
-_SMALLEST_POSITIVE_F32 = float(np.finfo(np.float32).smallest_subnormal)
+# (nextafter, not finfo.smallest_subnormal: Humble's Ubuntu 22.04 ships NumPy 1.21, which
+# lacks that attribute.)
+_SMALLEST_POSITIVE_F32 = float(np.nextafter(np.float32(0.0), np.float32(1.0)))
 _LARGEST_F32 = float(np.finfo(np.float32).max)
 # Largest depth a 16UC1 image holds, in millimetres.
 _MAX_DEPTH_MM = 65535

@@ -52,6 +52,7 @@ from moa_depth_ros import diagnostics, msgs, params
 from moa_depth_ros.engine import load_engine
 from moa_depth_ros.errors import ConfigError, MoaDepthError
 from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
+from moa_depth_ros.runtime import retain_freed_memory
 from moa_depth_ros.worker import CameraModelCache, LatestFrameWorker
 
 NODE_NAME = 'moa_depth_node'
@@ -331,7 +332,15 @@ class DepthNode(Node):
             )
         elif frame.camera_info is not None:
             self._stats.set_note('point cloud', '')
-        self._publish(result, frame.msg.header, settings)
+        try:
+            self._publish(result, frame.msg.header, settings)
+        except Exception:
+            # Ctrl-C shuts the context down from rclpy's signal thread while this frame may
+            # still be in the network; its publishers then refuse it. That is shutdown, not a
+            # failure worth a traceback.
+            if not self.context.ok():
+                return
+            raise
         self._stats.output_frame(result.timings_ms)
 
     def _publish(self, result: Any, image_header: Any, settings: params.NodeSettings) -> None:
@@ -398,13 +407,23 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = None
     try:
+        # Before the first frame: every frame allocates and frees ~15 MB of buffers, which
+        # glibc would otherwise hand back to the kernel and page-fault in again each frame.
+        retained, how = retain_freed_memory()
+        if retained:
+            get_logger(NODE_NAME).info(how)
+        else:
+            get_logger(NODE_NAME).debug(how)
         node = DepthNode()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # Ctrl-C: Humble raises KeyboardInterrupt, Jazzy ExternalShutdownException
     except (MoaDepthError, ParameterException) as e:
         # A configuration mistake: one line naming it, not a traceback.
-        get_logger(NODE_NAME).fatal(f'cannot start: {e}')
+        hint = ''
+        if "expecting type 'DOUBLE'" in str(e):
+            hint = ' (ROS 2 parameters are typed: write a decimal point, e.g. 10.0, not 10)'
+        get_logger(NODE_NAME).fatal(f'cannot start: {e}{hint}')
         return 1
     finally:
         if node is not None:

@@ -85,6 +85,45 @@ def test_distorted_plane_at_known_distance_reprojects_onto_every_pixel(model):
     assert np.nanmax(np.abs(cam.rays()[..., 0] - pinhole[..., 0])) > 0.01
 
 
+def _opencv_4_calib3d(monkeypatch):
+    """Give cv2 the Python signatures of OpenCV 4.5/4.6, what ROS installs on Humble/Jazzy.
+
+    There, undistortPoints takes no criteria (the iterative form is undistortPointsIter) and
+    fisheye.undistortPoints takes criteria only from 4.6 on.
+    """
+    real_plain, real_fisheye = cv2.undistortPoints, cv2.fisheye.undistortPoints
+
+    def no_criteria(real, name):
+        def call(*args, **kwargs):
+            if 'criteria' in kwargs:
+                raise TypeError(f"'criteria' is an invalid keyword argument for {name}()")
+            return real(*args, **kwargs)
+
+        return call
+
+    def iterative(src, k, d, r, p, criteria):
+        return real_plain(src, k, d, R=r, P=p, criteria=criteria)
+
+    monkeypatch.setattr(cv2, 'undistortPoints', no_criteria(real_plain, 'undistortPoints'))
+    monkeypatch.setattr(cv2, 'undistortPointsIter', iterative, raising=False)
+    monkeypatch.setattr(
+        cv2.fisheye, 'undistortPoints', no_criteria(real_fisheye, 'fisheye_undistortPoints')
+    )
+
+
+@pytest.mark.parametrize('model', list(DISTORTIONS))
+def test_distorted_rays_come_out_the_same_with_the_opencv_ros_installs(model, monkeypatch):
+    _opencv_4_calib3d(monkeypatch)
+    d = DISTORTIONS[model]
+    cam = camera(model, d, cx_px=47.19)  # a model no other test caches a ray table for
+    rays = cam.rays()
+    valid = np.isfinite(rays[..., 0])
+    assert valid.mean() > 0.95
+    uv = opencv_project(cam, rays[valid], model, d)
+    u, v = pixel_grid()
+    assert np.hypot(uv[:, 0] - u[valid], uv[:, 1] - v[valid]).max() < 1e-3
+
+
 @pytest.mark.parametrize('model', list(DISTORTIONS))
 def test_project_matches_opencv(model):
     d = DISTORTIONS[model]

@@ -166,6 +166,25 @@ def test_webcam_launch_starts_the_driver_rviz_and_passes_the_model(launch_file):
     assert rviz_args[2:] == ['-f', 'webcam_optical']
 
 
+@pytest.mark.parametrize(
+    ('namespace', 'image_topic'),
+    [('camera', 'image_raw'), ('webcam', 'image_raw'), ('front', 'color/image_raw'), ('', 'img')],
+)
+def test_rviz_shows_the_topics_of_the_chosen_namespace_and_image(
+    launch_file, namespace, image_topic
+):
+    _, _, nodes = _run(launch_file, use_rviz='true', namespace=namespace, image_topic=image_topic)
+    remap = dict(nodes['rviz2'].get('remappings') or [])
+    config = yaml.safe_load(RVIZ_FILE.read_text())['Visualization Manager']
+    shown = {remap.get(d['Topic']['Value'], d['Topic']['Value']) for d in config['Displays']
+             if 'Topic' in d}  # fmt: skip
+    ns = f'/{namespace}' if namespace else ''
+    expected = {f'{ns}/{image_topic}'} | {
+        f'{ns}/{t}' for t in ('depth', 'depth/colored', 'points')
+    }
+    assert shown == expected
+
+
 def test_usb_cam_and_remapped_topics(launch_file):
     _, _, nodes = _run(
         launch_file,

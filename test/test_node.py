@@ -376,6 +376,7 @@ def test_main_runs_a_frame_and_shuts_down_cleanly_on_ctrl_c(ros, model_path, mon
         send(node, '/image', image_msg())
         assert wait_for(lambda: published(node, '/points'))
         assert _inference_threads()
+        ros.shutdown()  # what rclpy's signal handler does before spin gives up
         raise getattr(rclpy.executors, how, KeyboardInterrupt)()
 
     monkeypatch.setattr(rclpy.executors, 'SPIN_HOOK', spin)
@@ -384,6 +385,45 @@ def test_main_runs_a_frame_and_shuts_down_cleanly_on_ctrl_c(ros, model_path, mon
     assert seen['node'].fake_destroyed
     assert not ros.ok()
     assert not _inference_threads()
+    assert logs('ERROR') == []
+    # The allocator choice is said once, at start (applied on glibc, a debug line elsewhere).
+    assert len([m for m in logs() if m.startswith('allocator') or 'freed frame' in m]) == 1
+
+
+@pytest.mark.parametrize('how', ['KeyboardInterrupt', 'ExternalShutdownException'])
+def test_ctrl_c_while_a_frame_is_in_the_network_ends_without_a_traceback(
+    ros, model_path, monkeypatch, how
+):
+    import rclpy.executors
+
+    from moa_depth_ros import node as node_module
+
+    ros.try_shutdown()
+
+    def spin(nodes):
+        (node,) = nodes
+        started, release = threading.Event(), threading.Event()
+        infer = node._pipeline.estimator.infer
+
+        def slow_infer(image):
+            started.set()
+            release.wait(5.0)
+            return infer(image)
+
+        monkeypatch.setattr(node._pipeline.estimator, 'infer', slow_infer)
+        send(node, '/image', image_msg())
+        assert started.wait(5.0)
+        # rclpy's signal thread shuts the context down; the frame then reaches its publishers
+        # before the main thread gets to destroy_node.
+        ros.shutdown()
+        release.set()
+        assert node._worker.wait_idle(5.0)
+        raise getattr(rclpy.executors, how, KeyboardInterrupt)()
+
+    monkeypatch.setattr(rclpy.executors, 'SPIN_HOOK', spin)
+    args = ['depth_node', '--ros-args', '-p', f'model_path:={model_path}']
+    assert node_module.main(args) == 0
+    assert logs('ERROR') == [] and not any('skipped a frame' in m for m in logs('WARN'))
 
 
 @pytest.mark.parametrize(
@@ -391,6 +431,7 @@ def test_main_runs_a_frame_and_shuts_down_cleanly_on_ctrl_c(ros, model_path, mon
     [
         ('model_path:=/no/such.onnx', '/no/such.onnx'),
         ('max_rate_hz:=10', "expecting type 'DOUBLE'"),  # YAML 10 is an integer
+        ('max_depth_m:=8', 'write a decimal point, e.g. 10.0'),
     ],
 )
 def test_main_reports_a_start_failure_in_one_line_and_exits_1(ros, override, reason):

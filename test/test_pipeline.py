@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
-from moa_depth_ros import benchmark, msgs
+from moa_depth_ros import benchmark, msgs, runtime
 from moa_depth_ros.errors import CameraInfoError, ConfigError, EngineError, InvalidImageError
 from moa_depth_ros.geometry import CameraModel
 from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig, preprocess
@@ -229,6 +230,40 @@ def test_frame_benchmark_reports_every_stage():
         assert stages[name]['median_ms'] >= 0 and stages[name]['floor_ms'] > 0
     assert report['total_ms'] > 0
     assert 'sum of stages' in benchmark.format_report(report)
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr('CS_GNU_LIBC_VERSION').startswith('glibc')
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def test_freed_frame_buffers_are_kept_only_where_glibc_runs_and_the_user_did_not_choose(
+    monkeypatch,
+):
+    def no_libc(*args):
+        raise AssertionError('the C library must not be touched')
+
+    # The user's glibc settings win, and nothing is loaded to find that out.
+    monkeypatch.setattr(runtime.ctypes, 'CDLL', no_libc)
+    applied, how = runtime.retain_freed_memory({'MALLOC_TRIM_THRESHOLD_': '131072'})
+    assert not applied and 'MALLOC_TRIM_THRESHOLD_' in how
+    tunables = {'GLIBC_TUNABLES': 'glibc.malloc.mmap_threshold=65536'}
+    assert runtime.retain_freed_memory(tunables) == (
+        False,
+        'allocator left as configured by GLIBC_TUNABLES',
+    )
+    # musl, macOS, Windows: left alone.
+    monkeypatch.setattr(runtime, '_glibc_version', lambda: None)
+    assert runtime.retain_freed_memory({}) == (False, 'allocator left as it is (not glibc)')
+
+
+@pytest.mark.skipif(not _glibc(), reason='needs glibc (mallopt thresholds are glibc options)')
+def test_on_glibc_freed_frame_buffers_are_kept_for_reuse():
+    applied, how = runtime.retain_freed_memory({})
+    assert applied, how
+    assert '256 MiB' in how and 'MALLOC_TRIM_THRESHOLD_' in how
 
 
 @pytest.mark.parametrize('size', [(120, 160), (121, 161)])  # even: 2x halvings; odd: INTER_AREA

@@ -15,6 +15,7 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 
 import rclpy
 from rclpy.clock import Clock
+from rclpy.context import DEFAULT_CONTEXT
 from rclpy.exceptions import (
     InvalidParameterTypeException,
     InvalidParameterValueException,
@@ -25,6 +26,10 @@ from rclpy.exceptions import (
 from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
+
+
+class RCLError(RuntimeError):
+    """rclpy._rclpy_pybind11.RCLError: an rcl call failed."""
 
 
 class _Destroyable:
@@ -51,6 +56,11 @@ class Publisher(_Destroyable):
 
     def publish(self, msg):
         self._check_alive()
+        if not rclpy.ok():
+            # rcl refuses to publish once the context is shut down (Ctrl-C, rclpy.shutdown).
+            raise RCLError(
+                "Failed to publish: publisher's context is invalid, at ./src/rcl/publisher.c"
+            )
         if not isinstance(msg, self.msg_type):
             raise TypeError(f'Expected {self.msg_type}, got {type(msg)}')
         self.fake_published.append(msg)
@@ -144,6 +154,10 @@ class Node:
 
     def get_clock(self):
         return self._clock
+
+    @property
+    def context(self):
+        return DEFAULT_CONTEXT
 
     def resolve_topic_name(self, topic, *, only_expand=False):
         if topic.startswith('/'):

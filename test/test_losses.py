@@ -228,3 +228,24 @@ def test_weight_and_depth_cap_overrides():
     assert set(parts) == {'silog', 'total'}
     mask = valid_depth_mask(gt, 1e-3, 4.0)
     assert total.item() == pytest.approx(silog_loss(depth, gt, mask).item(), rel=1e-6)
+
+
+def test_bin_ce_target_follows_the_models_log_spacing():
+    """With the model's edges, the target is the model's own nearest bin (log domain)."""
+    from moa_depth_ros.model.heads import HybridDepthHead
+
+    head = HybridDepthHead(8, num_bins=16, min_depth_m=0.5, max_depth_m=10.0)
+    # Depths just either side of each geometric-mean boundary between neighbouring centres.
+    centers = head.bin_centers_m.double()
+    geo = torch.sqrt(centers[1:] * centers[:-1])
+    gt = torch.cat([geo * 0.999, geo * 1.001]).float().view(1, 1, 1, -1)
+    expected = head.depth_to_bin_index(gt)[:, 0]
+    # Logits that put all mass on the expected bins give (near) zero loss; metres-nearest
+    # targets would disagree just above each boundary and give a large loss there.
+    logits = torch.full((1, 16, 1, gt.shape[-1]), -30.0)
+    logits.scatter_(1, expected[:, None], 30.0)
+    mask = torch.ones_like(gt, dtype=torch.bool)
+    loss = bin_cross_entropy_loss(logits, head.bin_centers_m, gt, mask, head.bin_edges_m)
+    assert float(loss) < 1e-6
+    metres = bin_cross_entropy_loss(logits, head.bin_centers_m, gt, mask)
+    assert float(metres) > 1.0

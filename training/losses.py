@@ -130,14 +130,28 @@ def bin_cross_entropy_loss(
     bin_centers_m: torch.Tensor,
     gt_m: torch.Tensor,
     mask: torch.Tensor,
+    bin_edges_m: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of [N,B,h,w] logits against the nearest bin of the ground truth.
+    """Cross-entropy of [N,B,h,w] logits against the bin of the ground truth.
 
+    With ``bin_edges_m`` (the B-1 ascending boundaries a model defines, e.g. midway in
+    log-depth for log-spaced bins) the target is the bin those edges put the depth in, so
+    training agrees with the model's own spacing; without them, the nearest centre in metres.
     ``gt_m`` and ``mask`` must already be at the logits' resolution (see DepthLoss).
     """
     if bin_logits.dim() != 4:
         raise ConfigError(f'bin_logits must be [N,B,H,W], got {tuple(bin_logits.shape)}')
-    target = nearest_bin_index(torch.where(mask, gt_m, torch.ones_like(gt_m)), bin_centers_m)
+    safe_gt = torch.where(mask, gt_m, torch.ones_like(gt_m))
+    if bin_edges_m is not None:
+        edges = bin_edges_m.detach().reshape(-1).to(safe_gt.dtype)
+        if edges.numel() != bin_logits.shape[1] - 1:
+            raise ConfigError(
+                f'bin_edges_m must hold B-1={bin_logits.shape[1] - 1} boundaries, '
+                f'got {edges.numel()}'
+            )
+        target = torch.bucketize(safe_gt[:, 0].contiguous(), edges.contiguous())
+    else:
+        target = nearest_bin_index(safe_gt, bin_centers_m)
     valid = mask[:, 0]
     # Zero the logits of invalid pixels so garbage there (NaN, inf) never reaches backward.
     logits = torch.where(valid[:, None], bin_logits, torch.zeros_like(bin_logits))
@@ -347,7 +361,11 @@ class DepthLoss(nn.Module):
                     gt_small = F.interpolate(gt, size=tuple(logits.shape[-2:]), mode='nearest')
                 mask_small = valid_depth_mask(gt_small, cfg.min_depth_m, cfg.max_depth_m)
                 value = bin_cross_entropy_loss(
-                    logits, outputs['bin_centers_m'], gt_small, mask_small
+                    logits,
+                    outputs['bin_centers_m'],
+                    gt_small,
+                    mask_small,
+                    outputs.get('bin_edges_m'),
                 )
             else:
                 pred = _as_nchw(outputs[term.output], term.output).float()

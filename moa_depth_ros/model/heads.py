@@ -89,9 +89,14 @@ class HybridDepthHead(nn.Module):
         self.depth_range_m = (float(min_depth_m), float(max_depth_m))
         self.log_min = math.log(min_depth_m)
         self.log_max = math.log(max_depth_m)
-        self.register_buffer(
-            'bin_centers_m', bin_centers_m(min_depth_m, max_depth_m, num_bins, bin_spacing)
-        )
+        centers = bin_centers_m(min_depth_m, max_depth_m, num_bins, bin_spacing)
+        self.register_buffer('bin_centers_m', centers)
+        # Decision boundaries between neighbouring centres, midway in the spacing's domain:
+        # the cross-entropy target of a depth is the bin these put it in, which is the same
+        # bin as ``depth_to_bin_index``. Derived, so not stored in checkpoints.
+        domain = _to_domain(centers.double(), bin_spacing)
+        edges = _from_domain(0.5 * (domain[1:] + domain[:-1]), bin_spacing).float()
+        self.register_buffer('bin_edges_m', edges.sort().values, persistent=False)
         # One shared conv3x3 trunk, then 1x1 outputs: the trunk is the costly layer at
         # decoder resolution, so the branches share it.
         self.trunk = nn.Sequential(
@@ -133,6 +138,7 @@ class HybridDepthHead(nn.Module):
             'bin_depth_m': _resize(depth_bins, out_hw),
             'regression_m': _resize(regression_m, out_hw),
             'bin_centers_m': self.bin_centers_m,
+            'bin_edges_m': self.bin_edges_m,
         }
         if with_logits:
             out['bin_logits'] = _resize(logits, out_hw)

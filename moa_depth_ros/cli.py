@@ -17,7 +17,12 @@ from moa_depth_ros import __version__
 from moa_depth_ros.errors import MoaDepthError
 
 # (name, module, one-line help). A module is listed here only once it exists.
-SUBCOMMANDS: list[tuple[str, str, str]] = []
+SUBCOMMANDS: list[tuple[str, str, str]] = [
+    ('bench-frame', 'moa_depth_ros.benchmark', 'time each per-frame stage on a VGA frame'),
+    ('info', 'moa_depth_ros.engine.info', 'show what a model file is, its metadata and backend'),
+    ('bench-engine', 'moa_depth_ros.engine.bench', 'per-backend latency vs the compute floor'),
+    ('bag', 'moa_depth_ros.bag', 'run the depth pipeline over a rosbag2 and write a new bag'),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

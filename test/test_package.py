@@ -30,6 +30,7 @@ PIP_DISTS = {
     'open_clip': 'open_clip_torch',
     'safetensors': 'safetensors',
     'tensorrt': 'tensorrt',
+    'cuda': 'cuda-python',
     'onnx': 'onnx',
     'tqdm': 'tqdm',
 }

@@ -6,5 +6,6 @@ heavy dependencies lazily, so the node never imports torch unless the torch back
 """
 
 from moa_depth_ros.engine.base import DepthEngine, ModelMetadata
+from moa_depth_ros.engine.loader import BACKENDS, backend_for_path, load_engine
 
-__all__ = ['DepthEngine', 'ModelMetadata']
+__all__ = ['BACKENDS', 'DepthEngine', 'ModelMetadata', 'backend_for_path', 'load_engine']

@@ -135,6 +135,43 @@ class ModelMetadata:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+# Keys of ``DepthModel.describe()`` that map onto ModelMetadata's typed fields.
+_DESCRIBE_FIELDS = ('model_name', 'input_height', 'input_width', 'min_depth_m', 'max_depth_m')
+
+
+def metadata_from_description(
+    description: Mapping[str, str],
+    *,
+    package_version: str,
+    extra: Mapping[str, str] | None = None,
+    source: str = '<model>',
+) -> ModelMetadata:
+    """Build ModelMetadata from a model's ``describe()`` dict (what export embeds).
+
+    Keys other than the typed fields (``config_json``, ``config_digest``, ...) become extras;
+    ``extra`` adds more (opset, export time) and wins on a clash.
+    """
+    missing = [key for key in _DESCRIBE_FIELDS if key not in description]
+    if missing:
+        raise ModelMetadataError(f'{source}: describe() lacks {", ".join(missing)}')
+    extras = {k: str(v) for k, v in description.items() if k not in _DESCRIBE_FIELDS}
+    extras.update({k: str(v) for k, v in (extra or {}).items()})
+    for key in REQUIRED_KEYS:
+        extras.pop(key, None)
+    try:
+        return ModelMetadata(
+            model_name=str(description['model_name']),
+            input_height=int(description['input_height']),
+            input_width=int(description['input_width']),
+            min_depth_m=float(description['min_depth_m']),
+            max_depth_m=float(description['max_depth_m']),
+            package_version=package_version,
+            extra=extras,
+        )
+    except (TypeError, ValueError) as e:
+        raise ModelMetadataError(f'{source}: malformed describe() value: {e}') from e
+
+
 class DepthEngine(abc.ABC):
     """One loaded depth network behind a backend (tensorrt, onnxruntime, torch)."""
 

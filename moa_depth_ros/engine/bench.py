@@ -1,0 +1,344 @@
+"""``moa-depth bench-engine``: per-model, per-backend latency next to the compute floor.
+
+For each model at its input size and batch 1: median and p90 latency and throughput of
+every available backend (torch, onnxruntime, tensorrt), the FLOP count of ``forward()``
+(``torch.utils.flop_counter``), and the machine's measured matmul rate in the same run,
+so ``ratio_to_floor`` (latency / (FLOPs / matmul rate)) shows how far each backend is from
+what this machine's GEMM units could do.
+
+Reduced-precision variants are measured too (torch bf16 autocast; onnxruntime int8 dynamic
+quantization) together with their parity against FP32 (relative depth error and delta1
+agreement); ``accuracy_holds`` says whether a variant meets ``ACCURACY_BAR``. This is an
+offline tool: it imports torch, the model package and the exporter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from moa_depth_ros.engine.onnx_export import ACCURACY_BAR, accuracy_holds, depth_agreement
+from moa_depth_ros.errors import ConfigError, MoaDepthError
+
+DEFAULT_MODELS = ('moa_depthclip', 'space_clip', 'depthclip')
+DEFAULT_BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+
+
+def cpu_description() -> dict[str, Any]:
+    """CPU model, logical cores and the matrix-math ISA extensions present."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name' and name in ('', platform.machine(), 'x86_64'):
+                    name = value.strip()
+                elif key.strip() == 'flags':
+                    flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')
+    return {
+        'cpu': name,
+        'logical_cores': os.cpu_count(),
+        'isa': [flag for flag in wanted if flag in flags],
+    }
+
+
+def measure_matmul_rate(dtype: str = 'fp32', n: int = 2048, min_seconds: float = 1.0) -> float:
+    """Return the measured dense matmul rate in FLOP/s (torch, n x n, current threads)."""
+    import torch
+
+    if dtype == 'int8':
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        matmul = torch._int_mm  # int8 x int8 -> int32, the kernel quantized GEMMs use
+    else:
+        torch_dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16}[dtype]
+        a = torch.randn(n, n).to(torch_dtype)
+        b = torch.randn(n, n).to(torch_dtype)
+        matmul = torch.matmul
+    for _ in range(2):
+        matmul(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        matmul(a, b)
+        count += 1
+    return 2.0 * n**3 * count / (time.perf_counter() - start)
+
+
+def count_flops(model: Any, batch: int = 1) -> int:
+    """FLOPs of one ``forward()`` at the model's input size (a multiply-add counts 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = torch.rand(batch, 3, *model.input_hw)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(image.to(device))
+    return int(counter.get_total_flops())
+
+
+def time_call(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, float]:
+    """Median / p90 / mean latency in ms and throughput (calls per second) of ``fn``."""
+    if warmup < 0 or iters < 1:
+        raise ConfigError(f'need warmup >= 0 and iters >= 1, got {warmup} and {iters}')
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times_ms = np.asarray(times) * 1e3
+    return {
+        'median_ms': float(np.median(times_ms)),
+        'p90_ms': float(np.percentile(times_ms, 90)),
+        'mean_ms': float(np.mean(times_ms)),
+        'throughput_fps': float(1e3 / np.mean(times_ms)),
+        'iters': iters,
+    }
+
+
+def _row(
+    backend: str,
+    precision: str,
+    timing: dict[str, float],
+    flops: int,
+    rates: dict[str, float],
+    rate_key: str,
+) -> dict[str, Any]:
+    median_s = timing['median_ms'] / 1e3
+    floor_s = flops / rates[rate_key] if rates.get(rate_key) else float('nan')
+    return {
+        'backend': backend,
+        'precision': precision,
+        **timing,
+        'achieved_gflops': flops / median_s / 1e9,
+        'compute_floor_ms': floor_s * 1e3,
+        'floor_rate': rate_key,
+        'ratio_to_floor': median_s / floor_s if floor_s == floor_s else float('nan'),
+    }
+
+
+def bench_model(
+    model: Any,
+    *,
+    backends: Sequence[str] = DEFAULT_BACKENDS,
+    variants: bool = True,
+    warmup: int = 20,
+    iters: int = 50,
+    threads: int | None = None,
+    rates: dict[str, float] | None = None,
+    workdir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Benchmark one DepthModel object on every requested backend at batch 1."""
+    from moa_depth_ros.engine.loader import load_engine
+    from moa_depth_ros.engine.onnx_backend import OnnxRuntimeEngine
+    from moa_depth_ros.engine.onnx_export import export_onnx, parity_errors, quantize_int8
+    from moa_depth_ros.engine.torch_backend import TorchEngine
+
+    unknown = sorted(set(backends) - set(DEFAULT_BACKENDS))
+    if unknown:
+        raise ConfigError(f'unknown backends {unknown}; choose from {list(DEFAULT_BACKENDS)}')
+    rates = rates or {}
+    model = model.eval()
+    flops = count_flops(model)
+    image = np.random.default_rng(0).random((1, 3, *model.input_hw), dtype=np.float32)
+    result: dict[str, Any] = {
+        'model_name': model.model_name,
+        'input_hw': list(model.input_hw),
+        'gflop': flops / 1e9,
+        'parameters': sum(p.numel() for p in model.parameters()),
+        'rows': [],
+        'skipped': {},
+    }
+    reference_engine = TorchEngine(model, device='cpu')
+    reference = reference_engine.infer(image)
+
+    def measure(engine, backend, precision, rate_key):
+        timing = time_call(lambda: engine.infer(image), warmup, iters)
+        row = _row(backend, precision, timing, flops, rates, rate_key)
+        got = engine.infer(image)
+        row['parity'] = {**parity_errors(reference, got), **depth_agreement(reference[0], got[0])}
+        row['accuracy_holds'] = accuracy_holds(row['parity'])
+        result['rows'].append(row)
+
+    if 'torch' in backends:
+        measure(reference_engine, 'torch', 'fp32', 'fp32')
+        if variants:
+            measure(TorchEngine(model, device='cpu', precision='bf16'), 'torch', 'bf16', 'bf16')
+    needs_onnx = 'onnxruntime' in backends or 'tensorrt' in backends
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        onnx_path = pathlib.Path(tmp) / f'{model.model_name}.onnx'
+        if needs_onnx:
+            report = export_onnx(model, onnx_path)
+            result['export_parity'] = {
+                'depth_rel': report.depth_rel_err,
+                'confidence_rel': report.confidence_rel_err,
+            }
+        if 'onnxruntime' in backends:
+            measure(
+                OnnxRuntimeEngine(onnx_path, device='cpu', intra_op_threads=threads),
+                'onnxruntime',
+                'fp32',
+                'fp32',
+            )
+            if variants:
+                int8_path = pathlib.Path(tmp) / f'{model.model_name}.int8.onnx'
+                try:
+                    quantize_int8(onnx_path, int8_path)
+                except Exception as e:  # onnxruntime.quantization raises plain ValueErrors
+                    result['skipped']['onnxruntime int8'] = f'quantization failed: {e}'
+                else:
+                    int8 = OnnxRuntimeEngine(int8_path, device='cpu', intra_op_threads=threads)
+                    measure(int8, 'onnxruntime', 'int8-dynamic', 'int8')
+        if 'tensorrt' in backends:
+            try:
+                engine = load_engine(onnx_path, backend='tensorrt', cache_dir=tmp)
+            except MoaDepthError as e:
+                result['skipped']['tensorrt'] = str(e).split(';')[0]
+            else:
+                precision = engine.sidecar.precision
+                measure(engine, 'tensorrt', precision, 'gpu')
+                engine.close()
+    return result
+
+
+def bench_engines(
+    models: Sequence[str] = DEFAULT_MODELS,
+    backends: Sequence[str] = DEFAULT_BACKENDS,
+    *,
+    warmup: int = 20,
+    iters: int = 50,
+    threads: int | None = None,
+    variants: bool = True,
+    model_overrides: dict[str, dict[str, Any]] | None = None,
+    workdir: str | os.PathLike | None = None,
+    matmul_n: int = 2048,
+    matmul_seconds: float = 1.0,
+) -> dict[str, Any]:
+    """Benchmark models (preset names or ``.safetensors`` checkpoints) on each backend.
+
+    Preset names build randomly initialised networks (timing does not depend on the
+    weights; parity numbers then describe that network). ``model_overrides`` maps a preset
+    name to ``create_model`` overrides. Returns a JSON-able dict with ``machine`` (CPU,
+    threads, matmul TFLOP/s for fp32/bf16/int8 measured in this run) and ``models``.
+    """
+    import onnxruntime
+    import torch
+
+    from moa_depth_ros.model import create_model, load_model
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    machine = {
+        **cpu_description(),
+        'torch_threads': torch.get_num_threads(),
+        'torch': torch.__version__,
+        'onnxruntime': onnxruntime.__version__,
+    }
+    rates = {}
+    for dtype in ('fp32', 'bf16', 'int8'):
+        try:
+            rates[dtype] = measure_matmul_rate(dtype, matmul_n, matmul_seconds)
+        except (RuntimeError, NotImplementedError) as e:
+            machine[f'matmul_{dtype}_error'] = str(e)
+    machine['matmul_tflops'] = {k: v / 1e12 for k, v in rates.items()}
+    results = {}
+    for entry in models:
+        if entry.endswith('.safetensors'):
+            model = load_model(entry)
+        else:
+            model = create_model(entry, **(model_overrides or {}).get(entry, {}))
+        key = entry if entry not in results else f'{entry}#{len(results)}'
+        results[key] = bench_model(
+            model,
+            backends=backends,
+            variants=variants,
+            warmup=warmup,
+            iters=iters,
+            threads=threads,
+            rates=rates,
+            workdir=workdir,
+        )
+    return {'machine': machine, 'models': results}
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """Render ``bench_engines`` output as a text table."""
+    machine = results['machine']
+    tflops = machine.get('matmul_tflops', {})
+    lines = [
+        f'{machine.get("cpu")} ({machine.get("logical_cores")} logical cores, torch threads '
+        f'{machine.get("torch_threads")}; ISA {", ".join(machine.get("isa", [])) or "?"})',
+        'measured matmul: '
+        + ', '.join(
+            f'{k} {v:.3f} T{"OP" if k == "int8" else "FLOP"}/s' for k, v in tflops.items()
+        ),
+        '',
+        f'{"model":<15}{"backend":<13}{"precision":<14}{"median ms":>10}{"p90 ms":>9}'
+        f'{"fps":>7}{"GFLOP":>8}{"GFLOP/s":>9}{"floor ms":>9}{"x floor":>8}'
+        f'{"depth rel":>11}{"delta1":>8}  ok',
+    ]
+    for name, res in results['models'].items():
+        for row in res['rows']:
+            parity = row['parity']
+            lines.append(
+                f'{name:<15}{row["backend"]:<13}{row["precision"]:<14}{row["median_ms"]:>10.1f}'
+                f'{row["p90_ms"]:>9.1f}{row["throughput_fps"]:>7.2f}{res["gflop"]:>8.2f}'
+                f'{row["achieved_gflops"]:>9.1f}{row["compute_floor_ms"]:>9.1f}'
+                f'{row["ratio_to_floor"]:>8.1f}{parity["mean_rel_err"]:>11.2e}'
+                f'{parity["delta1_agreement"]:>8.4f}  {"yes" if row["accuracy_holds"] else "NO"}'
+            )
+        for backend, reason in res.get('skipped', {}).items():
+            lines.append(f'{name:<15}{backend:<13}skipped: {reason}')
+    lines.append(
+        '\n"x floor" = median latency / (FLOPs / measured matmul rate of that precision); '
+        '"depth rel" = mean |d - d_fp32| / d_fp32 vs torch FP32; "ok" = mean rel <= '
+        f'{ACCURACY_BAR["mean_rel_err"]:g} and delta1 agreement >= '
+        f'{ACCURACY_BAR["delta1_agreement"]:g}'
+    )
+    return '\n'.join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        '--models',
+        nargs='+',
+        default=list(DEFAULT_MODELS),
+        help='model presets (random weights) or .safetensors checkpoints',
+    )
+    parser.add_argument(
+        '--backends', nargs='+', default=list(DEFAULT_BACKENDS), choices=DEFAULT_BACKENDS
+    )
+    parser.add_argument('--warmup', type=int, default=20, help='untimed runs per backend')
+    parser.add_argument('--iters', type=int, default=50, help='timed runs per backend')
+    parser.add_argument('--threads', type=int, help='CPU threads (torch and onnxruntime)')
+    parser.add_argument('--no-variants', action='store_true', help='skip the bf16 / int8 variants')
+    parser.add_argument('--json', help='also write the full results to this JSON file')
+
+
+def run(args: argparse.Namespace) -> int:
+    results = bench_engines(
+        args.models,
+        args.backends,
+        warmup=args.warmup,
+        iters=args.iters,
+        threads=args.threads,
+        variants=not args.no_variants,
+    )
+    print(format_results(results))
+    if args.json:
+        from moa_depth_ros.engine.cache import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=2, sort_keys=True) + '\n')
+    return 0

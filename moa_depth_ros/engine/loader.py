@@ -1,0 +1,105 @@
+"""``load_engine``: choose and construct a backend for a model file.
+
+The file type decides by default: ``.engine`` / ``.plan`` TensorRT, ``.onnx`` ONNX Runtime,
+``.safetensors`` PyTorch. ``backend='tensorrt'`` with an ``.onnx`` file builds (once) and
+caches an engine for this GPU. Each backend module is imported only when chosen, so
+choosing ONNX Runtime or TensorRT never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+
+from moa_depth_ros.engine.base import DepthEngine
+from moa_depth_ros.errors import ConfigError, EngineError
+
+BACKENDS = ('tensorrt', 'onnxruntime', 'torch')
+SUFFIX_BACKENDS = {
+    '.engine': 'tensorrt',
+    '.plan': 'tensorrt',
+    '.onnx': 'onnxruntime',
+    '.safetensors': 'torch',
+}
+
+
+def backend_for_path(path: str | os.PathLike) -> str:
+    """Return the default backend for a model file from its suffix."""
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix not in SUFFIX_BACKENDS:
+        raise EngineError(
+            f'{os.fspath(path)}: unknown model file type {suffix!r}; expected one of '
+            f'{", ".join(sorted(SUFFIX_BACKENDS))} (.engine/.plan TensorRT, .onnx ONNX '
+            f'Runtime, .safetensors PyTorch)'
+        )
+    return SUFFIX_BACKENDS[suffix]
+
+
+def _backend_module(name: str):
+    return importlib.import_module(f'moa_depth_ros.engine.{name}')
+
+
+def load_engine(
+    path: str | os.PathLike,
+    backend: str = 'auto',
+    device: str = 'auto',
+    *,
+    precision: str | None = None,
+    intra_op_threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> DepthEngine:
+    """Load a depth model file behind the ``DepthEngine`` interface.
+
+    ``backend``: 'auto' (by file type), 'tensorrt', 'onnxruntime' or 'torch'.
+    ``device``: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+    ``precision``: torch 'fp32'/'bf16'/'fp16'; TensorRT-from-ONNX 'fp16'/'fp32' (default
+    fp16); ONNX Runtime runs the file as exported (an int8 model is its own file).
+    ``intra_op_threads``: ONNX Runtime CPU threads (None = its default).
+    ``cache_dir``: engine cache for TensorRT-from-ONNX (default ~/.cache/moa_depth_ros/engines).
+    """
+    if backend not in ('auto', *BACKENDS):
+        raise ConfigError(f'backend must be auto or one of {list(BACKENDS)}, got {backend!r}')
+    path = pathlib.Path(path).expanduser()
+    file_backend = backend_for_path(path)
+    if not path.is_file():
+        raise EngineError(f'model file {os.fspath(path)!r} does not exist')
+    chosen = file_backend if backend == 'auto' else backend
+
+    if chosen == 'tensorrt':
+        tensorrt_backend = _backend_module('tensorrt_backend')
+        if file_backend == 'onnxruntime':
+            builder = _backend_module('tensorrt_builder')
+            path = builder.ensure_engine(path, precision=precision or 'fp16', cache_dir=cache_dir)
+        elif file_backend != 'tensorrt':
+            raise EngineError(
+                f'{path}: the tensorrt backend runs .engine/.plan or .onnx files; export the '
+                f'checkpoint first with `python -m training export`'
+            )
+        elif precision is not None:
+            raise ConfigError(
+                'precision is fixed when a TensorRT engine is built; rebuild it to change it'
+            )
+        return tensorrt_backend.TensorRTEngine(path, device=device)
+
+    if chosen == 'onnxruntime':
+        if file_backend != 'onnxruntime':
+            raise EngineError(
+                f'{path}: the onnxruntime backend runs .onnx files; got a {path.suffix} file'
+            )
+        if precision not in (None, 'fp32'):
+            raise ConfigError(
+                f'onnxruntime runs the model as exported; precision {precision!r} is not '
+                f'available (export an int8 model with `python -m training export --int8`)'
+            )
+        onnx_backend = _backend_module('onnx_backend')
+        return onnx_backend.OnnxRuntimeEngine(
+            path, device=device, intra_op_threads=intra_op_threads
+        )
+
+    if file_backend != 'torch':
+        raise EngineError(
+            f'{path}: the torch backend runs .safetensors checkpoints; got a {path.suffix} file'
+        )
+    torch_backend = _backend_module('torch_backend')
+    return torch_backend.TorchEngine(path, device=device, precision=precision or 'fp32')

@@ -1,0 +1,70 @@
+"""``python -m training export`` and ``build-engine`` as commands, and the int8 variant."""
+
+from __future__ import annotations
+
+from model_fixtures import tiny_model
+import numpy as np
+import pytest
+from test_engine_support import TinyDepthNet, random_image
+
+from moa_depth_ros import cli
+from moa_depth_ros.engine import load_engine
+from moa_depth_ros.engine.onnx_backend import read_onnx_info
+from moa_depth_ros.engine.onnx_export import export_onnx
+from moa_depth_ros.model import save_checkpoint
+from training import __main__ as training_main
+from training import export
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    model = tiny_model('moa_depthclip')
+    return save_checkpoint(model, tmp_path_factory.mktemp('ckpt') / 'moa.safetensors')
+
+
+def test_export_command_with_int8_variant(checkpoint, tmp_path, capsys):
+    output = tmp_path / 'moa.onnx'
+    args = ['export', '--checkpoint', str(checkpoint), '--output', str(output)]
+    assert training_main.main([*args, '--dynamic-batch', '--int8']) == 0
+    out = capsys.readouterr().out
+    assert 'verified: onnx.checker ok' in out and 'int8 variant' in out
+    int8 = tmp_path / 'moa.int8.onnx'
+    props = read_onnx_info(int8).metadata_props
+    assert props['quantization'].startswith('int8 dynamic (MatMul')
+    assert props['dynamic_batch'] == 'true'
+    image = random_image((64, 96), batch=2, seed=9)
+    fp32_depth, _ = load_engine(output).infer(image)
+    int8_depth, _ = load_engine(int8).infer(image)
+    assert np.mean(np.abs(int8_depth - fp32_depth) / fp32_depth) < 0.01
+
+
+def test_int8_variant_that_loses_accuracy_is_rejected(tmp_path, monkeypatch):
+    onnx_path = tmp_path / 'tiny.onnx'
+    export_onnx(TinyDepthNet(), onnx_path)
+
+    def bad_quantizer(src, dst):
+        # Stand-in for a quantization that ruins the model: different depth range.
+        export_onnx(TinyDepthNet(min_depth_m=1.0, max_depth_m=20.0), dst)
+
+    monkeypatch.setattr(export, 'quantize_int8', bad_quantizer)
+    path, numbers = export.export_int8(onnx_path)
+    assert path is None and numbers['mean_rel_err'] > 0.01
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['tiny.onnx']
+
+
+def test_export_skip_verify_and_bad_opset(checkpoint, tmp_path, capsys):
+    output = tmp_path / 'fast.onnx'
+    args = ['--checkpoint', str(checkpoint), '--output', str(output)]
+    assert export.main([*args, '--skip-verify']) == 0
+    assert 'NOT verified' in capsys.readouterr().out
+    assert export.main([*args, '--opset', '13']) == 2
+    assert 'opset must be >= 17' in capsys.readouterr().err
+
+
+def test_commands_are_registered(capsys):
+    assert training_main.main(['--help']) == 0
+    usage = capsys.readouterr().out
+    assert 'export' in usage and 'build-engine' in usage
+    assert cli.main([]) == 0
+    help_text = capsys.readouterr().out
+    assert 'info' in help_text and 'bench-engine' in help_text

@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: all venv test demo bench lint format clean
 
@@ -24,6 +25,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m training quickstart
+
+bench: $(STAMP)
+	$(PY) -m training bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -21,6 +21,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ('bench-frame', 'moa_depth_ros.benchmark', 'time each per-frame stage on a VGA frame'),
     ('info', 'moa_depth_ros.engine.info', 'show what a model file is, its metadata and backend'),
     ('bench-engine', 'moa_depth_ros.engine.bench', 'per-backend latency vs the compute floor'),
+    ('bench', 'moa_depth_ros.bench.cli', 'end-to-end latency, floors and load behaviour here'),
     ('bag', 'moa_depth_ros.bag', 'run the depth pipeline over a rosbag2 and write a new bag'),
 ]
 

@@ -1,0 +1,337 @@
+"""``moa-depth bench``: end-to-end latency, floors and load behaviour on this machine.
+
+One run measures, in order: the floors (memory copy bandwidth, matmul FP32/BF16), the
+per-frame stages without the network against the memory floor (``bench-frame``), every
+(model, backend) end to end on a 640x480 frame (each in its own process), and the latest-
+frame worker under a 60 Hz producer. It writes ``results.json`` and ``results.md`` to
+``--out`` and, with ``--readme``, the README's performance section. Whatever it could not
+measure is listed with the reason. ``python -m training bench`` (``make bench``) runs the
+same and adds training throughput, which needs the training package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+DEFAULT_MODELS = ('moa_depthclip', 'space_clip', 'moa_depthclip_tiny')
+DEFAULT_BACKENDS = ('onnxruntime', 'torch', 'tensorrt')
+# Left out of the default run, with the reason the report gives.
+NOT_BY_DEFAULT = {
+    'depthclip': 'the zero-shot baseline (CLIP RN50 at 416x544, about 8x the FLOPs of '
+    'MoA-DepthCLIP) is left out of the default run to keep it near 15 minutes on a small '
+    'CPU; `--models depthclip` measures it',
+}
+# Full run and --quick (a smoke run: small counts, the numbers are not meant to be used).
+FULL = {'frames': 200, 'warmup': 5, 'stage_repeats': 200, 'load_frames': 10_000}
+QUICK = {'frames': 20, 'warmup': 2, 'stage_repeats': 20, 'load_frames': 300}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the command's arguments."""
+    parser.add_argument(
+        '--models',
+        nargs='+',
+        default=list(DEFAULT_MODELS),
+        help='model presets (random weights) or model files (.onnx, .safetensors)',
+    )
+    parser.add_argument(
+        '--backends',
+        nargs='+',
+        default=list(DEFAULT_BACKENDS),
+        choices=DEFAULT_BACKENDS,
+        help='backends to try; those not installed are reported as skipped',
+    )
+    parser.add_argument('--frames', type=int, help='timed frames per model and backend (200)')
+    parser.add_argument('--warmup', type=int, help='untimed frames first (5)')
+    parser.add_argument('--width', type=int, default=640, help='camera width in pixels')
+    parser.add_argument('--height', type=int, default=480, help='camera height in pixels')
+    parser.add_argument('--threads', type=int, help='network CPU threads (default: backend)')
+    parser.add_argument(
+        '--quick', action='store_true', help='small counts for a smoke run (numbers not usable)'
+    )
+    parser.add_argument('--load-frames', type=int, help='frames of the load test (10000)')
+    parser.add_argument('--load-rate-hz', type=float, default=60.0, help='producer rate')
+    parser.add_argument(
+        '--load-network',
+        choices=('model', 'sleep'),
+        default='model',
+        help='load-test network: the first model on --load-backend, or a calibrated sleep',
+    )
+    parser.add_argument(
+        '--load-network-ms', type=float, default=100.0, help='network time of --load-network sleep'
+    )
+    parser.add_argument('--load-backend', default='onnxruntime', choices=DEFAULT_BACKENDS)
+    parser.add_argument('--no-e2e', action='store_true', help='skip the end-to-end runs')
+    parser.add_argument('--no-load', action='store_true', help='skip the load test')
+    parser.add_argument('--out', default='runs/bench', help='where results.json/.md go')
+    parser.add_argument(
+        '--cache-dir', help='exported model files are cached here (default OUT/models)'
+    )
+    parser.add_argument('--readme', help='README to update between the BENCH markers')
+    parser.add_argument(
+        '--from-results',
+        metavar='JSON',
+        help='measure nothing: re-render results.md and the README section from this file',
+    )
+    parser.add_argument(
+        '--max-run-minutes',
+        type=float,
+        default=5.0,
+        help='skip (and report) a model/backend whose warm-up says --frames frames would '
+        'take longer; 0 = no limit',
+    )
+    parser.add_argument(
+        '--timeout-s', type=float, default=3600.0, help='limit per child measurement'
+    )
+
+
+def log_progress(message: str) -> None:
+    print(f'[bench] {message}', file=sys.stderr, flush=True)
+
+
+def counts(args: argparse.Namespace) -> dict[str, int]:
+    """Frame counts: explicit options win, else --quick's or the full defaults."""
+    base = QUICK if args.quick else FULL
+    return {
+        'frames': args.frames if args.frames is not None else base['frames'],
+        'warmup': args.warmup if args.warmup is not None else base['warmup'],
+        'stage_repeats': base['stage_repeats'],
+        'load_frames': args.load_frames if args.load_frames is not None else base['load_frames'],
+    }
+
+
+def _check(args: argparse.Namespace, n: dict[str, int]) -> None:
+    from moa_depth_ros.errors import ConfigError
+
+    if n['frames'] < 1 or n['warmup'] < 0 or n['load_frames'] < 1:
+        raise ConfigError(
+            f'need --frames >= 1, --warmup >= 0, --load-frames >= 1; got {n["frames"]}, '
+            f'{n["warmup"]}, {n["load_frames"]}'
+        )
+    if args.width <= 0 or args.height <= 0 or not args.load_rate_hz > 0:
+        raise ConfigError(
+            f'need a positive --width, --height and --load-rate-hz; got {args.width}, '
+            f'{args.height}, {args.load_rate_hz}'
+        )
+
+
+def collect(
+    args: argparse.Namespace,
+    log: Callable[[str], None] = log_progress,
+    command: str = 'moa-depth bench',
+) -> dict[str, Any]:
+    """Run every runtime benchmark the arguments ask for; return the results dict."""
+    from moa_depth_ros.bench import e2e, floors, report
+    from moa_depth_ros.benchmark import bench_frame_stages
+
+    n = counts(args)
+    _check(args, n)
+    started = time.perf_counter()
+    cpu_start = report.cpu_snapshot()
+    wall: dict[str, float] = {}
+    cache_dir = args.cache_dir or str(pathlib.Path(args.out) / 'models')
+    results: dict[str, Any] = {
+        'schema': report.SCHEMA,
+        'command': command + (' --quick' if args.quick else ''),
+        'machine': report.machine_description(),
+        'settings': {
+            'models': list(args.models),
+            'backends': list(args.backends),
+            'width': args.width,
+            'height': args.height,
+            'threads': args.threads,
+            'quick': bool(args.quick),
+            **n,
+            'load_rate_hz': args.load_rate_hz,
+            'load_network': args.load_network,
+            'max_run_minutes': args.max_run_minutes,
+        },
+        'skipped': [],
+        'cpu_start': cpu_start,
+        'results_path': str(pathlib.Path(args.out) / 'results.json'),
+    }
+    skipped = results['skipped']
+    if list(args.models) == list(DEFAULT_MODELS):
+        skipped += [{'what': name, 'reason': why} for name, why in NOT_BY_DEFAULT.items()]
+
+    log('floors: memory copy bandwidth, matmul FP32/BF16 ...')
+    results['floors'] = floors.measure_floors(quick=args.quick)
+    for dtype, reason in results['floors']['matmul']['skipped'].items():
+        skipped.append({'what': f'matmul {dtype} floor', 'reason': reason})
+    wall['floors'] = results['floors']['wall_s']
+
+    log('per-frame stages without the network (bench-frame) ...')
+    start = time.perf_counter()
+    results['frame_stages'] = bench_frame_stages(
+        width=args.width, height=args.height, repeats=n['stage_repeats']
+    )
+    wall['frame stages'] = time.perf_counter() - start
+
+    if args.no_e2e:
+        skipped.append({'what': 'end to end', 'reason': 'not requested (--no-e2e)'})
+    else:
+        start = time.perf_counter()
+        results['end_to_end'] = e2e.bench_end_to_end(
+            args.models,
+            args.backends,
+            frames=n['frames'],
+            warmup=n['warmup'],
+            width=args.width,
+            height=args.height,
+            threads=args.threads,
+            cache_dir=cache_dir,
+            timeout_s=args.timeout_s,
+            max_run_s=args.max_run_minutes * 60 if args.max_run_minutes > 0 else None,
+            log=log,
+        )
+        for item in results['end_to_end']['skipped']:
+            what = (
+                item['backend']
+                if item['model'] == '*'
+                else f'{item["model"]} on {item["backend"]}'
+            )
+            skipped.append({'what': what, 'reason': item['reason']})
+        wall['end to end'] = time.perf_counter() - start
+
+    if args.no_load:
+        skipped.append({'what': 'load test', 'reason': 'not requested (--no-load)'})
+    else:
+        start = time.perf_counter()
+        results['load'] = _load_test(args, n, results.get('end_to_end'), cache_dir, log)
+        if 'error' in results['load']:
+            skipped.append({'what': 'load test', 'reason': results['load']['error']})
+        wall['load test'] = time.perf_counter() - start
+
+    wall['total'] = time.perf_counter() - started
+    results['wall_s'] = wall
+    close_run(results)
+    return results
+
+
+def close_run(results: dict[str, Any]) -> None:
+    """Record the end of the run: load average, and how busy other processes kept the CPU."""
+    from moa_depth_ros.bench import report
+
+    machine = results['machine']
+    machine['load_average_end'] = load_average()
+    machine['other_processes_cores'] = report.other_cores(
+        results.get('cpu_start'), report.cpu_snapshot()
+    )
+
+
+def load_average() -> list[float] | None:
+    """Return the 1, 5 and 15 minute load averages (None where the OS has none)."""
+    import os
+
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def _load_test(
+    args: argparse.Namespace,
+    n: dict[str, int],
+    e2e_results: dict[str, Any] | None,
+    cache_dir: str,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    from moa_depth_ros.bench import e2e
+    from moa_depth_ros.errors import MoaDepthError
+
+    spec: dict[str, Any] = {
+        'network': args.load_network,
+        'frames': n['load_frames'],
+        'rate_hz': args.load_rate_hz,
+        'width': args.width,
+        'height': args.height,
+        'network_ms': args.load_network_ms,
+    }
+    if args.load_network == 'model':
+        reason = e2e.backend_unavailable(args.load_backend)
+        if reason:
+            return {'error': f'--load-backend {args.load_backend}: {reason}'}
+        entry = args.models[0]
+        try:
+            info = e2e.prepare_model(entry, [args.load_backend], cache_dir)
+        except MoaDepthError as e:
+            return {'error': f'{entry}: {e}'}
+        if args.load_backend in info['skipped']:
+            return {
+                'error': f'{entry} on {args.load_backend}: {info["skipped"][args.load_backend]}'
+            }
+        spec.update(
+            model_path=info['files'][e2e.BACKEND_FILE[args.load_backend]],
+            backend=args.load_backend,
+            threads=args.threads,
+            cache_dir=str(pathlib.Path(cache_dir) / 'engines'),
+        )
+        what = f'{info["name"]} on {args.load_backend}'
+    else:
+        what = f'a {args.load_network_ms:g} ms sleep'
+    log(
+        f'load test: {n["load_frames"]} frames at {args.load_rate_hz:g} Hz into the latest-frame '
+        f'worker, network = {what} (~{n["load_frames"] / args.load_rate_hz:.0f} s) ...'
+    )
+    timeout_s = n['load_frames'] / args.load_rate_hz + args.timeout_s
+    return e2e.run_child('moa_depth_ros.bench.load', spec, timeout_s)
+
+
+def finish(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """Write results.json/.md, update the README if asked, print the Markdown."""
+    from moa_depth_ros.bench import report
+
+    json_path, md_path = report.write_results(results, args.out)
+    if args.readme:
+        report.splice_readme(args.readme, report.render_markdown(results, level=3))
+    print(report.render_markdown(results, level=1))
+    print(f'wrote {json_path} and {md_path}' + (f'; updated {args.readme}' if args.readme else ''))
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail before measuring anything if the README cannot be updated at the end."""
+    from moa_depth_ros.bench import report
+
+    if args.readme:
+        report.check_readme(args.readme)
+
+
+def read_results(path: str) -> dict[str, Any]:
+    """Load a results.json written earlier (for --from-results)."""
+    import json
+
+    from moa_depth_ros.bench import report
+    from moa_depth_ros.errors import ConfigError
+
+    try:
+        results = json.loads(pathlib.Path(path).read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f'--from-results {path!r}: cannot read benchmark results: {e}') from e
+    if not isinstance(results, dict) or results.get('schema') != report.SCHEMA:
+        raise ConfigError(
+            f'--from-results {path!r}: not a benchmark results file (schema '
+            f'{report.SCHEMA!r} expected)'
+        )
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmarks, write the results, print the tables."""
+    check_outputs(args)
+    if args.from_results:
+        finish(read_results(args.from_results), args)
+        return 0
+    results = collect(args)
+    results['skipped'].append(
+        {
+            'what': 'training throughput',
+            'reason': 'measured by `python -m training bench` (`make bench`); the runtime '
+            'package does not import the training code',
+        }
+    )
+    finish(results, args)
+    return 0

@@ -37,6 +37,22 @@ def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ['model.engine']
 
 
+def test_atomic_writes_are_readable_by_other_users_and_keep_a_chosen_mode(tmp_path):
+    # A node running as another user (or in a container) must be able to read the engine
+    # and sidecar: mkstemp's 0600 must not leak into the written file.
+    previous = os.umask(0o022)
+    try:
+        engine = cache.atomic_write_bytes(tmp_path / 'model.engine', b'engine')
+        sidecar = cache.write_sidecar(engine, _sidecar())
+    finally:
+        os.umask(previous)
+    assert engine.stat().st_mode & 0o777 == 0o644
+    assert sidecar.stat().st_mode & 0o777 == 0o644
+    os.chmod(engine, 0o640)
+    cache.atomic_write_bytes(engine, b'rebuilt')
+    assert engine.stat().st_mode & 0o777 == 0o640
+
+
 def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     target = tmp_path / 'model.engine'
     target.write_bytes(b'good engine')

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+import threading
 import types
 
 import numpy as np
@@ -82,9 +83,17 @@ class FakeCuda:
         self.memory = {}
         self.streams = set()
         self._next = 0x1000
+        # Threads that made this device current (CUDA keeps the current device per thread).
+        self.active_threads = set()
 
     def device_name(self):
         return self.name
+
+    def activate(self):
+        self.active_threads.add(threading.get_ident())
+
+    def is_current(self):
+        return threading.get_ident() in self.active_threads
 
     def alloc(self, nbytes):
         ptr = self._next
@@ -388,8 +397,8 @@ def make_fake_tensorrt(version='10.3.0', fast_fp16=True, cuda=None, fail_build=F
 
         def execute_async_v3(self, stream_handle):
             mem = self.engine.cuda
-            if any(d < 0 for d in self.input_shape):
-                return False
+            if any(d < 0 for d in self.input_shape) or not mem.is_current():
+                return False  # the real one fails too on another thread's current device
             image = mem.read(self.addresses['image'], np.float32, self.input_shape)
             names = [name for name, _ in self.engine.header['outputs']]
             results = self.engine.session.run(names, {'image': image.copy()})

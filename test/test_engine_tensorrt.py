@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import types
 
 import numpy as np
@@ -104,6 +105,22 @@ def test_timing_cache_is_written_and_reused(fake, onnx_files, tmp_path):
     assert fake.trt.builds[-1][1].timing_cache.loaded_from == b''  # rejected -> fresh
 
 
+def test_unreadable_timing_cache_starts_afresh(fake, onnx_files, tmp_path, monkeypatch):
+    create = fake.trt.BuilderConfig.create_timing_cache
+
+    def strict_create(self, data):
+        # A blob TensorRT cannot read at all gives no cache object.
+        return None if data and not bytes(data).startswith(b'TIMING:') else create(self, data)
+
+    monkeypatch.setattr(fake.trt.BuilderConfig, 'create_timing_cache', strict_create)
+    timing = tmp_path / 'timing.cache'
+    timing.write_bytes(b'\x00garbage from a crashed write')
+    options = tensorrt_builder.BuildOptions(timing_cache=timing)
+    tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'a.engine', options)
+    assert fake.trt.builds[-1][1].timing_cache.loaded_from == b''
+    assert timing.read_bytes().startswith(b'TIMING:10.3.0')  # replaced by a good cache
+
+
 def test_failed_build_writes_nothing(monkeypatch, onnx_files, tmp_path):
     monkeypatch.setitem(sys.modules, 'tensorrt', make_fake_tensorrt(fail_build=True))
     with pytest.raises(EngineError, match='failed to build'):
@@ -156,6 +173,46 @@ def test_dynamic_engine_splits_batches_beyond_the_profile(fake, onnx_files, tmp_
     np.testing.assert_allclose(depth, reference[0], rtol=1e-6)
     np.testing.assert_allclose(confidence, reference[1], rtol=1e-6)
     assert len(fake.trt.executions) == 3  # 2 + 2 + 1
+
+
+def test_dynamic_engine_with_a_single_size_profile_still_sets_the_shape(
+    fake, onnx_files, tmp_path
+):
+    # `build-engine --batch 1 1 1` on a dynamic-batch ONNX: the engine's input is still
+    # [-1, 3, H, W], so every run must set the input shape.
+    engine_path = tmp_path / 'one.engine'
+    options = tensorrt_builder.BuildOptions(precision='fp32', batch_profile=(1, 1, 1))
+    tensorrt_builder.build_engine(onnx_files[1], engine_path, options)
+    engine = TensorRTEngine(engine_path, cuda=fake.cuda)
+    image = random_image(engine.input_hw, batch=3, seed=4)
+    depth, _ = engine.infer(image)
+    np.testing.assert_allclose(depth, _ort(onnx_files[1], image)[0], rtol=1e-6)
+
+
+def test_batches_the_profile_cannot_take_are_refused(fake, onnx_files, tmp_path):
+    engine_path = tmp_path / 'two.engine'
+    options = tensorrt_builder.BuildOptions(precision='fp32', batch_profile=(2, 2, 4))
+    tensorrt_builder.build_engine(onnx_files[1], engine_path, options)
+    engine = TensorRTEngine(engine_path, cuda=fake.cuda)
+    assert engine.infer(random_image(engine.input_hw, batch=8))[0].shape[0] == 8
+    for batch in (1, 5):  # below the minimum; 4 + 1 leaves a chunk below it
+        with pytest.raises(EngineError, match=f'batches of 2 to 4 .*a batch of {batch}'):
+            engine.infer(random_image(engine.input_hw, batch=batch))
+
+
+def test_engine_runs_from_a_worker_thread(fake, onnx_files, tmp_path):
+    # The node loads the engine on its main thread and infers on a worker thread, whose
+    # current CUDA device is 0 unless the engine makes its own device current there.
+    engine_path = tmp_path / 'm.engine'
+    tensorrt_builder.build_engine(onnx_files[0], engine_path)
+    engine = load_engine(engine_path)
+    image = random_image(engine.input_hw, seed=3)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(engine.infer(image)))
+    worker.start()
+    worker.join()
+    assert len(results) == 1, 'inference on the worker thread failed'
+    np.testing.assert_allclose(results[0][0], _ort(onnx_files[0], image)[0], rtol=2e-3)
 
 
 def test_engine_from_another_gpu_or_version_is_refused(fake, onnx_files, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from model_fixtures import TINY, perturb_batchnorm, random_image, tiny_model
 import pytest
@@ -137,3 +138,13 @@ def test_weights_that_disagree_with_the_config_are_rejected(saved, tmp_path):
     save_file(state, str(path), metadata=meta)
     with pytest.raises(CheckpointError, match='midas'):
         load_model(path)
+
+
+def test_checkpoint_is_readable_by_other_users(tmp_path):
+    # The node may run as another user than training: mkstemp's 0600 must not stick.
+    previous = os.umask(0o022)
+    try:
+        path = save_checkpoint(tiny_model('moa_depthclip'), tmp_path / 'model.safetensors')
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -128,3 +128,16 @@ def test_a_depth_range_other_than_the_bins_is_rejected():
         tiny_model('depthclip', max_depth_m=10.0)
     with pytest.raises(ConfigError, match='depth word per bin'):
         tiny_model('depthclip', depth_words=('near', 'far'))
+
+
+def test_confidence_stays_finite_in_half_precision(tiny):
+    # The 1000x logit scale drives most bin probabilities to exact zeros in FP16 (what a
+    # TensorRT FP16 engine computes in); depth and confidence must still be numbers.
+    model = tiny_model('depthclip')
+    model.load_state_dict(tiny.state_dict())
+    image = random_image(model, batch=1)
+    with torch.no_grad():
+        reference_depth, reference_conf = model(image)
+        depth, confidence = model.half()(image.half())
+    assert torch.isfinite(depth).all() and torch.isfinite(confidence).all()
+    torch.testing.assert_close(confidence.float(), reference_conf, atol=5e-2, rtol=0)

@@ -117,3 +117,28 @@ def test_bad_head_settings_raise_config_errors():
         bin_centers_m(0.0, MAX_M, 8, 'log')
     with pytest.raises(ConfigError, match='fusion'):
         _head('median')
+
+
+def test_confidence_stays_finite_in_half_precision():
+    # An FP16 TensorRT engine computes the head in half precision, where a confident bin
+    # distribution underflows to exact zeros: the confidence must stay a number, near 1.
+    head = _head()
+    _force(head, 3, regression_high=False)
+    features = torch.randn(1, 8, 4, 6)
+    with torch.no_grad():
+        out = head.half()(features.half(), (8, 12))
+    assert torch.isfinite(out['confidence']).all()
+    torch.testing.assert_close(
+        out['confidence'].float(), torch.ones(1, 1, 8, 12), atol=1e-3, rtol=0
+    )
+
+
+def test_half_precision_confidence_follows_float32_on_peaky_distributions():
+    head = _head()
+    with torch.no_grad():
+        head.bins.weight.mul_(50.0)  # logit gaps of tens: many probabilities underflow in fp16
+        features = torch.randn(2, 8, 5, 5)
+        reference = head(features, (5, 5))['confidence']
+        half = head.half()(features.half(), (5, 5))['confidence'].float()
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half, reference, atol=2e-2, rtol=0)

@@ -37,6 +37,9 @@ def test_full_size_trainable_counts_match_the_paper(full_model):
     assert full_model.input_hw == (224, 224)
     assert tuple(full_model.backbone.grid_size) == (7, 7)
     assert full_model.context_embedding.shape == (512,)
+    # OpenAI's ViT-B/32 weights were trained with QuickGELU (open_clip's '-quickgelu').
+    activations = {type(b.mlp.gelu).__name__ for b in full_model.backbone.transformer.resblocks}
+    assert activations == {'QuickGELU'}
 
 
 def test_full_size_model_has_no_text_tower(full_model):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from model_fixtures import TINY_SPACE, perturb_batchnorm, random_image, tiny_model
 import pytest
 import torch
+import torch.nn.functional as F
 
 from moa_depth_ros.errors import CheckpointError, ConfigError
 from moa_depth_ros.model import SpaceCLIP, create_model
+from moa_depth_ros.model.clip_backbone import vit_block, vit_tokens
 from moa_depth_ros.model.convert_space_clip import (
     HF_PREFIX,
     convert_official_state_dict,
@@ -55,6 +57,13 @@ def test_trainable_parameter_count_equals_the_official(full_model):
     backbone = sum(p.numel() for p in full_model.backbone.parameters())
     assert backbone == HF_CLIP_VISION_B16  # the same tower as HF's CLIPVisionModel
     assert tuple(full_model.backbone.grid_size) == (14, 14)
+
+
+def test_tower_uses_quick_gelu_like_openai_clip(full_model):
+    # OpenAI's ViT-B/16 (HF hidden_act='quick_gelu') was trained with QuickGELU; open_clip's
+    # plain 'ViT-B-16' config says GELU, which would give wrong features with those weights.
+    activations = {type(b.mlp.gelu).__name__ for b in full_model.backbone.transformer.resblocks}
+    assert activations == {'QuickGELU'}
 
 
 def test_decoder_uses_the_official_module_names_and_shapes(full_model):
@@ -152,6 +161,70 @@ def _to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[HF_PREFIX + rest] = value
     out[HF_PREFIX + 'embeddings.position_ids'] = torch.arange(17).unsqueeze(0)
     return out
+
+
+def _hf_clip_vision(state: dict[str, torch.Tensor], pixels: torch.Tensor, heads: int):
+    """HF CLIPVisionTransformer from its own key names: (hidden_states, pooler_output).
+
+    Written from the HF semantics (separate q/k/v projections, query scaled by
+    head_dim ** -0.5, quick_gelu, pre_layrnorm before the encoder, post_layernorm on the
+    class token only), independently of open_clip and of our conversion.
+    """
+
+    def w(name):
+        return state[HF_PREFIX + name]
+
+    def norm(x, name):
+        return F.layer_norm(x, x.shape[-1:], w(name + '.weight'), w(name + '.bias'), 1e-5)
+
+    patch = w('embeddings.patch_embedding.weight')
+    x = F.conv2d(pixels, patch, stride=patch.shape[-1]).flatten(2).transpose(1, 2)
+    cls = w('embeddings.class_embedding').expand(x.shape[0], 1, -1)
+    x = norm(
+        torch.cat([cls, x], dim=1) + w('embeddings.position_embedding.weight'), 'pre_layrnorm'
+    )
+    hidden = [x]
+    layer = 0
+    while HF_PREFIX + f'encoder.layers.{layer}.layer_norm1.weight' in state:
+        prefix = f'encoder.layers.{layer}.'
+
+        def linear(t, name, prefix=prefix):
+            return F.linear(t, w(prefix + name + '.weight'), w(prefix + name + '.bias'))
+
+        n, length, width = x.shape
+        h = norm(x, prefix + 'layer_norm1')
+        q, k, v = (
+            linear(h, f'self_attn.{p}_proj').view(n, length, heads, -1).transpose(1, 2)
+            for p in 'qkv'
+        )
+        q = q * (width // heads) ** -0.5
+        attn = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+        x = x + linear(attn.transpose(1, 2).reshape(n, length, width), 'self_attn.out_proj')
+        h = linear(norm(x, prefix + 'layer_norm2'), 'mlp.fc1')
+        x = x + linear(h * torch.sigmoid(1.702 * h), 'mlp.fc2')  # quick_gelu
+        hidden.append(x)
+        layer += 1
+    return hidden, norm(x[:, 0], 'post_layernorm')
+
+
+def test_converted_backbone_computes_what_hf_clip_computes(tmp_path):
+    model = tiny_model('space_clip', seed=5).eval()
+    official = _to_official(model.state_dict())
+    path = tmp_path / 'best_checkpoint.pt'
+    torch.save({'model': official}, path)
+    loaded = load_official_checkpoint(path, **TINY_SPACE).eval()
+    pixels = loaded.normalize(random_image(loaded))
+    with torch.no_grad():
+        hf_state = {k.removeprefix('module.'): v for k, v in official.items()}
+        expected, expected_pooled = _hf_clip_vision(hf_state, pixels, heads=2)
+        ours = [vit_tokens(loaded.backbone, pixels)]
+        for block in loaded.backbone.transformer.resblocks:
+            ours.append(vit_block(block, ours[-1]))
+        pooled = loaded.backbone.ln_post(ours[-1][:, 0])
+    assert len(ours) == len(expected) == 5  # hidden_states[0] (after ln_pre) + 4 blocks
+    for index, (got, want) in enumerate(zip(ours, expected)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=f'hidden_states[{index}]')
+    torch.testing.assert_close(pooled, expected_pooled, rtol=1e-4, atol=1e-5)
 
 
 def test_official_checkpoint_converts_bit_exactly(tmp_path):

@@ -37,16 +37,44 @@ __all__ = [
 ]
 
 
+# Checkpoint header keys the ONNX already carries under the same name (from the model's
+# describe() and the export itself); every other key is provenance, copied as checkpoint_*.
+_RESTATED_CHECKPOINT_KEYS = frozenset(
+    {
+        'format',
+        'format_version',
+        'model_name',
+        'input_height',
+        'input_width',
+        'min_depth_m',
+        'max_depth_m',
+        'config_json',
+        'config_digest',
+        'input_name',
+        'output_names',
+    }
+)
+
+
 def export_checkpoint(
     checkpoint: str | os.PathLike, output: str | os.PathLike, **kwargs: Any
 ) -> ExportReport:
-    """Load a ``.safetensors`` checkpoint and ``export_onnx`` it (same keyword options)."""
-    from moa_depth_ros.model import load_model
+    """Load a ``.safetensors`` checkpoint and ``export_onnx`` it (same keyword options).
+
+    The checkpoint's own metadata (training package version, epoch, step, validation
+    metric, anything training added) goes into the ONNX as ``checkpoint_<key>``, with the
+    checkpoint's sha256 as ``source_checkpoint_sha256``: an engine can be traced back to
+    the training run that made it.
+    """
+    from moa_depth_ros.model import load_model, read_checkpoint_metadata
 
     checkpoint = pathlib.Path(checkpoint)
     model = load_model(checkpoint, map_location='cpu')
     extra = dict(kwargs.pop('extra_metadata', None) or {})
     extra.setdefault('source_checkpoint_sha256', file_sha256(checkpoint))
+    for key, value in read_checkpoint_metadata(checkpoint).items():
+        if key not in _RESTATED_CHECKPOINT_KEYS:
+            extra.setdefault(f'checkpoint_{key}', value)
     return export_onnx(model, output, extra_metadata=extra, **kwargs)
 
 

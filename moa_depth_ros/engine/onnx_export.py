@@ -28,7 +28,7 @@ import numpy as np
 
 from moa_depth_ros import __version__
 from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES, metadata_from_description
-from moa_depth_ros.engine.cache import file_sha256
+from moa_depth_ros.engine.cache import file_sha256, new_file_mode
 from moa_depth_ros.errors import ConfigError, EngineError
 
 MIN_OPSET = 17
@@ -225,6 +225,7 @@ def export_onnx(
     batch = 2 if dynamic_batch else 1
     image = torch.rand((batch, 3, h, w), generator=generator)
 
+    mode = new_file_mode(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     try:
@@ -253,6 +254,7 @@ def export_onnx(
                     f'{errors["depth_rel"]:.3g}, confidence rel error '
                     f'{errors["confidence_rel"]:.3g} (tolerance {tolerance:g}); not written'
                 )
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
         try:
@@ -298,6 +300,7 @@ def quantize_int8(
     props = dict(read_onnx_info(onnx_path).metadata_props)
     props['quantization'] = f'int8 dynamic ({", ".join(op_types)} weights, QInt8)'
     output_path = pathlib.Path(output_path)
+    mode = new_file_mode(output_path)
     fd, tmp_name = tempfile.mkstemp(
         prefix=f'.{output_path.name}.', suffix='.tmp', dir=output_path.parent
     )
@@ -315,6 +318,7 @@ def quantize_int8(
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, tmp_name)
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, output_path)
     except BaseException:
         try:

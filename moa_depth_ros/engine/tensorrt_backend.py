@@ -13,6 +13,7 @@ GPU model or TensorRT version is refused with the command that rebuilds it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pathlib
@@ -23,12 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES, DepthEngine
-from moa_depth_ros.engine.cache import (
-    check_sidecar_compatible,
-    file_sha256,
-    read_sidecar,
-    rebuild_hint,
-)
+from moa_depth_ros.engine.cache import check_sidecar_compatible, read_sidecar, rebuild_hint
 from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
 
 _LOG = logging.getLogger(__name__)
@@ -83,6 +79,9 @@ class CudaApi(Protocol):
 
     def device_name(self) -> str: ...
 
+    def activate(self) -> None:
+        """Make this device current for the calling thread (CUDA tracks it per thread)."""
+
     def alloc(self, nbytes: int) -> int: ...
 
     def free(self, ptr: int) -> None: ...
@@ -109,7 +108,7 @@ class CudaPythonApi:
         self._rt = cudart
         self._streams: dict[int, Any] = {}
         self.device_index = device_index
-        self._check(cudart.cudaSetDevice(device_index), f'cudaSetDevice({device_index})')
+        self.activate()
 
     def _check(self, result: tuple, what: str) -> Any:
         err, *values = result
@@ -118,6 +117,11 @@ class CudaPythonApi:
             name = name.decode() if isinstance(name, bytes) else str(name)
             raise EngineError(f'CUDA error in {what}: {name}')
         return values[0] if len(values) == 1 else values
+
+    def activate(self) -> None:
+        self._check(
+            self._rt.cudaSetDevice(self.device_index), f'cudaSetDevice({self.device_index})'
+        )
 
     def device_name(self) -> str:
         props = self._check(
@@ -180,6 +184,10 @@ class TorchCudaApi:
         self.device = torch.device('cuda', device_index)
         self._buffers: dict[int, Any] = {}
         self._streams: dict[int, Any] = {}
+        self.activate()
+
+    def activate(self) -> None:
+        self._torch.cuda.set_device(self.device)
 
     def device_name(self) -> str:
         return str(self._torch.cuda.get_device_name(self.device)).strip()
@@ -261,11 +269,16 @@ class TensorRTEngine(DepthEngine):
             engine_path=self.path,
         )
         data = self.path.read_bytes()
-        if file_sha256(self.path) != sidecar.engine_sha256:
+        # Hash the bytes that get deserialised (one read; no window for a swapped file).
+        if hashlib.sha256(data).hexdigest() != sidecar.engine_sha256:
             raise EngineError(
                 f'{self.path}: engine file does not match the sha256 in its sidecar (truncated, '
                 f'replaced or corrupt); ' + rebuild_hint(self.path)
             )
+        # TensorRT uses the calling thread's current device: make it ours before
+        # deserialising and before every run (the node infers from a worker thread, whose
+        # current device is 0 whatever ``device`` says).
+        self._cuda.activate()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(data)
@@ -307,6 +320,9 @@ class TensorRTEngine(DepthEngine):
                 )
             self._dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
         batch = _dims(engine.get_tensor_shape(INPUT_NAME))[0]
+        # A dynamic batch needs set_input_shape before every run, even when the profile
+        # admits one size only (built with --batch 1 1 1, say).
+        self._dynamic_batch = batch < 0
         if batch > 0:
             return (batch, batch)
         min_shape, _, max_shape = engine.get_tensor_profile_shape(INPUT_NAME, 0)
@@ -322,10 +338,10 @@ class TensorRTEngine(DepthEngine):
         return ptr
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._cuda.activate()
         n = x.shape[0]
         h, w = self.input_hw
-        lo, hi = self._batch_range
-        if lo != hi and not self._context.set_input_shape(INPUT_NAME, tuple(x.shape)):
+        if self._dynamic_batch and not self._context.set_input_shape(INPUT_NAME, tuple(x.shape)):
             raise EngineError(f'{self.path}: TensorRT rejected input shape {list(x.shape)}')
         host_in = np.ascontiguousarray(x, dtype=self._dtypes[INPUT_NAME])
         self._context.set_tensor_address(INPUT_NAME, self._buffer(INPUT_NAME, host_in.nbytes))
@@ -350,14 +366,16 @@ class TensorRTEngine(DepthEngine):
         x = self.check_input(image)
         lo, hi = self._batch_range
         n = x.shape[0]
-        if lo == hi and n % lo:
-            raise EngineError(
-                f'{self.path}: engine has a static batch of {lo}; got a batch of {n}'
-            )
         if lo <= n <= hi:
             return self._run(x)
-        step = hi if n > hi else lo
-        parts = [self._run(x[i : i + step]) for i in range(0, n, step)]
+        # Larger batches run in chunks of ``hi``; a batch (or last chunk) below ``lo`` cannot.
+        if n < lo or 0 < n % hi < lo:
+            sizes = f'exactly {lo}' if lo == hi else f'{lo} to {hi}'
+            raise EngineError(
+                f'{self.path}: engine runs batches of {sizes} (its optimisation profile); '
+                f'a batch of {n} does not split into those; rebuild it with another --batch'
+            )
+        parts = [self._run(x[i : i + hi]) for i in range(0, n, hi)]
         return (
             np.concatenate([p[0] for p in parts], axis=0),
             np.concatenate([p[1] for p in parts], axis=0),

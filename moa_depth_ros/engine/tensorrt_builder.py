@@ -128,10 +128,14 @@ def _load_timing_cache(config: Any, path: pathlib.Path | None) -> Any:
     data = b''
     if path is not None and path.is_file():
         data = path.read_bytes()
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):
-        # A cache from another GPU or TensorRT release is rejected; start a fresh one.
-        _LOG.warning('timing cache %s does not match this GPU/TensorRT; starting afresh', path)
+    try:
+        cache = config.create_timing_cache(data)
+    except (RuntimeError, TypeError, ValueError):
+        cache = None  # an unreadable (truncated, foreign) blob
+    if cache is None or not config.set_timing_cache(cache, False):
+        # A cache from another GPU or TensorRT release, or a damaged file, is only a lost
+        # speed-up: start a fresh one rather than fail the build.
+        _LOG.warning('timing cache %s is unusable on this GPU/TensorRT; starting afresh', path)
         cache = config.create_timing_cache(b'')
         config.set_timing_cache(cache, False)
     return cache

@@ -3,6 +3,7 @@
 Imports torch and open_clip only; never the engines, training or ROS. Start here::
 
     model = create_model('moa_depthclip', pretrained='openai')  # or None: random, offline
+    model.eval()  # built in training mode, like every nn.Module (BatchNorm, dropout)
     depth_m, confidence = model(image)  # image float32 [N, 3, H, W] RGB in [0, 1]
     save_checkpoint(model, 'model.safetensors')
     model = load_model('model.safetensors')

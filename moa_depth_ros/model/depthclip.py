@@ -17,7 +17,9 @@ The official algorithm (github.com/Adonis-galaxy/DepthCLIP, ``monoclip.py``), qu
    bilinearly with align_corners=True; ``flip_average`` and ``forward`` do the same.
 
 Differences: the official model runs CLIP in fp16 on a GPU; this one is float32.
-Confidence (not in the original) is 1 - H(p) / log(7) of the bin distribution.
+Confidence (not in the original) is 1 - H(p) / log(7) of the bin distribution; the 1000x
+logit scale makes p underflow to exact zeros, so H comes from the logits
+(``heads.softmax_with_entropy``), which keeps it finite in an FP16 TensorRT engine.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from moa_depth_ros.model.clip_backbone import (
     is_vit_cfg,
 )
 from moa_depth_ros.model.config import IMAGENET_MEAN, IMAGENET_STD, DepthModelConfig
+from moa_depth_ros.model.heads import softmax_with_entropy
 
 DEPTH_WORDS = (
     'giant',
@@ -133,7 +136,7 @@ class DepthCLIP(DepthModel):
     def frozen_modules(self) -> list[nn.Module]:
         return [self.backbone]
 
-    def _bins(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _bins(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         visual = self.backbone
         x = visual.stem(image)
         x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
@@ -141,18 +144,17 @@ class DepthCLIP(DepthModel):
         weight = self.bin_embeddings.t()[:, :, None, None]
         scale = self.config.logit_scale / self.config.temperature
         logits = F.conv2d(x, weight) * scale
-        probs = torch.softmax(logits, dim=1)
-        return logits, probs
+        probs, entropy = softmax_with_entropy(logits, dim=1)
+        return logits, probs, entropy
 
     def forward_train(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.normalize(image)
         batch = x.shape[0]
         if self.config.flip_average:
             x = torch.cat([x, torch.flip(x, dims=[3])], dim=0)
-        logits, probs = self._bins(x)
+        logits, probs, entropy = self._bins(x)
         centers = self.bin_centers_m.view(1, -1, 1, 1)
         depth = (probs * centers).sum(dim=1, keepdim=True)
-        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1, keepdim=True)
         confidence = 1.0 - entropy / math.log(len(self.config.depth_bins_m))
         if self.config.flip_average:
             depth = 0.5 * (depth[:batch] + torch.flip(depth[batch:], dims=[3]))

@@ -12,7 +12,8 @@ choices are config fields:
   depth = w * bins + (1 - w) * regression; 'mean' uses w = 0.5; 'geometric' averages
   log-depths. Every rule keeps depth inside [min_depth_m, max_depth_m].
 - Confidence is 1 - H(p) / log(B) of the bin distribution p: 1 for a one-hot
-  distribution, 0 for a uniform one.
+  distribution, 0 for a uniform one. H is computed from the logits
+  (``softmax_with_entropy``) so that it stays finite in an FP16 TensorRT engine.
 
 Everything is computed at decoder resolution (half the input size for ViT-B/32) and the
 one-channel maps are upsampled bilinearly to the input size; for training, 'bin_logits'
@@ -47,6 +48,22 @@ def _from_domain(value: torch.Tensor, spacing: str) -> torch.Tensor:
     if spacing == 'inverse':
         return 1.0 / value
     return value
+
+
+def softmax_with_entropy(logits: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (softmax(logits), its entropy in nats with ``dim`` kept as size 1).
+
+    The entropy is ``log Z - sum_k p_k s_k`` with ``s = logits - max``, which never takes
+    the log of a probability. The textbook ``-sum p log(max(p, eps))`` turns NaN in an FP16
+    TensorRT engine: eps = 1e-12 rounds to 0 in half precision, a confident distribution
+    underflows to exact zeros, and 0 * log(0) = 0 * -inf = NaN. Here every term is finite
+    in float16 as in float32 (Z >= 1 because the largest shifted logit is 0).
+    """
+    probs = torch.softmax(logits, dim=dim)
+    shifted = logits - logits.amax(dim=dim, keepdim=True)
+    log_norm = torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))
+    entropy = log_norm - (probs * shifted).sum(dim=dim, keepdim=True)
+    return probs, entropy
 
 
 def bin_centers_m(min_m: float, max_m: float, num_bins: int, spacing: str) -> torch.Tensor:
@@ -116,7 +133,7 @@ class HybridDepthHead(nn.Module):
         """
         hidden = self.trunk(features)
         logits = self.bins(hidden)
-        probs = torch.softmax(logits, dim=1)
+        probs, entropy = softmax_with_entropy(logits, dim=1)
         centers = self.bin_centers_m.view(1, -1, 1, 1)
         depth_bins = (probs * centers).sum(dim=1, keepdim=True)
         unit = torch.sigmoid(self.regression(hidden))
@@ -128,7 +145,6 @@ class HybridDepthHead(nn.Module):
             depth = 0.5 * (depth_bins + regression_m)
         else:
             depth = torch.sqrt(depth_bins * regression_m)
-        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1, keepdim=True)
         confidence = 1.0 - entropy / math.log(self.num_bins)
         # Bilinear upsampling is a convex combination, so ranges survive it; the clamps
         # only remove float rounding.

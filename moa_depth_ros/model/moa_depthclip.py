@@ -6,7 +6,9 @@
   2, 5, 8, 11), each trainable.
 - Global semantic context c: the ``scene_prompts`` through the CLIP text tower, each
   L2-normalised, averaged; computed once at construction and kept as the buffer
-  ``context_embedding``, so inference never needs the text tower. c does not depend on
+  ``context_embedding``, so inference never needs the text tower. The mean is not
+  re-normalised (the paper does not say; its norm, < 1, only scales the weights of the
+  first decoder conv that read it, which are learned anyway). c does not depend on
   the image: concatenated on the channel axis it acts as a learned, prompt-initialised bias
   of the decoder's first conv, which is what the paper describes.
 - ``TokenDecoder`` (moa_decoder.py) and ``HybridDepthHead`` (heads.py): our documented

@@ -380,7 +380,7 @@ def prepare_model(
             'flops': int(_count_flops(model)),
             'parameters': int(sum(p.numel() for p in model.parameters())),
         }
-        from moa_depth_ros.bench.report import atomic_write_text
+        from moa_depth_ros.fileio import atomic_write_text
 
         atomic_write_text(facts_path, json.dumps(facts, indent=2) + '\n')
         del model

@@ -17,11 +17,11 @@ import json
 import os
 import pathlib
 import platform
-import tempfile
 import time
 from typing import Any, Callable, Sequence
 
 from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.fileio import atomic_write_bytes, atomic_write_text
 
 SCHEMA = 'moa_depth_ros.bench/1'
 MARKER_START = '<!-- BENCH:START -->'
@@ -30,38 +30,6 @@ E2E_STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud', 'fill')
 
 
 # ------------------------------------------------------------------------------ writing
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
-    """Write ``data`` so readers see the old file or the new one; keep an existing mode."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, mode)  # mkstemp makes 0600; a README must stay world-readable
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
-    """Write UTF-8 text atomically (see ``atomic_write_bytes``)."""
-    return atomic_write_bytes(path, text.encode('utf-8'))
 
 
 def write_results(

@@ -338,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_results(results))
     if args.json:
-        from moa_depth_ros.engine.cache import atomic_write_text
+        from moa_depth_ros.fileio import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=2, sort_keys=True) + '\n')
     return 0

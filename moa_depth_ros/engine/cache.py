@@ -17,11 +17,13 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping
 
 from moa_depth_ros.engine.base import ModelMetadata
 from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
+
+# Re-exported: the engine modules and their tests write through these.
+from moa_depth_ros.fileio import atomic_write_bytes, atomic_write_text, new_file_mode  # noqa: F401
 
 SIDECAR_FORMAT = 'moa_depth_ros.tensorrt_sidecar'
 SIDECAR_FORMAT_VERSION = 1
@@ -42,59 +44,6 @@ def file_sha256(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
     except OSError as e:
         raise EngineError(f'cannot read {os.fspath(path)!r}: {e}') from e
     return digest.hexdigest()
-
-
-def _umask() -> int:
-    try:  # Linux >= 4.7 reports it without touching it
-        with open('/proc/self/status', encoding='ascii') as f:
-            for line in f:
-                if line.startswith('Umask:'):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # os.umask can only be read by setting it; restored at once
-    os.umask(mask)
-    return mask
-
-
-def new_file_mode(path: PathLike) -> int:
-    """Permission bits for a file about to replace ``path``: its current ones, else umask's.
-
-    ``tempfile.mkstemp`` creates 0600 files and ``os.replace`` keeps that mode, so without
-    this every model, engine and sidecar written atomically would be unreadable to the
-    user a ROS node or container runs as.
-    """
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        return 0o666 & ~_umask()
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = new_file_mode(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str) -> pathlib.Path:
-    """Write UTF-8 text atomically (see ``atomic_write_bytes``)."""
-    return atomic_write_bytes(path, text.encode('utf-8'))
 
 
 def _utc_now() -> str:

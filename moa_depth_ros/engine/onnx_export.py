@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any, Mapping
 import warnings
@@ -28,8 +27,9 @@ import numpy as np
 
 from moa_depth_ros import __version__
 from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES, metadata_from_description
-from moa_depth_ros.engine.cache import file_sha256, new_file_mode
+from moa_depth_ros.engine.cache import file_sha256
 from moa_depth_ros.errors import ConfigError, EngineError
+from moa_depth_ros.fileio import atomic_output
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 17
@@ -225,43 +225,33 @@ def export_onnx(
     batch = 2 if dynamic_batch else 1
     image = torch.rand((batch, 3, h, w), generator=generator)
 
-    mode = new_file_mode(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
     try:
-        with torch.no_grad():
-            _torch_export(model, image[:1].to(device), tmp_name, opset, dynamic_batch)
-            reference = tuple(t.float().cpu().numpy() for t in model(image.to(device)))
-        proto = onnx.load(tmp_name)
-        del proto.metadata_props[:]
-        for key, value in props.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise EngineError(f'{path}: exported graph fails onnx.checker: {e}') from e
-        onnx.save(proto, tmp_name)
-        del proto
-        errors = {}
-        if verify:
-            got = _onnxruntime_outputs(tmp_name, image.numpy())
-            errors = parity_errors(reference, got)
-            worst = max(errors['depth_rel'], errors['confidence_rel'])
-            if not worst <= tolerance:
-                raise EngineError(
-                    f'{path}: onnxruntime disagrees with torch: depth rel error '
-                    f'{errors["depth_rel"]:.3g}, confidence rel error '
-                    f'{errors["confidence_rel"]:.3g} (tolerance {tolerance:g}); not written'
-                )
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+        with atomic_output(path) as tmp_name:
+            with torch.no_grad():
+                _torch_export(model, image[:1].to(device), tmp_name, opset, dynamic_batch)
+                reference = tuple(t.float().cpu().numpy() for t in model(image.to(device)))
+            proto = onnx.load(tmp_name)
+            del proto.metadata_props[:]
+            for key, value in props.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+            try:
+                onnx.checker.check_model(proto, full_check=True)
+            except onnx.checker.ValidationError as e:
+                raise EngineError(f'{path}: exported graph fails onnx.checker: {e}') from e
+            onnx.save(proto, tmp_name)
+            del proto
+            errors = {}
+            if verify:
+                got = _onnxruntime_outputs(tmp_name, image.numpy())
+                errors = parity_errors(reference, got)
+                worst = max(errors['depth_rel'], errors['confidence_rel'])
+                if not worst <= tolerance:
+                    raise EngineError(
+                        f'{path}: onnxruntime disagrees with torch: depth rel error '
+                        f'{errors["depth_rel"]:.3g}, confidence rel error '
+                        f'{errors["confidence_rel"]:.3g} (tolerance {tolerance:g}); not written'
+                    )
     finally:
         model.train(was_training)
     return ExportReport(
@@ -300,12 +290,7 @@ def quantize_int8(
     props = dict(read_onnx_info(onnx_path).metadata_props)
     props['quantization'] = f'int8 dynamic ({", ".join(op_types)} weights, QInt8)'
     output_path = pathlib.Path(output_path)
-    mode = new_file_mode(output_path)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f'.{output_path.name}.', suffix='.tmp', dir=output_path.parent
-    )
-    os.close(fd)
-    try:
+    with atomic_output(output_path) as tmp_name:
         quantize_dynamic(
             model_input=os.fspath(onnx_path),
             model_output=tmp_name,
@@ -318,12 +303,4 @@ def quantize_int8(
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, tmp_name)
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, output_path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
     return output_path

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Mapping
 
 import torch
 
 from moa_depth_ros import __version__
 from moa_depth_ros.errors import CheckpointError, ConfigError
+from moa_depth_ros.fileio import atomic_output
 from moa_depth_ros.model.base import DepthModel
 from moa_depth_ros.model.factory import build_model
 
@@ -51,33 +51,9 @@ def save_checkpoint(
     # safetensors wants contiguous, non-aliased CPU tensors; clone() also breaks sharing.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
     return path
-
-
-def _new_file_mode(path: pathlib.Path) -> int:
-    """Mode for a file replacing ``path``: its current bits, else what the umask allows.
-
-    mkstemp makes 0600 files and os.replace keeps the mode: a checkpoint written by one
-    user would be unreadable to the node's. (engine/cache.py has the same rule; the model
-    package may not import the engines.)
-    """
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        mask = os.umask(0o022)  # os.umask can only be read by setting it; restored at once
-        os.umask(mask)
-        return 0o666 & ~mask
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -1,0 +1,278 @@
+"""``python -m training eval``: score a checkpoint or an exported model on a test set.
+
+::
+
+    python -m training eval --checkpoint runs/x/model.safetensors --dataset synthetic
+    python -m training eval --checkpoint C --dataset nyu \
+        --data-root ~/data/nyu/official_splits/test --list ~/data/nyudepthv2_test_files_with_gt.txt
+    python -m training eval --model model.onnx --dataset kitti --data-root ... --median-scaling
+
+Prints the papers' table (``training/metrics.py``: d1 d2 d3 AbsRel SqRel RMSE RMSElog log10
+SILog, per-image means) under a header naming the depth caps, the crop and whether median
+scaling is on. ``--model`` evaluates any file ``load_engine`` opens (.onnx, .engine,
+.safetensors) through the runtime the robot uses, so an export can be checked against its
+checkpoint. The same ``evaluate_model`` scores the validation split during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from moa_depth_ros.errors import ConfigError, MoaDepthError
+
+# The list-file names of BTS / AdaBins / SPACE-CLIP (``train_test_inputs/``), looked for in
+# --data-root when --list is not given.
+DEFAULT_TEST_LISTS = {
+    'nyu': 'nyudepthv2_test_files_with_gt.txt',
+    'kitti': 'eigen_test_files_with_gt.txt',
+}
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def default_crop(dataset: str, gt_hw: tuple[int, int]) -> str:
+    """Return the usual evaluation crop: Eigen's for NYU (480x640 ground truth) and KITTI."""
+    if dataset in ('nyu', 'nyu_labeled') and tuple(gt_hw) == (480, 640):
+        return 'nyu_eigen'
+    if dataset == 'kitti':
+        return 'kitti_eigen'
+    return 'none'
+
+
+def evaluate_predictor(
+    predict: Predictor,
+    dataset,
+    *,
+    input_hw: tuple[int, int],
+    metric_config,
+    batch_size: int = 8,
+    device: torch.device | str = 'cpu',
+    on_batch: Callable[[dict, torch.Tensor], None] | None = None,
+):
+    """Run ``predict`` (image [N,3,H,W] in [0,1] -> depth [N,1,h,w]) over ``dataset``.
+
+    Images are resized to ``input_hw`` when needed; predictions are resized to the ground
+    truth by the metrics. Returns the filled ``MetricAccumulator``.
+    """
+    from training.metrics import MetricAccumulator
+
+    accumulator = MetricAccumulator(metric_config)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in loader:
+        image = batch['image'].to(device)
+        if tuple(image.shape[-2:]) != tuple(input_hw):
+            image = F.interpolate(image, size=tuple(input_hw), mode='bilinear', antialias=True)
+        depth_m = predict(image)
+        gt_m = batch['depth_m'].to(depth_m.device)
+        accumulator.update(depth_m.float(), gt_m)
+        if on_batch is not None:
+            on_batch(batch, depth_m)
+    return accumulator
+
+
+def _metric_config(dataset_name: str, dataset, depth_range_m, crop, median_scaling):
+    from training.metrics import MetricConfig
+
+    if crop in (None, 'auto'):
+        gt_hw = tuple(dataset[0]['depth_m'].shape[-2:]) if len(dataset) else (0, 0)
+        crop = default_crop(dataset_name, gt_hw)
+    return MetricConfig(
+        min_depth_m=float(depth_range_m[0]),
+        max_depth_m=float(depth_range_m[1]),
+        crop=crop,
+        median_scaling=bool(median_scaling),
+    )
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    device: torch.device | str = 'cpu',
+    depth_range_m: tuple[float, float] = (1e-3, 10.0),
+    dataset_name: str = 'synthetic',
+    crop: str | None = 'auto',
+    median_scaling: bool = False,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Mean metrics of a torch ``DepthModel`` on ``dataset`` (eval mode, restored after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        config = _metric_config(dataset_name, dataset, depth_range_m, crop, median_scaling)
+        accumulator = evaluate_predictor(
+            lambda image: model(image)[0],
+            dataset,
+            input_hw=model.input_hw,
+            metric_config=config,
+            batch_size=batch_size,
+            device=device,
+        )
+    finally:
+        model.train(was_training)
+    return accumulator.means()
+
+
+def _engine_predictor(engine) -> Predictor:
+    def predict(image: torch.Tensor) -> torch.Tensor:
+        depth, _ = engine.infer(image.cpu().numpy().astype(np.float32))
+        return torch.from_numpy(np.asarray(depth, np.float32))
+
+    return predict
+
+
+def _dataset_from_args(args: argparse.Namespace, input_hw: tuple[int, int]):
+    """Build the test split named on the command line."""
+    from training.config import build_data_config
+    from training.data import build_dataset
+
+    values: dict = {'dataset': args.dataset, 'augment': False}
+    if args.dataset == 'synthetic':
+        values['synthetic_hw'] = tuple(args.synthetic_hw or input_hw)
+        values['synthetic_sizes'] = {args.split: args.num_scenes}
+        values['seed'] = args.data_seed
+    elif args.dataset == 'nyu_labeled':
+        if not args.labeled_mat or not args.labeled_indices:
+            raise ConfigError('--dataset nyu_labeled needs --labeled-mat and --labeled-indices')
+        values.update(labeled_mat=args.labeled_mat, labeled_indices=args.labeled_indices)
+    else:
+        if not args.data_root:
+            raise ConfigError(f'--dataset {args.dataset} needs --data-root (the test images)')
+        root = os.path.expanduser(args.data_root)
+        list_file = args.list or os.path.join(root, DEFAULT_TEST_LISTS[args.dataset])
+        if not os.path.isfile(list_file):
+            raise ConfigError(
+                f'no test list at {list_file!r}; pass --list (the BTS/SPACE-CLIP '
+                f'{DEFAULT_TEST_LISTS[args.dataset]})'
+            )
+        values.update(
+            eval_list=list_file,
+            eval_image_root=root,
+            eval_depth_root=os.path.expanduser(args.depth_root or ''),
+        )
+    values['image_hw'] = tuple(input_hw)
+    return build_dataset(build_data_config(values), args.split)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m training eval',
+        description="Evaluate a checkpoint or exported model with the papers' metrics.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--checkpoint', help='model file written by training (.safetensors)')
+    source.add_argument('--model', help='exported model for load_engine (.onnx, .engine)')
+    parser.add_argument(
+        '--dataset',
+        required=True,
+        choices=('nyu', 'kitti', 'synthetic', 'nyu_labeled'),
+        help='test set',
+    )
+    parser.add_argument('--data-root', help='NYU/KITTI image root of the test list')
+    parser.add_argument('--depth-root', help='ground-truth root when not under --data-root')
+    parser.add_argument('--list', help='BTS-style test list (default: looked up in --data-root)')
+    parser.add_argument('--labeled-mat', help='nyu_depth_v2_labeled.mat (nyu_labeled)')
+    parser.add_argument('--labeled-indices', help='1-based test indices file (nyu_labeled)')
+    parser.add_argument('--split', default='test', choices=('test', 'val'))
+    parser.add_argument('--num-scenes', type=int, default=64, help='synthetic scenes to score')
+    parser.add_argument('--data-seed', type=int, default=0, help='first synthetic scene offset')
+    parser.add_argument(
+        '--synthetic-hw', type=int, nargs=2, metavar=('H', 'W'), help='synthetic render size'
+    )
+    parser.add_argument(
+        '--median-scaling', action='store_true', help='scale each prediction to the GT median'
+    )
+    parser.add_argument(
+        '--crop',
+        default='auto',
+        choices=('auto', 'none', 'nyu_eigen', 'kitti_garg', 'kitti_eigen'),
+        help='evaluation crop (auto: Eigen crop for NYU 480x640 and KITTI)',
+    )
+    parser.add_argument('--min-depth', type=float, help='lower depth cap in metres')
+    parser.add_argument('--max-depth', type=float, help='upper depth cap in metres')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--device', default='cpu', help='torch device for --checkpoint')
+    parser.add_argument('--backend', default='auto', help='load_engine backend for --model')
+    parser.add_argument('--json', help='also write the metrics to this JSON file')
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate as the command line says; return {'metrics', 'header', 'table', ...}."""
+    from training.data import DEPTH_RANGES_M
+
+    if args.checkpoint:
+        from moa_depth_ros.model import load_model
+
+        model = load_model(args.checkpoint, map_location=args.device).eval()
+        input_hw = model.input_hw
+
+        @torch.no_grad()
+        def predict(image: torch.Tensor) -> torch.Tensor:
+            return model(image)[0]
+
+        source = args.checkpoint
+        device = args.device
+    else:
+        from moa_depth_ros.engine import load_engine
+
+        engine = load_engine(args.model, backend=args.backend)
+        input_hw = tuple(engine.input_hw)
+        predict = _engine_predictor(engine)
+        source = f'{args.model} ({engine.backend})'
+        device = 'cpu'
+    dataset = _dataset_from_args(args, input_hw)
+    if len(dataset) == 0:
+        raise ConfigError(f'the {args.dataset} {args.split} split is empty')
+    low, high = DEPTH_RANGES_M[args.dataset]
+    depth_range_m = (
+        args.min_depth if args.min_depth is not None else low,
+        args.max_depth if args.max_depth is not None else high,
+    )
+    metric_config = _metric_config(
+        args.dataset, dataset, depth_range_m, args.crop, args.median_scaling
+    )
+    accumulator = evaluate_predictor(
+        predict,
+        dataset,
+        input_hw=input_hw,
+        metric_config=metric_config,
+        batch_size=args.batch_size,
+        device=device,
+    )
+    header = f'{source} on {args.dataset} {args.split}: {accumulator.header()}'
+    from training.metrics import format_table
+
+    table = format_table(accumulator.means(), header=header)
+    return {'metrics': accumulator.means(), 'header': header, 'table': table}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m training eval``."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except MoaDepthError as e:
+        print(f'eval: error: {e}', file=sys.stderr)
+        return 2
+    print(result['table'])
+    if args.json:
+        path = pathlib.Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+        tmp.write_text(
+            json.dumps({'header': result['header'], **result['metrics']}, indent=2) + '\n',
+            encoding='utf-8',
+        )
+        os.replace(tmp, path)
+    return 0

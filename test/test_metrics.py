@@ -166,6 +166,15 @@ def test_median_scaling_is_off_by_default_and_named_in_the_header():
     assert 'median_scaling=on' in scaled.table()
 
 
+def test_median_scaling_comes_before_the_clamp_as_monodepth2():
+    gt = np.random.default_rng(5).uniform(1.0, 5.0, (8, 8))
+    # Every prediction is far above the cap: clamping first would flatten it to 10.
+    pred = 100.0 * gt
+    m = compute_metrics(pred, gt, MetricConfig(max_depth_m=10.0, median_scaling=True))
+    assert m['abs_rel'].item() == pytest.approx(0.0, abs=1e-12)
+    assert m['d1'].item() == 1.0
+
+
 def test_prediction_at_another_resolution_is_resized_to_the_ground_truth():
     gt = np.full((1, 1, 8, 12), 4.0)
     pred = torch.full((1, 1, 4, 6), 4.0)

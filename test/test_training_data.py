@@ -251,18 +251,25 @@ def test_missing_files_are_listed_in_one_error(tmp_path):
 
 
 def _write_labeled_mat(path, n=4, h=48, w=64):
-    """Write a tiny .mat in the official v7.3 layout: images [N,3,W,H], depths [N,W,H] m."""
+    """Write a tiny .mat in the official v7.3 layout: images [N,3,W,H], depths [N,W,H] m.
+
+    ``rawDepths`` has holes (0) where the in-painted ``depths`` is dense, as the real file.
+    """
     rng = np.random.default_rng(1)
     images_hw = rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8)
-    depths_hw = rng.uniform(0.7, 9.0, (n, h, w)).astype(np.float32)
+    raw_hw = rng.uniform(0.7, 9.0, (n, h, w)).astype(np.float32)
+    raw_hw[:, :5] = 0.0
+    inpainted_hw = raw_hw.copy()
+    inpainted_hw[:, :5] = 3.0
     with h5py.File(path, 'w') as f:
         f['images'] = images_hw.transpose(0, 3, 2, 1)
-        f['depths'] = depths_hw.transpose(0, 2, 1)
-    return images_hw, depths_hw
+        f['rawDepths'] = raw_hw.transpose(0, 2, 1)
+        f['depths'] = inpainted_hw.transpose(0, 2, 1)
+    return images_hw, raw_hw, inpainted_hw
 
 
 def test_nyu_labeled_mat_is_transposed_back_and_indexed_from_one(tmp_path):
-    images, depths = _write_labeled_mat(tmp_path / 'labeled.mat')
+    images, depths, _ = _write_labeled_mat(tmp_path / 'labeled.mat')
     (tmp_path / 'test_idx.txt').write_text('2 4\n')
     ds = NYULabeled.from_index_file(str(tmp_path / 'labeled.mat'), str(tmp_path / 'test_idx.txt'))
     assert len(ds) == 2
@@ -277,6 +284,27 @@ def test_nyu_labeled_mat_is_transposed_back_and_indexed_from_one(tmp_path):
         str(tmp_path / 'labeled.mat'), str(tmp_path / 'test_idx.txt'), complement=True
     )
     assert train.indices.tolist() == [1, 3]
+
+
+def test_nyu_labeled_scores_raw_depths_as_the_bts_test_pngs(tmp_path):
+    # BTS's extract_official_train_test_set_from_mat.py writes the official_splits/test
+    # pngs from 'rawDepths' (holes = 0), not the in-painted 'depths'.
+    _, raw, inpainted = _write_labeled_mat(tmp_path / 'labeled.mat')
+    (tmp_path / 'test_idx.txt').write_text('2 4\n')
+    ds = NYULabeled.from_index_file(str(tmp_path / 'labeled.mat'), str(tmp_path / 'test_idx.txt'))
+    np.testing.assert_allclose(ds[0]['depth_m'][0].numpy(), raw[1])
+    assert (ds[0]['depth_m'][0, :5] == 0).all()
+    cfg = DataConfig(
+        dataset='nyu_labeled',
+        labeled_mat=str(tmp_path / 'labeled.mat'),
+        labeled_indices=str(tmp_path / 'test_idx.txt'),
+    )
+    assert cfg.labeled_depth_key == 'rawDepths'
+    np.testing.assert_allclose(build_dataset(cfg, 'test')[1]['depth_m'][0].numpy(), raw[3])
+    dense = NYULabeled.from_index_file(
+        str(tmp_path / 'labeled.mat'), str(tmp_path / 'test_idx.txt'), depth_key='depths'
+    )
+    np.testing.assert_allclose(dense[0]['depth_m'][0].numpy(), inpainted[1])
 
 
 def test_index_file_must_be_one_based_integers(tmp_path):

@@ -12,9 +12,14 @@ and then averaged over images (not over pixels):
 - SILog ``100 * sqrt(mean(e^2) - mean(e)^2)``, e = log pred - log gt (BTS's eval form)
 
 Crops: ``nyu_eigen`` rows 45:471, columns 41:601 (only for 480x640 ground truth);
-``kitti_garg`` and ``kitti_eigen`` as fractions of height/width (BTS). Median scaling is
-off by default and always named in the results header, so a scaled number is never
-mistaken for a metric one. Computation is torch, in float64, on the inputs' device.
+``kitti_garg`` and ``kitti_eigen`` as fractions of height/width (BTS). The fractions apply
+to whatever ground truth is scored: KITTIEigen cuts it to the 352x1216 benchmark crop, as
+AdaBins' online evaluation does; BTS's ``eval.py`` instead pads the prediction back to the
+full ~375x1242 frame and takes the fractions of that, a slightly larger region, so numbers
+of the two set-ups differ a little. Median scaling (monodepth2 order: ``pred *=
+median(gt) / median(pred)`` over the valid pixels, then the clamp) is off by default and
+always named in the results header, so a scaled number is never mistaken for a metric one.
+Computation is torch, in float64, on the inputs' device.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ class DataConfig:
     eval_depth_root: str = ''
     labeled_mat: str = ''
     labeled_indices: str = ''
-    labeled_depth_key: str = 'depths'
+    labeled_depth_key: str = 'rawDepths'  # BTS's official test pngs; 'depths' = in-painted
     augment: bool = True
     augment_cfg: AugmentConfig | None = None
     nyu_border_crop: bool = True

@@ -5,8 +5,10 @@ Sync layout (training, 24k BTS / 50k AdaBins lists): ``<scene>/rgb_XXXXX.jpg`` a
 ``official_splits/test`` folder (654 images, same list format) reads the same way.
 
 Labeled file ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5, read with h5py): MATLAB
-stores column-major, so h5py sees ``images`` as [N, 3, W, H] uint8 and ``depths`` as
-[N, W, H] float32 metres; both are transposed back to [H, W(, 3)] here. The official test
+stores column-major, so h5py sees ``images`` as [N, 3, W, H] uint8 and ``rawDepths`` /
+``depths`` as [N, W, H] float32 metres; both are transposed back to [H, W(, 3)] here. The
+default depth is ``rawDepths``, as BTS's extraction script (the source of the standard test
+pngs); ``depths`` is the in-painted variant. The official test
 split is chosen by a file of 1-based indices (see ``training.data.splits``); the training
 split of the labeled set is every other index (795 images).
 
@@ -127,8 +129,10 @@ class NYULabeled(Dataset):
     Args:
         mat_path: path of ``nyu_depth_v2_labeled.mat``.
         indices: 1-based indices to use (e.g. ``read_indices('nyu_test_indices.txt')``).
-        depth_key: ``'depths'`` (in-painted, what BTS extracts for its test pngs) or
-            ``'rawDepths'``.
+        depth_key: ``'rawDepths'`` (the Kinect depth with holes = 0: what BTS's
+            ``extract_official_train_test_set_from_mat.py`` writes as the 654
+            ``official_splits/test`` pngs every paper scores on) or ``'depths'`` (the
+            colourisation in-painted maps, dense but not the standard ground truth).
         augment_cfg: augmentations (training on the 795 labeled frames) or None.
         border_crop: cut the white border first, as BTS does for training.
         image_hw: resize the image (not the depth) to (height, width).
@@ -140,7 +144,7 @@ class NYULabeled(Dataset):
         mat_path: str,
         indices: np.ndarray | list[int],
         *,
-        depth_key: str = 'depths',
+        depth_key: str = 'rawDepths',
         augment_cfg: AugmentConfig | None = None,
         border_crop: bool = False,
         image_hw: tuple[int, int] | None = None,

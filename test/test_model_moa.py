@@ -143,3 +143,62 @@ def test_adapter_is_a_residual_mixture_with_tempered_gate():
 def test_invalid_configs_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
         tiny_model('moa_depthclip', **overrides)
+
+
+# A conv stem for the tiny tower's 16-pixel patches: four stride-2 layers.
+STEM = {'conv_stem_channels': (8, 8, 16, 16), 'trainable_last_blocks': 4}
+
+
+def test_conv_stem_feeds_same_resolution_decoder_stages():
+    model = tiny_model('moa_depthclip', **STEM).eval()
+    assert model.backbone.conv1.stride == 16
+    # Stages 0-2 (1/8, 1/4, 1/2 of the input) take stem maps 2, 1, 0; the last (full
+    # resolution) has no stem map that fine.
+    assert sorted(model.decoder.map_skip_projections) == ['0', '1', '2']
+    stage_hw, skip_hw = {}, {}
+    for i, stage in enumerate(model.decoder.stages):
+        stage.up_conv.register_forward_hook(
+            lambda m, a, out, i=i: stage_hw.__setitem__(i, tuple(out.shape[-2:]))
+        )
+    for key, proj in model.decoder.map_skip_projections.items():
+        proj.register_forward_hook(
+            lambda m, a, out, i=int(key): skip_hw.__setitem__(i, tuple(out.shape[-2:]))
+        )
+    with torch.no_grad():
+        depth, confidence = model(random_image(model))
+    assert depth.shape == confidence.shape == (2, 1, 64, 96)
+    assert skip_hw == {i: stage_hw[i] for i in range(3)}
+    assert stage_hw[0] == (8, 12)
+
+
+def test_whole_tower_trains_when_every_block_does():
+    model = tiny_model('moa_depthclip', **STEM).train()
+    assert all(p.requires_grad for p in model.parameters())
+    out = model.forward_train(random_image(model))
+    target = torch.randint(0, 16, out['depth'].shape[-2:]).expand(2, -1, -1)
+    loss = torch.nn.functional.cross_entropy(out['bin_logits'], target) + out['depth'].mean()
+    loss.backward()
+    for name in ('backbone.conv1.layers.0.0.weight', 'backbone.positional_embedding'):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+    # Without a stem too: all four blocks trainable means the patch embedding trains.
+    plain = tiny_model('moa_depthclip', trainable_last_blocks=4)
+    assert plain.backbone.conv1.weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    'overrides, match',
+    [
+        ({'conv_stem_channels': (8, 8, 16)}, 'patch size is 16'),
+        ({'conv_stem_channels': (8, 0, 8, 8)}, 'positive'),
+    ],
+)
+def test_bad_conv_stems_are_rejected(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny_model('moa_depthclip', **overrides)
+
+
+def test_conv_stem_refuses_pretrained_weights(tmp_path):
+    with pytest.raises(ConfigError, match='pretrained'):
+        tiny_model('moa_depthclip', pretrained=str(tmp_path / 'clip.safetensors'), **STEM)

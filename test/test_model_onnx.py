@@ -64,3 +64,23 @@ def test_exportable_block_equals_open_clips_block():
             # open_clip's own forward takes the fused fast path here (eval, no grad).
             torch.testing.assert_close(vit_block(block, tokens), block(tokens))
             tokens = block(tokens)
+
+
+@pytest.mark.filterwarnings('ignore:You are using the legacy TorchScript:DeprecationWarning')
+def test_conv_stem_model_exports_and_round_trips(tmp_path):
+    from moa_depth_ros.model import load_model, save_checkpoint
+
+    model = tiny_model(
+        'moa_depthclip', seed=5, conv_stem_channels=(8, 8, 16, 16), trainable_last_blocks=4
+    ).eval()
+    perturb_batchnorm(model)
+    loaded = load_model(save_checkpoint(model, tmp_path / 'stem.safetensors'))
+    path = tmp_path / 'stem.onnx'
+    _export(loaded, path)
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    image = random_image(model, batch=1, seed=3)
+    depth, confidence = session.run(None, {'image': image.numpy()})
+    with torch.no_grad():
+        depth_t, confidence_t = model(image)
+    np.testing.assert_allclose(depth, depth_t.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(confidence, confidence_t.numpy(), rtol=1e-4, atol=1e-5)

@@ -125,8 +125,12 @@ def vit_tokens(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     This is HF CLIP's ``hidden_states[0]``: class token first, positional embedding added,
     then the pre-transformer LayerNorm.
     """
-    x = visual.conv1(pixels)
-    x = x.flatten(2).transpose(1, 2)
+    return vit_embed_patches(visual, visual.conv1(pixels))
+
+
+def vit_embed_patches(visual: nn.Module, patch_map: torch.Tensor) -> torch.Tensor:
+    """Turn a patch-embedding map [N, width, h, w] into ``vit_tokens``' output."""
+    x = patch_map.flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
     return visual.ln_pre(x)
@@ -166,3 +170,59 @@ def vit_grid(visual: nn.Module) -> tuple[int, int]:
 def vit_depth(visual: nn.Module) -> int:
     """Return the number of transformer blocks in an open_clip ViT."""
     return len(visual.transformer.resblocks)
+
+
+class ConvStem(nn.Module):
+    """A convolutional patch embedding for a ViT trained from scratch.
+
+    "Early convolutions help transformers see better" (Xiao et al., NeurIPS 2021): a few
+    stride-2 conv3x3-BN-ReLU layers and a 1x1 projection in place of the single
+    patchify conv make a ViT optimise much faster and more stably. Each layer halves the
+    resolution, so ``len(channels)`` layers give a patch size of ``2 ** len(channels)``.
+    ``features`` also returns every layer's map (finest first) for a decoder's skips.
+    It replaces ``visual.conv1`` and keeps its interface (``out_channels``); CLIP weights
+    have a patchify conv, so a tower with this stem is always randomly initialised.
+    """
+
+    def __init__(self, width: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        if not channels or any(int(c) < 1 for c in channels):
+            raise ConfigError(f'conv stem channels must be positive, got {tuple(channels)!r}')
+        self.out_channels = int(width)
+        self.stride = 2 ** len(channels)
+        self.channels = tuple(int(c) for c in channels)
+        in_channels = (3, *self.channels[:-1])
+        self.layers = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(i, o, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(o),
+                nn.ReLU(inplace=True),
+            )
+            for i, o in zip(in_channels, self.channels)
+        )
+        self.proj = nn.Conv2d(self.channels[-1], self.out_channels, 1)
+
+    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Return (patch map [N, width, H/stride, W/stride], every layer's map finest first)."""
+        maps = []
+        x = pixels
+        for layer in self.layers:
+            x = layer(x)
+            maps.append(x)
+        return self.proj(x), maps
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.features(pixels)[0]
+
+
+def install_conv_stem(visual: nn.Module, channels: Sequence[int]) -> ConvStem:
+    """Replace an open_clip ViT's patchify ``conv1`` with a ``ConvStem`` of the same stride."""
+    patch = visual.conv1.stride[0] if isinstance(visual.conv1, nn.Conv2d) else None
+    stem = ConvStem(int(visual.conv1.out_channels), channels)
+    if patch != stem.stride:
+        raise ConfigError(
+            f'a conv stem of {len(stem.channels)} stride-2 layers has stride {stem.stride}, '
+            f'but the ViT patch size is {patch}: give log2(patch_size) channel counts'
+        )
+    visual.conv1 = stem
+    return stem

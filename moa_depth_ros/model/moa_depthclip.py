@@ -13,6 +13,11 @@
   of the decoder's first conv, which is what the paper describes.
 - ``TokenDecoder`` (moa_decoder.py) and ``HybridDepthHead`` (heads.py): our documented
   choices for the parts the paper leaves open.
+- Not in the paper, for towers trained from scratch (the CPU quickstart): an optional
+  convolutional stem in place of the patchify conv (``conv_stem_channels``; Xiao et al.
+  2021), whose finer feature maps also feed the decoder. Off by default; it cannot be
+  combined with pretrained CLIP weights. With ``trainable_last_blocks`` equal to the
+  tower's depth the whole tower trains, patch and positional embeddings included.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from moa_depth_ros.errors import ConfigError
 from moa_depth_ros.model.adapters import MixtureOfAdapters, gate_entropy
 from moa_depth_ros.model.base import DepthModel
 from moa_depth_ros.model.clip_backbone import (
+    ConvStem,
     build_clip,
     build_vision_tower,
     encode_prompts,
+    install_conv_stem,
     is_vit_cfg,
     vit_block,
     vit_depth,
+    vit_embed_patches,
     vit_grid,
     vit_tokens,
 )
@@ -75,6 +83,10 @@ class MoADepthCLIPConfig(DepthModelConfig):
     bin_spacing: str = 'log'
     fusion: str = 'learned'
     head_hidden_channels: int = 64
+    #: Channels of a convolutional stem replacing the patchify conv: log2(patch_size)
+    #: stride-2 conv3x3-BN-ReLU layers, then a 1x1 conv to the tower width. Empty (the
+    #: paper, and required with pretrained weights): CLIP's own patch embedding.
+    conv_stem_channels: tuple[int, ...] = ()
 
 
 class MoADepthCLIP(DepthModel):
@@ -95,6 +107,11 @@ class MoADepthCLIP(DepthModel):
             raise ConfigError(
                 f'MoA-DepthCLIP needs a ViT tower, got clip_model={config.clip_model!r}'
             )
+        if config.conv_stem_channels and pretrained is not None:
+            raise ConfigError(
+                'conv_stem_channels replaces the patch embedding that pretrained CLIP weights '
+                'hold; use conv_stem_channels=() with pretrained weights'
+            )
         if build_text:
             clip = build_clip(
                 clip_cfg, self.input_hw, clip_model=config.clip_model, pretrained=pretrained
@@ -109,6 +126,11 @@ class MoADepthCLIP(DepthModel):
         visual.ln_post = nn.Identity()
         self.backbone = visual
         self.register_buffer('context_embedding', context)
+        stem = (
+            install_conv_stem(visual, config.conv_stem_channels)
+            if config.conv_stem_channels
+            else None
+        )
 
         depth = vit_depth(visual)
         width = int(visual.conv1.out_channels)
@@ -134,6 +156,7 @@ class MoADepthCLIP(DepthModel):
             context.numel(),
             channels=tuple(config.decoder_channels),
             num_skips=len(config.decoder_skip_blocks),
+            map_skip_channels=_stem_skip_channels(stem, len(config.decoder_channels)),
         )
         self.head = HybridDepthHead(
             self.decoder.out_channels,
@@ -147,15 +170,26 @@ class MoADepthCLIP(DepthModel):
         self._freeze_backbone(config.trainable_last_blocks)
 
     def _freeze_backbone(self, trainable_last_blocks: int) -> None:
+        blocks = self.backbone.transformer.resblocks
+        if trainable_last_blocks == len(blocks):
+            # The whole tower trains (from scratch): embeddings and stem too.
+            for param in self.backbone.parameters():
+                param.requires_grad = True
+            return
         for param in self.backbone.parameters():
             param.requires_grad = False
-        blocks = self.backbone.transformer.resblocks
         for block in blocks[len(blocks) - trainable_last_blocks :]:
             for param in block.parameters():
                 param.requires_grad = True
 
     def _run(self, image: torch.Tensor, with_logits: bool) -> dict[str, torch.Tensor]:
-        tokens = vit_tokens(self.backbone, self.normalize(image))
+        pixels = self.normalize(image)
+        stem_maps: list[torch.Tensor] = []
+        if isinstance(self.backbone.conv1, ConvStem):
+            patch_map, stem_maps = self.backbone.conv1.features(pixels)
+            tokens = vit_embed_patches(self.backbone, patch_map)
+        else:
+            tokens = vit_tokens(self.backbone, pixels)
         skip_tokens: dict[int, torch.Tensor] = {}
         gates: list[torch.Tensor] = []
         for index, block in enumerate(self.backbone.transformer.resblocks):
@@ -168,7 +202,11 @@ class MoADepthCLIP(DepthModel):
                 skip_tokens[index] = tokens[:, 1:]
         skips = [skip_tokens[b] for b in self.config.decoder_skip_blocks]
         features = self.decoder(
-            tokens[:, 1:], skips, self.context_embedding, vit_grid(self.backbone)
+            tokens[:, 1:],
+            skips,
+            self.context_embedding,
+            vit_grid(self.backbone),
+            _stem_skips(stem_maps, len(self.config.decoder_channels)),
         )
         out = self.head(features, self.input_hw, with_logits=with_logits)
         out['gates'] = gates
@@ -205,3 +243,30 @@ class MoADepthCLIP(DepthModel):
                 p for p in (*self.decoder.parameters(), *self.head.parameters()) if p.requires_grad
             ],
         }
+
+
+def _stem_skip_index(stage: int, num_stem_layers: int) -> int:
+    """Index of the stem map (finest first) with decoder stage ``stage``'s output resolution.
+
+    Stage i doubles the token grid i + 1 times; stem map j is 2 ** (L - j - 1) times the
+    token grid, so they match where j = L - i - 2 (negative: no stem map is that fine).
+    """
+    return num_stem_layers - stage - 2
+
+
+def _stem_skip_channels(stem: ConvStem | None, num_stages: int) -> tuple[int, ...]:
+    if stem is None:
+        return ()
+    layers = len(stem.channels)
+    return tuple(
+        stem.channels[j] if 0 <= (j := _stem_skip_index(i, layers)) < layers else 0
+        for i in range(num_stages)
+    )
+
+
+def _stem_skips(maps: list[torch.Tensor], num_stages: int) -> list[torch.Tensor | None]:
+    layers = len(maps)
+    return [
+        maps[j] if 0 <= (j := _stem_skip_index(i, layers)) < layers else None
+        for i in range(num_stages)
+    ]

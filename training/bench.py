@@ -26,11 +26,14 @@ import numpy as np
 from moa_depth_ros.errors import ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# label -> (model preset, loss preset): the papers' recipes and the CPU quickstart's model.
+# label -> (model preset, loss preset): the papers' recipes.
 RECIPES: dict[str, tuple[str, str]] = {
     'moa_depthclip': ('moa_depthclip', 'moa_depthclip'),
     'space_clip': ('space_clip', 'space_clip'),
-    'quickstart': ('moa_depthclip_tiny', 'moa_depthclip'),
+}
+# label -> recipe YAML: the quickstart's model exactly as `make demo` trains it.
+RECIPE_FILES: dict[str, pathlib.Path] = {
+    'quickstart': REPO_ROOT / 'training' / 'configs' / 'quickstart.yaml',
 }
 FULL = {'train_warmup': 1, 'train_steps': 3}
 QUICK = {'train_warmup': 1, 'train_steps': 2}
@@ -38,12 +41,15 @@ QUICK = {'train_warmup': 1, 'train_steps': 2}
 
 def _recipe(entry: str) -> dict[str, Any]:
     """Model name, overrides, loss and loss options of a recipe name or YAML file."""
+    label = pathlib.Path(entry).stem
+    if entry in RECIPE_FILES:
+        label, entry = entry, str(RECIPE_FILES[entry])
     if entry.endswith(('.yaml', '.yml')):
         from training.config import load_config
 
         config = load_config(entry)
         return {
-            'label': pathlib.Path(entry).stem,
+            'label': label,
             'model': config.model.name,
             'overrides': dict(config.model.overrides),
             'loss': config.loss,
@@ -55,9 +61,10 @@ def _recipe(entry: str) -> dict[str, Any]:
     from moa_depth_ros.model import PRESETS
 
     if entry not in PRESETS:
+        names = ', '.join([*RECIPES, *RECIPE_FILES])
         raise ConfigError(
-            f'training recipe {entry!r} is neither a recipe ({", ".join(RECIPES)}), a model '
-            f'preset ({", ".join(PRESETS)}) nor a .yaml recipe file'
+            f'training recipe {entry!r} is neither a recipe ({names}), a model preset '
+            f'({", ".join(PRESETS)}) nor a .yaml recipe file'
         )
     from training.losses import LOSS_PRESETS
 
@@ -201,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--train-recipes',
         nargs='+',
-        default=list(RECIPES),
-        help=f'recipe names ({", ".join(RECIPES)}), model presets or recipe .yaml files',
+        default=[*RECIPES, *RECIPE_FILES],
+        help=f'recipe names ({", ".join([*RECIPES, *RECIPE_FILES])}), model presets or recipe '
+        '.yaml files',
     )
     parser.add_argument('--train-batch', type=int, default=8, help='images per step')
     parser.add_argument('--train-warmup', type=int, help='untimed steps first (1)')

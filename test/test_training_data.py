@@ -31,10 +31,67 @@ from training.data import (
     sample_scene,
 )
 from training.data.splits import read_indices, synthetic_scene_seeds
-from training.data.synthetic import DEPTH_RANGE_M, FLOOR_ID, WALL_Z1_ID
+from training.data.synthetic import (
+    DEPTH_RANGE_M,
+    FLOOR_ID,
+    WALL_Z1_ID,
+    render_supersampled,
+    supersampled_spec,
+)
 from training.data.synthetic_bag import write_synthetic_bag
 
 # ----------------------------------------------------------------------------- synthetic
+
+
+def test_supersampled_colour_is_the_block_mean_of_a_finer_render_and_depth_stays_exact():
+    spec = sample_scene(11, 40, 30)
+    plain = render(spec)
+    smooth = render_supersampled(spec, 3)
+    np.testing.assert_array_equal(smooth.depth_m, plain.depth_m)
+    np.testing.assert_array_equal(smooth.labels, plain.labels)
+    fine = render(supersampled_spec(spec, 3))
+    expected = fine.rgb.reshape(30, 3, 40, 3, 3).astype(np.float32).mean(axis=(1, 3))
+    assert np.abs(smooth.rgb.astype(np.float32) - expected).max() <= 0.5
+    np.testing.assert_array_equal(render_supersampled(spec, 1).rgb, plain.rgb)
+    with pytest.raises(ConfigError, match='supersample'):
+        render_supersampled(spec, 0)
+
+
+def test_supersampled_spec_puts_fine_pixels_inside_their_coarse_pixel():
+    spec = sample_scene(4, 64, 48)
+    fine = supersampled_spec(spec, 2)
+    point = np.array([0.3, -0.2, 2.5])  # optical frame
+    u, v = (spec.K @ point)[:2] / point[2]
+    uf, vf = (fine.K @ point)[:2] / point[2]
+    assert (uf + 0.5) / 2 - 0.5 == pytest.approx(u)
+    assert (vf + 0.5) / 2 - 0.5 == pytest.approx(v)
+    assert fine.noise_std == pytest.approx(2 * spec.noise_std)
+
+
+def test_synthetic_dataset_passes_supersampling_and_camera_heights():
+    cfg = DataConfig(
+        synthetic_hw=(24, 32),
+        synthetic_sizes={'test': 1},
+        synthetic_supersample=2,
+        synthetic_camera_height_m=(1.2, 1.6),
+    )
+    dataset = build_dataset(cfg, 'test')
+    seed = dataset.scene_seeds[0]
+    expected = render_scene(seed, 32, 24, supersample=2, camera_height_m=(1.2, 1.6))
+    np.testing.assert_array_equal(dataset.scene(0).rgb, expected.rgb)
+    assert dataset.scene(0).spec == expected.spec
+
+
+def test_camera_height_range_is_respected_and_validated():
+    heights = [sample_scene(s, 16, 12).camera_position_m[1] for s in range(40)]
+    assert 1.0 <= min(heights) and max(heights) <= 1.8
+    narrow = [sample_scene(s, 16, 12, camera_height_m=(1.3, 1.4)) for s in range(40)]
+    assert all(1.3 <= n.camera_position_m[1] <= 1.4 for n in narrow)
+    # Only the height changes: the same draws make the same room.
+    assert narrow[5].room_size_m == sample_scene(5, 16, 12).room_size_m
+    for bad in ((1.5, 1.4), (0.0, 1.0), (1.0, 2.6)):
+        with pytest.raises(ConfigError, match='camera_height_m'):
+            sample_scene(0, 16, 12, camera_height_m=bad)
 
 
 def test_render_is_deterministic_by_seed_and_varies_across_seeds():

@@ -308,6 +308,10 @@ def build_data_config(values: Mapping[str, Any], **defaults: Any) -> Any:
     for key in ('image_hw', 'synthetic_hw'):
         if isinstance(merged.get(key), list):
             merged[key] = tuple(int(v) for v in merged[key])
+    if isinstance(merged.get('synthetic_camera_height_m'), list):
+        merged['synthetic_camera_height_m'] = tuple(
+            float(v) for v in merged['synthetic_camera_height_m']
+        )
     augment = merged.get('augment_cfg')
     if isinstance(augment, Mapping):
         aug_known = {f.name for f in dataclasses.fields(AugmentConfig)}

@@ -19,6 +19,7 @@ from training.data.kitti import KITTIEigen
 from training.data.nyu import NYUDepthV2, NYULabeled
 from training.data.rooms import SyntheticRooms
 from training.data.splits import SPLITS
+from training.data.synthetic import CAMERA_HEIGHT_RANGE_M
 
 DATASETS = ('synthetic', 'nyu', 'nyu_labeled', 'kitti')
 
@@ -62,6 +63,10 @@ class DataConfig:
         default_factory=lambda: {'train': 256, 'val': 32, 'test': 32}
     )
     synthetic_cache: bool = True
+    #: Colour rays per pixel along each axis for the synthetic rooms (1: one ray, aliased).
+    synthetic_supersample: int = 1
+    #: Range (low, high) of the synthetic camera's height above the floor, metres.
+    synthetic_camera_height_m: tuple[float, float] = CAMERA_HEIGHT_RANGE_M
     seed: int = 0
     check_files: bool = True
 
@@ -110,6 +115,8 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
             split=split,
             augment_cfg=aug,
             cache=cfg.synthetic_cache,
+            supersample=cfg.synthetic_supersample,
+            camera_height_m=cfg.synthetic_camera_height_m,
         )
     if cfg.dataset == 'nyu_labeled':
         mat = _require(cfg.labeled_mat, 'labeled_mat', cfg, split)

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from training.data.augment import AugmentConfig, augment
 from training.data.base import make_sample
 from training.data.splits import synthetic_scene_seeds
-from training.data.synthetic import SceneSample, render_scene
+from training.data.synthetic import CAMERA_HEIGHT_RANGE_M, SceneSample, render_scene
 
 
 class SyntheticRooms(Dataset):
@@ -27,6 +27,8 @@ class SyntheticRooms(Dataset):
         augment_cfg: augmentations applied on top (training) or None.
         cache: keep rendered scenes in memory (per DataLoader worker).
         hfov_deg: fixed horizontal field of view; None draws 56-66 deg per scene.
+        supersample: colour rays per pixel along each axis (anti-aliasing; depth exact).
+        camera_height_m: range of the camera's height above the floor (metres).
     """
 
     def __init__(
@@ -39,6 +41,8 @@ class SyntheticRooms(Dataset):
         augment_cfg: AugmentConfig | None = None,
         cache: bool = True,
         hfov_deg: float | None = None,
+        supersample: int = 1,
+        camera_height_m: tuple[float, float] = CAMERA_HEIGHT_RANGE_M,
     ) -> None:
         self.scene_seeds = synthetic_scene_seeds(split, int(n), int(seed))
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
@@ -46,6 +50,8 @@ class SyntheticRooms(Dataset):
         self.split = split
         self.augment_cfg = augment_cfg
         self.hfov_deg = hfov_deg
+        self.supersample = int(supersample)
+        self.camera_height_m = (float(camera_height_m[0]), float(camera_height_m[1]))
         self.epoch = 0
         self._cache: dict[int, SceneSample] | None = {} if cache else None
 
@@ -62,7 +68,14 @@ class SyntheticRooms(Dataset):
         if self._cache is not None and scene_seed in self._cache:
             return self._cache[scene_seed]
         h, w = self.size_hw
-        sample = render_scene(scene_seed, w, h, hfov_deg=self.hfov_deg)
+        sample = render_scene(
+            scene_seed,
+            w,
+            h,
+            hfov_deg=self.hfov_deg,
+            supersample=self.supersample,
+            camera_height_m=self.camera_height_m,
+        )
         if self._cache is not None:
             self._cache[scene_seed] = sample
         return sample

@@ -36,6 +36,12 @@ SURFACE_NAMES = ('floor', 'ceiling', 'wall_x0', 'wall_x1', 'wall_z0', 'wall_z1')
 
 PATTERNS = ('plain', 'checker', 'stripes', 'planks', 'tiles')
 
+# Camera height above the floor drawn per scene (metres): from a low robot mount to a
+# handheld camera at eye level. Scale is hard to tell from one image, and the wider this
+# range, the more of a scene's absolute depth a network must guess from cues such as
+# the ceiling, doors and tables.
+CAMERA_HEIGHT_RANGE_M = (1.0, 1.8)
+
 # Smallest distance from the camera to any wall or block footprint. With a horizontal
 # field of view under 70 degrees it keeps every depth above DEPTH_RANGE_M[0].
 CAMERA_CLEARANCE_M = 0.75
@@ -320,11 +326,25 @@ def _sample_objects(rng, room, camera_xz) -> list[Box]:
 
 
 def sample_scene(
-    seed: int, width: int, height: int, *, hfov_deg: float | None = None
+    seed: int,
+    width: int,
+    height: int,
+    *,
+    hfov_deg: float | None = None,
+    camera_height_m: tuple[float, float] = CAMERA_HEIGHT_RANGE_M,
 ) -> SceneSpec:
-    """Draw a room, its furniture, a lamp and a camera pose from ``seed``."""
+    """Draw a room, its furniture, a lamp and a camera pose from ``seed``.
+
+    ``camera_height_m``: (low, high) of the camera's height above the floor.
+    """
     if width < 2 or height < 2:
         raise ConfigError(f'scene size must be at least 2x2 pixels, got {width}x{height}')
+    low_m, high_m = (float(v) for v in camera_height_m)
+    if not 0.2 <= low_m <= high_m <= 2.2:
+        # Rooms are at least 2.4 m high; the camera stays 0.2 m clear of floor and ceiling.
+        raise ConfigError(
+            f'camera_height_m must satisfy 0.2 <= low <= high <= 2.2, got {camera_height_m!r}'
+        )
     rng = np.random.default_rng(int(seed))
     room = (rng.uniform(3.0, 6.5), rng.uniform(2.4, 3.0), rng.uniform(3.5, 7.5))
     w, h, d = room
@@ -336,7 +356,7 @@ def sample_scene(
         *(_wall_material(rng, paint) for _ in range(4)),
     )
     gap = CAMERA_CLEARANCE_M
-    cam = (rng.uniform(gap, w - gap), rng.uniform(1.0, 1.8), rng.uniform(gap, d - gap))
+    cam = (rng.uniform(gap, w - gap), rng.uniform(low_m, high_m), rng.uniform(gap, d - gap))
     boxes = _sample_objects(rng, room, (cam[0], cam[2]))
     # Look towards the farthest of a few points across the room, so a view is rarely just
     # a wall close up.
@@ -557,8 +577,58 @@ def render(spec: SceneSpec, *, noise_seed: int | None = None) -> SceneSample:
     )
 
 
+def supersampled_spec(spec: SceneSpec, factor: int) -> SceneSpec:
+    """Return the same view on a grid ``factor`` times finer (factor^2 rays per pixel).
+
+    Fine pixel centre ``uf`` lies at coarse coordinate ``(uf + 0.5) / factor - 0.5``, so the
+    principal point becomes ``factor * (c + 0.5) - 0.5``. The noise scales by ``factor``
+    so that the block mean keeps the requested per-pixel noise.
+    """
+    return dataclasses.replace(
+        spec,
+        width=spec.width * factor,
+        height=spec.height * factor,
+        fx_px=spec.fx_px * factor,
+        fy_px=spec.fy_px * factor,
+        cx_px=factor * (spec.cx_px + 0.5) - 0.5,
+        cy_px=factor * (spec.cy_px + 0.5) - 0.5,
+        noise_std=spec.noise_std * factor,
+    )
+
+
+def render_supersampled(spec: SceneSpec, factor: int) -> SceneSample:
+    """Render ``spec`` with ``factor`` x ``factor`` rays per pixel for the colour.
+
+    A camera integrates light over each pixel's area; one ray per pixel instead aliases
+    fine textures (planks, tiles, stripes) into noise at small sizes, unlike images that
+    the node downsamples with area averaging. The RGB is the block mean of a ``factor``
+    times finer render; depth and labels stay exact at the pixel centres (a plain render).
+    """
+    if not isinstance(factor, int) or factor < 1:
+        raise ConfigError(f'supersample factor must be a positive integer, got {factor!r}')
+    sample = render(spec)
+    if factor == 1:
+        return sample
+    fine = render(supersampled_spec(spec, factor))
+    blocks = fine.rgb.reshape(spec.height, factor, spec.width, factor, 3).astype(np.float32)
+    mean = blocks.mean(axis=(1, 3))
+    sample.rgb = np.clip(mean + 0.5, 0.0, 255.0).astype(np.uint8)
+    return sample
+
+
 def render_scene(
-    seed: int, width: int = 640, height: int = 480, *, hfov_deg: float | None = None
+    seed: int,
+    width: int = 640,
+    height: int = 480,
+    *,
+    hfov_deg: float | None = None,
+    supersample: int = 1,
+    camera_height_m: tuple[float, float] = CAMERA_HEIGHT_RANGE_M,
 ) -> SceneSample:
-    """Render the scene of ``seed`` at ``width`` x ``height`` (deterministic)."""
-    return render(sample_scene(seed, width, height, hfov_deg=hfov_deg))
+    """Render the scene of ``seed`` at ``width`` x ``height`` (deterministic).
+
+    ``supersample`` > 1 anti-aliases the colour (``render_supersampled``);
+    ``camera_height_m`` is the range the camera height is drawn from (``sample_scene``).
+    """
+    spec = sample_scene(seed, width, height, hfov_deg=hfov_deg, camera_height_m=camera_height_m)
+    return render_supersampled(spec, supersample)

@@ -68,16 +68,17 @@ def test_supersampled_spec_puts_fine_pixels_inside_their_coarse_pixel():
     assert fine.noise_std == pytest.approx(2 * spec.noise_std)
 
 
-def test_synthetic_dataset_passes_supersampling_and_camera_heights():
+def test_synthetic_dataset_passes_supersampling_camera_heights_and_fov():
     cfg = DataConfig(
         synthetic_hw=(24, 32),
         synthetic_sizes={'test': 1},
         synthetic_supersample=2,
         synthetic_camera_height_m=(1.2, 1.6),
+        synthetic_hfov_deg=60.0,
     )
     dataset = build_dataset(cfg, 'test')
     seed = dataset.scene_seeds[0]
-    expected = render_scene(seed, 32, 24, supersample=2, camera_height_m=(1.2, 1.6))
+    expected = render_scene(seed, 32, 24, supersample=2, camera_height_m=(1.2, 1.6), hfov_deg=60.0)
     np.testing.assert_array_equal(dataset.scene(0).rgb, expected.rgb)
     assert dataset.scene(0).spec == expected.spec
 
@@ -497,7 +498,11 @@ def test_synthetic_bag_round_trips_through_rosbags(tmp_path):
 
 
 def test_synthetic_bag_in_sqlite3_and_refuses_to_overwrite(tmp_path):
-    write_synthetic_bag(tmp_path / 'db', n_frames=2, width=32, height=24, storage='sqlite3')
+    info = write_synthetic_bag(
+        tmp_path / 'db', n_frames=2, width=32, height=24, storage='sqlite3', hfov_deg=60.0
+    )
+    # A fixed field of view, as the quickstart's training rooms may use.
+    assert info.K[0, 0] == pytest.approx(16.0 / np.tan(np.radians(30.0)))
     assert (tmp_path / 'db' / 'db.db3').is_file()
     assert len(_read_bag(tmp_path / 'db')['/camera/image_raw']) == 2
     with pytest.raises(ConfigError, match='exists'):

@@ -67,6 +67,8 @@ class DataConfig:
     synthetic_supersample: int = 1
     #: Range (low, high) of the synthetic camera's height above the floor, metres.
     synthetic_camera_height_m: tuple[float, float] = CAMERA_HEIGHT_RANGE_M
+    #: Fixed horizontal field of view of the synthetic camera (degrees); None draws 56-66.
+    synthetic_hfov_deg: float | None = None
     seed: int = 0
     check_files: bool = True
 
@@ -117,6 +119,7 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
             cache=cfg.synthetic_cache,
             supersample=cfg.synthetic_supersample,
             camera_height_m=cfg.synthetic_camera_height_m,
+            hfov_deg=cfg.synthetic_hfov_deg,
         )
     if cfg.dataset == 'nyu_labeled':
         mat = _require(cfg.labeled_mat, 'labeled_mat', cfg, split)

@@ -169,12 +169,14 @@ def write_synthetic_bag(
     info_topic: str = '/camera/camera_info',
     depth_topic: str = '/camera/depth_gt',
     jpeg_quality: int = 90,
+    hfov_deg: float | None = None,
 ) -> SyntheticBagInfo:
     """Write a rosbag2 directory at ``path`` (which must not exist yet).
 
     With several ``encodings`` frame ``i`` uses ``encodings[i % len(encodings)]`` on the
     same topic, as a stream whose driver changes format would. The bag is assembled in a
     temporary sibling directory and moved into place, so ``path`` is never half-written.
+    ``hfov_deg`` fixes the camera's horizontal field of view (None: drawn from the seed).
     """
     path = Path(path)
     if path.exists():
@@ -197,7 +199,7 @@ def write_synthetic_bag(
     period_ns = int(round(1e9 / rate_hz))
     stamps = [int(start_ns) + i * period_ns for i in range(n_frames)]
     times_s = [(s - stamps[0]) * 1e-9 for s in stamps]
-    room = _clear_path(sample_scene(seed, width, height), times_s)
+    room = _clear_path(sample_scene(seed, width, height, hfov_deg=hfov_deg), times_s)
 
     topics = {image_topic: 'sensor_msgs/msg/Image', info_topic: 'sensor_msgs/msg/CameraInfo'}
     if compressed:

@@ -228,8 +228,10 @@ def test_shipped_recipes_load(name):
     from training.config import build_data_config, load_config
 
     config = load_config(ROOT / 'training' / 'configs' / f'{name}.yaml')
-    build_data_config(config.data.dataset)
+    data = build_data_config(config.data.dataset)
     assert config.batch_size % config.grad_accum_steps == 0
+    if name == 'quickstart':  # YAML lists become the DataConfig's tuples
+        assert data.synthetic_camera_height_m == (1.3, 1.5)
 
 
 def test_space_clip_with_ema_and_bf16_autocast_trains(tmp_path):

@@ -269,6 +269,18 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+def add_overrides_argument(parser: Any, example: str = '') -> None:
+    """Add the repeatable ``--set KEY=VALUE`` option that ``apply_overrides`` reads."""
+    parser.add_argument(
+        '--set',
+        dest='overrides',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help='override a recipe value' + (f', e.g. {example}' if example else ''),
+    )
+
+
 def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML recipe, apply ``key=value`` overrides, and validate it."""
     import yaml
@@ -305,13 +317,13 @@ def build_data_config(values: Mapping[str, Any], **defaults: Any) -> Any:
         raise ConfigError(
             f'unknown key data.dataset.{unknown[0]!r}; known keys: {", ".join(sorted(known))}'
         )
-    for key in ('image_hw', 'synthetic_hw'):
+    for key, cast in (
+        ('image_hw', int),
+        ('synthetic_hw', int),
+        ('synthetic_camera_height_m', float),
+    ):
         if isinstance(merged.get(key), list):
-            merged[key] = tuple(int(v) for v in merged[key])
-    if isinstance(merged.get('synthetic_camera_height_m'), list):
-        merged['synthetic_camera_height_m'] = tuple(
-            float(v) for v in merged['synthetic_camera_height_m']
-        )
+            merged[key] = tuple(cast(v) for v in merged[key])
     augment = merged.get('augment_cfg')
     if isinstance(augment, Mapping):
         aug_known = {f.name for f in dataclasses.fields(AugmentConfig)}

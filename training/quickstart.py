@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from moa_depth_ros.errors import MoaDepthError
+from training.config import add_overrides_argument
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / 'configs' / 'quickstart.yaml'
 
@@ -335,14 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--smoke', action='store_true', help='toy sizes: every step in seconds, targets off'
     )
     parser.add_argument('--threads', type=int, default=2, help='torch threads (0: torch default)')
-    parser.add_argument(
-        '--set',
-        dest='overrides',
-        action='append',
-        default=[],
-        metavar='KEY=VALUE',
-        help='override a recipe value',
-    )
+    add_overrides_argument(parser)
     return parser
 
 

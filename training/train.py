@@ -46,7 +46,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from moa_depth_ros.errors import ConfigError, MoaDepthError
-from training.config import TrainConfig, build_data_config, load_config
+from training.config import (
+    TrainConfig,
+    add_overrides_argument,
+    build_data_config,
+    load_config,
+)
 
 STATE_FILE = 'train_state.safetensors'
 MODEL_FILE = 'model.safetensors'
@@ -766,14 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
         description='Train a depth model from a YAML recipe (single process or torchrun).',
     )
     parser.add_argument('--config', required=True, help='YAML recipe (training/configs/*.yaml)')
-    parser.add_argument(
-        '--set',
-        dest='overrides',
-        action='append',
-        default=[],
-        metavar='KEY=VALUE',
-        help='override a recipe value, e.g. --set optim.lr=3e-5 --set epochs=5',
-    )
+    add_overrides_argument(parser, example='--set optim.lr=3e-5 --set epochs=5')
     parser.add_argument(
         '--resume',
         nargs='?',

@@ -514,6 +514,8 @@ def _run_frames(
                 continue
             processed += 1
             without_cloud += int(result.cloud is None)
+            if result.camera_error:
+                camera_problems.append(result.camera_error)
             timings = dict(result.timings_ms, encode=(time.perf_counter() - start) * 1e3)
             for stage, ms in timings.items():
                 stage_ms[stage] = stage_ms.get(stage, 0.0) + ms

@@ -30,12 +30,14 @@ class RateMeter:
         self._window_s = float(window_s)
         self._clock = clock
         self._times: Deque[float] = collections.deque()
+        self._last: float | None = None
         self.count = 0
 
     def tick(self) -> None:
         """Record one event now."""
         now = self._clock()
         self._times.append(now)
+        self._last = now
         self.count += 1
         self._trim(now)
 
@@ -54,7 +56,8 @@ class RateMeter:
 
     def seconds_since_last(self) -> float:
         """Seconds since the last event (inf if none)."""
-        return self._clock() - self._times[-1] if self._times else math.inf
+        # Not from the window: an event that left it still happened.
+        return math.inf if self._last is None else self._clock() - self._last
 
 
 class LatencyStats:
@@ -137,9 +140,21 @@ class NodeStatistics:
                 self.notes.pop(key, None)
 
     def snapshot(
-        self, *, dropped: int, failed: int, last_error: str = '', cloud_enabled: bool = True
+        self,
+        *,
+        dropped: int,
+        failed: int,
+        last_error: str = '',
+        cloud_enabled: bool = True,
+        worker_stopped: str = '',
+        lost_in_transport: int | None = None,
     ) -> DiagnosticsSnapshot:
-        """Build the status; drop/failure counters come from the worker."""
+        """Build the status; drop/failure counters come from the worker.
+
+        ``worker_stopped`` is why the inference thread ended ('' while it runs): an error,
+        since no depth comes out any more. ``lost_in_transport`` counts images the
+        middleware reported lost before they reached the node (None: not reported).
+        """
         with self._lock:
             in_hz = self._input.rate_hz()
             out_hz = self._output.rate_hz()
@@ -158,6 +173,12 @@ class NodeStatistics:
             ('frames published', str(published)),
             ('frames dropped (busy)', str(dropped)),
             ('frames failed', str(failed)),
+            (
+                'frames lost in transport',
+                'not reported by the middleware'
+                if lost_in_transport is None
+                else str(lost_in_transport),
+            ),
             ('camera_info received', 'yes' if camera_info else 'no'),
         ]
         for stage, (mean_ms, max_ms) in latency.items():
@@ -166,7 +187,10 @@ class NodeStatistics:
             values.append(('last error', last_error))
         values.extend(sorted(notes.items()))
 
-        if received == 0:
+        if worker_stopped:
+            values.append(('inference thread', f'stopped: {worker_stopped}'))
+            level, message = ERROR, f'inference thread stopped: {worker_stopped}'
+        elif received == 0:
             level, message = STALE, 'no image received yet'
         elif since_input_s > self._stale_after_s:
             level, message = STALE, f'no image for {since_input_s:.1f} s'
@@ -174,6 +198,15 @@ class NodeStatistics:
             level, message = ERROR, f'every frame fails: {last_error}'
         elif failed > 0 and out_hz == 0.0:
             level, message = WARN, f'frames failing: {last_error}'
+        elif lost_in_transport and lost_in_transport > 0.05 * (received + lost_in_transport):
+            share = 100.0 * lost_in_transport / (received + lost_in_transport)
+            level, message = (
+                WARN,
+                (
+                    f'{share:.0f} % of images lost before reaching the node (a best-effort '
+                    f'subscription to a reliable camera? see input_reliability)'
+                ),
+            )
         elif cloud_enabled and not camera_info:
             level, message = WARN, f'{out_hz:.1f} Hz depth, no camera_info (no point cloud)'
         else:

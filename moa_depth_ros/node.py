@@ -7,19 +7,23 @@ message encoding in ``msgs``, /diagnostics statistics in ``diagnostics``.
 Topics (relative, so a namespace and remappings place them; REP 118 / 117 / 103):
 
 - in  ``image`` (sensor_msgs/Image), ``image/compressed`` (CompressedImage, optional),
-  ``camera_info`` (CameraInfo, cached; images never wait for it). Best-effort QoS, which
-  matches both reliable and best-effort publishers.
+  ``camera_info`` (CameraInfo, cached; images never wait for it). Reliability follows the
+  publishers (``input_reliability: auto``): reliable when every publisher offers it, as
+  rosbag2 records, because a best-effort reader silently loses large frames from a reliable
+  camera under Fast DDS defaults; checked again every second as publishers come and go.
 - out ``depth`` (32FC1 m or 16UC1 mm), ``depth/camera_info``, ``depth/confidence`` (32FC1),
   ``points`` (PointCloud2 x,y,z[,rgb]), ``depth/colored`` (bgr8, optional), all stamped with
   the image's stamp and optical frame_id; ``/diagnostics``.
 
-Written against rclpy's API as Humble and Jazzy share it (no post-set parameter callbacks,
-no ``rclpy.init`` context manager): Ctrl-C ends ``spin`` with KeyboardInterrupt or
+Written against rclpy's API as Humble, Jazzy and Kilted share it (no post-set parameter
+callbacks, no ``rclpy.init`` context manager) and tested on real rclpy (Jazzy, Kilted) over
+Fast DDS. SIGINT and SIGTERM end ``spin`` with KeyboardInterrupt or
 ExternalShutdownException, after which the worker is joined and the context shut down.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 from typing import Any
@@ -35,6 +39,11 @@ from rcl_interfaces.msg import (
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
+
+try:  # Iron and later
+    from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -51,7 +60,7 @@ from std_msgs.msg import Header
 from moa_depth_ros import diagnostics, msgs, params
 from moa_depth_ros.engine import load_engine
 from moa_depth_ros.errors import ConfigError, MoaDepthError
-from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
+from moa_depth_ros.pipeline import DepthPipeline, FrameResult, PipelineConfig
 from moa_depth_ros.runtime import retain_freed_memory
 from moa_depth_ros.worker import CameraModelCache, LatestFrameWorker
 
@@ -66,14 +75,6 @@ POINTS_TOPIC = 'points'
 COLORED_TOPIC = 'depth/colored'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 
-# Inputs: best effort matches every publisher; a short history because only the newest
-# frame is ever used.
-INPUT_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=2,
-    reliability=ReliabilityPolicy.BEST_EFFORT,
-    durability=DurabilityPolicy.VOLATILE,
-)
 _RELIABILITY = {
     'reliable': ReliabilityPolicy.RELIABLE,
     'best_effort': ReliabilityPolicy.BEST_EFFORT,
@@ -85,16 +86,74 @@ _LEVELS = {
     diagnostics.STALE: DiagnosticStatus.STALE,
 }
 _NO_CAMERA_INFO_LOG_PERIOD_S = 30.0
-_STOP_TIMEOUT_S = 5.0
+# CameraInfo messages kept by stamp, so a frame gets the one stamped like itself even when
+# the executor hands over the image before the CameraInfo that came with it.
+_CAMERA_INFOS_KEPT = 8
+_CAMERA_MISFIT_LOG_PERIOD_S = 30.0
+# How often input_reliability 'auto' looks at the publishers again (a graph query, cheap).
+_GRAPH_POLL_S = 1.0
+# Shutdown waits this long for the frame in the network; SIGINT/SIGTERM must end the
+# process promptly, and the worker thread is a daemon.
+_STOP_TIMEOUT_S = 1.5
+
+
+def input_qos(reliability: str) -> QoSProfile:
+    """QoS of an input subscription.
+
+    Only the newest frame is used, but the history holds a few: a reliable reader whose
+    history is full replaces samples silently, so a burst (the executor held up for a moment)
+    would lose frames uncounted; delivered, they count as dropped (busy) on /diagnostics.
+    """
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=5,
+        reliability=_RELIABILITY[reliability],
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+def follow_publishers(offered: list[Any], current: str | None) -> str:
+    """Pick the input reliability of ``auto`` from the publishers' offered reliabilities.
+
+    Reliable when every publisher offers it (a reliable reader matches only reliable
+    writers); best effort as soon as one publisher is best effort. With no publisher the
+    current choice stays (best effort at first, which matches any publisher that comes).
+    """
+    if not offered:
+        return current or 'best_effort'
+    if all(r == ReliabilityPolicy.RELIABLE for r in offered):
+        return 'reliable'
+    return 'best_effort'
 
 
 @dataclasses.dataclass(frozen=True)
 class _Frame:
-    """An image message as it waits for the worker, with the CameraInfo current then."""
+    """An image message as it waits for the worker."""
 
     msg: Any
     compressed: bool
-    camera_info: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Snapshot:
+    """Settings and the pipeline config they imply, swapped together in one assignment."""
+
+    settings: params.NodeSettings
+    config: PipelineConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    """One input subscription, the reliability it was created with, and the one it replaces.
+
+    A subscription that changes reliability is replaced make-before-break: the old one keeps
+    receiving until the next graph poll, so the switch loses no frame while the publishers
+    discover the new reader. A frame both deliver is taken once (same stamp and frame).
+    """
+
+    subscription: Any
+    reliability: str
+    retiring: Any = None
 
 
 def _descriptor(spec: params.ParamSpec) -> ParameterDescriptor:
@@ -157,24 +216,26 @@ class DepthNode(Node):
         for spec in params.SPECS:
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         values = {spec.name: self.get_parameter(spec.name).value for spec in params.SPECS}
-        self._settings = params.NodeSettings.from_values(values)
+        settings = params.NodeSettings.from_values(values)
 
-        model_file = params.resolve_model_path(
-            self._settings.model_path, params.find_package_share()
-        )
+        model_file = params.resolve_model_path(settings.model_path, params.find_package_share())
         self._engine = load_engine(
-            model_file, backend=self._settings.backend, device=self._settings.device
+            model_file,
+            backend=settings.backend,
+            device=settings.device,
+            intra_op_threads=settings.cpu_threads or None,
+            spin_wait=settings.cpu_spin_wait,
         )
-        self._pipeline = DepthPipeline(
-            self._engine, PipelineConfig(**self._settings.pipeline_kwargs())
-        )
+        self._pipeline = DepthPipeline(self._engine, PipelineConfig(**settings.pipeline_kwargs()))
         self._pipeline.depth_range_m()  # min/max against the model range: ConfigError
-        # Held while a frame runs through the pipeline and while a parameter change updates
-        # it, so a frame never sees half of a change.
-        self._pipeline_lock = threading.Lock()
+        # A frame reads this once; a parameter change replaces it in one assignment, so a
+        # frame sees the old or the new settings whole and nothing waits for inference.
+        self._snapshot = _Snapshot(settings, self._pipeline.config)
         # Held while publishing and while publishers are re-created (output QoS change).
         self._publish_lock = threading.Lock()
-        self._camera_info_msg = None
+        self._camera_info_msg = None  # the newest
+        self._camera_infos: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._camera_infos_lock = threading.Lock()
         self._cameras = CameraModelCache()  # used on the worker thread only
         self._stats = diagnostics.NodeStatistics(
             backend=self._engine.backend, model=self._engine.describe()
@@ -182,26 +243,33 @@ class DepthNode(Node):
         self._worker = LatestFrameWorker(
             self._process_frame,
             log=self.get_logger(),
-            max_rate_hz=self._settings.max_rate_hz,
+            max_rate_hz=settings.max_rate_hz,
             name='moa_depth_inference',
         )
 
         self._publishers_by_topic: dict[str, Any] = {}
-        self._create_output_publishers(self._settings.output_reliability)
+        self._create_output_publishers(settings.output_reliability)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._diagnostics_timer = self.create_timer(
-            self._settings.diagnostics_period_s, self._publish_diagnostics
+            settings.diagnostics_period_s, self._publish_diagnostics
         )
-        self.create_subscription(Image, IMAGE_TOPIC, self._on_image, INPUT_QOS)
-        self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, INPUT_QOS)
-        self._compressed_sub = None
-        self._set_compressed_subscription(self._settings.subscribe_compressed)
+        # Images the middleware reports lost on their way in (None: it cannot tell).
+        self._lost_in_transport: int | None = 0
+        self._last_frame_key: tuple | None = None
+        self._replacing = False
+        self._inputs: dict[str, _Input] = {}
+        self._refresh_inputs()
+        self._graph_timer = self.create_timer(_GRAPH_POLL_S, self._refresh_inputs)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._worker.start()
         self.get_logger().info(
             f'depth from {self.resolve_topic_name(IMAGE_TOPIC)} with '
             f'{self._engine.describe()}; model file {model_file}'
         )
+
+    @property
+    def _settings(self) -> params.NodeSettings:
+        return self._snapshot.settings
 
     def _create_output_publishers(self, reliability: str) -> None:
         qos = QoSProfile(
@@ -225,61 +293,152 @@ class DepthNode(Node):
                 for topic, msg_type in topics.items()
             }
 
-    def _set_compressed_subscription(self, enabled: bool) -> None:
-        if enabled and self._compressed_sub is None:
-            self._compressed_sub = self.create_subscription(
-                CompressedImage, COMPRESSED_TOPIC, self._on_compressed_image, INPUT_QOS
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _input_topics(self) -> dict[str, tuple[Any, Any]]:
+        """Map each input topic the settings ask for to (message type, callback)."""
+        topics = {
+            IMAGE_TOPIC: (Image, self._on_image),
+            CAMERA_INFO_TOPIC: (CameraInfo, self._on_camera_info),
+        }
+        if self._settings.subscribe_compressed:
+            topics[COMPRESSED_TOPIC] = (CompressedImage, self._on_compressed_image)
+        return topics
+
+    def _refresh_inputs(self) -> None:
+        """Create, re-create or drop input subscriptions to match settings and publishers."""
+        mode = self._settings.input_reliability
+        wanted = self._input_topics()
+        for topic in [t for t in self._inputs if t not in wanted]:
+            gone = self._inputs.pop(topic)
+            for subscription in (gone.subscription, gone.retiring):
+                if subscription is not None:
+                    self.destroy_subscription(subscription)
+        for topic, (msg_type, callback) in wanted.items():
+            current = self._inputs.get(topic)
+            if current is not None and current.retiring is not None:
+                # Replaced a poll ago: the publishers have found the new reader by now.
+                self.destroy_subscription(current.retiring)
+                current = self._inputs[topic] = dataclasses.replace(current, retiring=None)
+            if mode == 'auto':
+                offered = [
+                    info.qos_profile.reliability
+                    for info in self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+                ]
+                reliability = follow_publishers(offered, current and current.reliability)
+            else:
+                reliability = mode
+            if current is not None and current.reliability == reliability:
+                continue
+            subscription = self._subscribe(msg_type, topic, callback, reliability)
+            if current is not None:
+                self._replacing = True
+            self._inputs[topic] = _Input(
+                subscription, reliability, None if current is None else current.subscription
             )
-        elif not enabled and self._compressed_sub is not None:
-            self.destroy_subscription(self._compressed_sub)
-            self._compressed_sub = None
+            if current is not None:
+                self.get_logger().info(
+                    f'{self.resolve_topic_name(topic)}: now subscribed {reliability} '
+                    f'(input_reliability {mode})'
+                )
+        self._replacing = any(i.retiring is not None for i in self._inputs.values())
+
+    def _subscribe(self, msg_type: Any, topic: str, callback: Any, reliability: str) -> Any:
+        qos = input_qos(reliability)
+        if topic == CAMERA_INFO_TOPIC or self._lost_in_transport is None:
+            return self.create_subscription(msg_type, topic, callback, qos)
+        try:
+            return self.create_subscription(
+                msg_type,
+                topic,
+                callback,
+                qos,
+                event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_message_lost),
+            )
+        except UnsupportedEventTypeError:  # an RMW without the message-lost event
+            self._lost_in_transport = None
+            return self.create_subscription(msg_type, topic, callback, qos)
+
+    def input_reliability(self, topic: str = IMAGE_TOPIC) -> str | None:
+        """Return the reliability an input subscription has now (None: not subscribed)."""
+        current = self._inputs.get(topic)
+        return None if current is None else current.reliability
 
     # -- callbacks (executor thread) ----------------------------------------------------
 
     def _on_image(self, msg: Image) -> None:
-        self._stats.input_frame()
-        self._worker.submit(_Frame(msg, False, self._camera_info_msg))
+        self._take(msg, compressed=False)
 
     def _on_compressed_image(self, msg: CompressedImage) -> None:
+        self._take(msg, compressed=True)
+
+    def _take(self, msg: Any, compressed: bool) -> None:
+        stamp = msg.header.stamp
+        key = (compressed, stamp.sec, stamp.nanosec, msg.header.frame_id)
+        # While a subscription is being replaced, both deliver each frame: take it once. (Only
+        # then: a camera that stamps every frame alike must not lose all but the first.)
+        if self._replacing and key == self._last_frame_key:
+            return
+        self._last_frame_key = key
         self._stats.input_frame()
-        self._worker.submit(_Frame(msg, True, self._camera_info_msg))
+        self._worker.submit(_Frame(msg, compressed))
+
+    def _on_message_lost(self, info: Any) -> None:
+        if self._lost_in_transport is not None:
+            self._lost_in_transport += int(info.total_count_change)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        if self._camera_info_msg is None:
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        with self._camera_infos_lock:  # before anything slow: a frame may be waiting for it
+            first = self._camera_info_msg is None
+            self._camera_infos[key] = msg
+            self._camera_infos.move_to_end(key)
+            while len(self._camera_infos) > _CAMERA_INFOS_KEPT:
+                self._camera_infos.popitem(last=False)
+            self._camera_info_msg = msg
+        if first:
             self._stats.camera_info_received()
             self.get_logger().info(
                 f'camera_info received ({msg.width}x{msg.height}, '
                 f'{msg.distortion_model or "no distortion model"})'
             )
-        self._camera_info_msg = msg
+
+    def _camera_info_for(self, image_header: Any) -> Any:
+        """Return the CameraInfo stamped like the image, else the newest (None: none yet)."""
+        key = (image_header.stamp.sec, image_header.stamp.nanosec)
+        with self._camera_infos_lock:
+            return self._camera_infos.get(key, self._camera_info_msg)
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         # Parameters this node does not own (use_sim_time, ...) are not ours to reject.
         changes = {p.name: p.value for p in parameters if p.name in params.SPEC_BY_NAME}
-        old = self._settings
+        old = self._snapshot
         try:
-            new = old.updated(changes)
-            candidate = dataclasses.replace(self._pipeline.config, **new.pipeline_kwargs())
-            self._pipeline.depth_range_m(candidate)
-            # Humble has no post-set callbacks: apply here, after every check has passed.
-            with self._pipeline_lock:
-                self._pipeline.update_config(**new.pipeline_kwargs())
-                self._settings = new
+            new = old.settings.updated(changes)
+            config = dataclasses.replace(old.config, **new.pipeline_kwargs())
+            self._pipeline.depth_range_m(config)
         except ConfigError as e:
             return SetParametersResult(successful=False, reason=str(e))
-        if new.max_rate_hz != old.max_rate_hz:
+        # Humble has no post-set callbacks: apply here, after every check has passed.
+        self._snapshot = _Snapshot(new, config)
+        if new.max_rate_hz != old.settings.max_rate_hz:
             self._worker.set_max_rate(new.max_rate_hz)
-        if new.output_reliability != old.output_reliability:
+        if new.output_reliability != old.settings.output_reliability:
             self._create_output_publishers(new.output_reliability)
-        if new.subscribe_compressed != old.subscribe_compressed:
-            self._set_compressed_subscription(new.subscribe_compressed)
-        if new.diagnostics_period_s != old.diagnostics_period_s:
+        if (new.subscribe_compressed, new.input_reliability) != (
+            old.settings.subscribe_compressed,
+            old.settings.input_reliability,
+        ):
+            self._refresh_inputs()
+        if new.diagnostics_period_s != old.settings.diagnostics_period_s:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = self.create_timer(
                 new.diagnostics_period_s, self._publish_diagnostics
             )
         changed = [
-            f'{name}={value!r}' for name, value in changes.items() if getattr(old, name) != value
+            f'{name}={value!r}'
+            for name, value in changes.items()
+            if getattr(old.settings, name) != value
         ]
         if changed:
             self.get_logger().info('parameters changed: ' + ', '.join(changed))
@@ -292,6 +451,8 @@ class DepthNode(Node):
             failed=worker.failed,
             last_error=worker.last_error,
             cloud_enabled=self._settings.publish_cloud,
+            worker_stopped=worker.stopped,
+            lost_in_transport=self._lost_in_transport,
         )
         status = DiagnosticStatus(
             level=_LEVELS[snapshot.level],
@@ -308,21 +469,36 @@ class DepthNode(Node):
     # -- worker thread ------------------------------------------------------------------
 
     def _process_frame(self, frame: _Frame) -> None:
-        camera, camera_error = self._cameras.update(frame.camera_info)
-        if camera_error:
+        snapshot = self._snapshot  # one consistent view of the settings for this frame
+        settings = snapshot.settings
+        used: list[Any] = [None]
+
+        def camera() -> Any:
+            # Looked up once the network has run: the CameraInfo sent with this image has
+            # arrived by then even when the executor handed over the image first.
+            used[0] = camera_info = self._camera_info_for(frame.msg.header)
+            model, error = self._cameras.update(camera_info)
+            if error:
+                self.get_logger().warning(
+                    f'unusable camera_info, publishing depth without a point cloud (calibrate '
+                    f'the camera, e.g. with camera_calibration): {error}'
+                )
+            return model
+
+        if frame.compressed:
+            result = self._pipeline.process_compressed_msg(frame.msg, camera, snapshot.config)
+        else:
+            result = self._pipeline.process_msg(frame.msg, camera, snapshot.config)
+        camera_info = used[0]
+        if result.camera_error:
             self.get_logger().warning(
-                f'unusable camera_info, publishing depth without a point cloud (calibrate the '
-                f'camera, e.g. with camera_calibration): {camera_error}'
+                f'camera_info does not fit the image, publishing depth without a point cloud: '
+                f'{result.camera_error}',
+                throttle_duration_sec=_CAMERA_MISFIT_LOG_PERIOD_S,
             )
-        if frame.camera_info is not None:
-            self._stats.set_note('camera_info problem', self._cameras.error)
-        with self._pipeline_lock:
-            settings = self._settings
-            if frame.compressed:
-                result = self._pipeline.process_compressed_msg(frame.msg, camera)
-            else:
-                result = self._pipeline.process_msg(frame.msg, camera)
-        if settings.publish_cloud and frame.camera_info is None:
+        if camera_info is not None:
+            self._stats.set_note('camera_info problem', self._cameras.error or result.camera_error)
+        if settings.publish_cloud and camera_info is None:
             self._stats.set_note('point cloud', 'waiting for camera_info')
             self.get_logger().warning(
                 f'no CameraInfo received on {self.resolve_topic_name(CAMERA_INFO_TOPIC)} yet: '
@@ -330,7 +506,7 @@ class DepthNode(Node):
                 f'camera_info, and is it remapped?)',
                 throttle_duration_sec=_NO_CAMERA_INFO_LOG_PERIOD_S,
             )
-        elif frame.camera_info is not None:
+        elif camera_info is not None:
             self._stats.set_note('point cloud', '')
         try:
             self._publish(result, frame.msg.header, settings)
@@ -343,7 +519,9 @@ class DepthNode(Node):
             raise
         self._stats.output_frame(result.timings_ms)
 
-    def _publish(self, result: Any, image_header: Any, settings: params.NodeSettings) -> None:
+    def _publish(
+        self, result: FrameResult, image_header: Any, settings: params.NodeSettings
+    ) -> None:
         if not image_header.frame_id:
             self.get_logger().warning(
                 'images have an empty header.frame_id: RViz and TF cannot place depth and '
@@ -389,15 +567,19 @@ class DepthNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the worker (join), release the engine, then destroy the ROS entities."""
+        stopped = True
         if self._worker is not None:
-            if not self._worker.stop(_STOP_TIMEOUT_S):
+            stopped = self._worker.stop(_STOP_TIMEOUT_S)
+            if not stopped:
                 self.get_logger().warning(
                     f'the frame in progress did not finish within {_STOP_TIMEOUT_S:g} s; '
                     f'shutting down without it'
                 )
             self._worker = None
         if self._engine is not None:
-            self._engine.close()
+            # An engine still running a frame (GPU buffers in use) is left to process exit.
+            if stopped:
+                self._engine.close()
             self._engine = None
         super().destroy_node()
 

@@ -26,6 +26,7 @@ PACKAGE = 'moa_depth_ros'
 BACKENDS = ('auto', 'tensorrt', 'onnxruntime', 'torch')
 DEPTH_ENCODINGS = ('32FC1', '16UC1')
 RELIABILITIES = ('reliable', 'best_effort')
+INPUT_RELIABILITIES = ('auto', *RELIABILITIES)
 _DEVICE_RE = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 _TYPE_WORDS = {
     'bool': 'true or false',
@@ -115,6 +116,23 @@ SPECS: tuple[ParamSpec, ...] = (
         pattern=_DEVICE_RE,
     ),
     ParamSpec(
+        'cpu_threads',
+        0,
+        'CPU threads the network may use on the CPU (ONNX Runtime intra-op threads); 0 = the '
+        'backend default, one per physical core.',
+        read_only=True,
+        min_value=0,
+        max_value=256,
+    ),
+    ParamSpec(
+        'cpu_spin_wait',
+        False,
+        "Let ONNX Runtime's threads busy-wait for the next frame: 1-2 ms less latency per "
+        'frame, paid with a CPU core kept busy between frames. Off leaves that CPU to the '
+        'rest of the robot.',
+        read_only=True,
+    ),
+    ParamSpec(
         'depth_encoding',
         '32FC1',
         "Encoding of `depth`: '32FC1' metres (NaN = invalid) or '16UC1' millimetres "
@@ -164,6 +182,15 @@ SPECS: tuple[ParamSpec, ...] = (
         choices=RELIABILITIES,
     ),
     ParamSpec(
+        'input_reliability',
+        'auto',
+        "QoS reliability of the image and camera_info subscriptions: 'auto' follows the "
+        'publishers (reliable when every publisher offers it, as rosbag2 records), '
+        "'reliable' or 'best_effort'. A best-effort reader loses large frames from a "
+        'reliable camera under Fast DDS defaults.',
+        choices=INPUT_RELIABILITIES,
+    ),
+    ParamSpec(
         'subscribe_compressed',
         False,
         'Also subscribe to `image/compressed` (sensor_msgs/CompressedImage, jpeg/png).',
@@ -188,6 +215,8 @@ class NodeSettings:
     model_path: str = ''
     backend: str = 'auto'
     device: str = 'auto'
+    cpu_threads: int = 0
+    cpu_spin_wait: bool = False
     depth_encoding: str = '32FC1'
     min_depth_m: float = 0.0
     max_depth_m: float = 0.0
@@ -199,6 +228,7 @@ class NodeSettings:
     publish_colored: bool = False
     max_rate_hz: float = 0.0
     output_reliability: str = 'reliable'
+    input_reliability: str = 'auto'
     subscribe_compressed: bool = False
     diagnostics_period_s: float = 1.0
 

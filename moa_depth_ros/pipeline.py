@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 import cv2
 import numpy as np
 
 from moa_depth_ros import geometry, msgs
-from moa_depth_ros.errors import ConfigError, EngineError, InvalidImageError
+from moa_depth_ros.errors import CameraInfoError, ConfigError, EngineError, InvalidImageError
 
 # Depth upsampling choices. NEAREST_EXACT samples pixel centres like LINEAR does, so the
 # camera model scaled by CameraModel.scaled matches both (plain NEAREST is shifted by half a
@@ -35,6 +35,10 @@ INTERPOLATIONS = {
 }
 OUT_OF_RANGE = ('nan', 'clamp')
 STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud')
+
+#: A camera model, None, or a function returning one: called once the network has run, so a
+#: CameraInfo that arrives while the network runs still serves the frame it came with.
+CameraSource = Union[geometry.CameraModel, Callable[[], Optional[geometry.CameraModel]], None]
 
 
 class DepthEstimator(Protocol):
@@ -119,6 +123,8 @@ class FrameResult:
     cloud: the point cloud, or None (disabled, or no camera model).
     camera: the camera model matching ``depth_m`` (scaled if needed), or None.
     timings_ms: milliseconds per stage: decode, preprocess, network, postprocess, cloud.
+    camera_error: why the camera passed in was not used ('' when it was, or when none was
+        given): a calibration for another image size costs the cloud, never the depth.
     """
 
     rgb: np.ndarray
@@ -127,6 +133,7 @@ class FrameResult:
     cloud: geometry.PointCloud | None
     camera: geometry.CameraModel | None
     timings_ms: dict[str, float]
+    camera_error: str = ''
 
 
 # ------------------------------------------------------------------------------ stage functions
@@ -280,36 +287,60 @@ class DepthPipeline:
             )
         return (float(lo), float(hi))
 
-    def process_msg(self, image_msg: Any, camera: geometry.CameraModel | None = None):
-        """Decode a sensor_msgs/Image (rclpy or rosbags) and process it."""
+    def process_msg(
+        self,
+        image_msg: Any,
+        camera: CameraSource = None,
+        config: PipelineConfig | None = None,
+    ) -> FrameResult:
+        """Decode a sensor_msgs/Image (rclpy or rosbags) and process it.
+
+        ``config`` overrides ``self.config`` for this frame (a caller that keeps its own
+        immutable snapshot of settings and config passes it here).
+        """
         start = time.perf_counter()
         rgb = msgs.decode_image(image_msg)
-        return self._process(rgb, camera, (time.perf_counter() - start) * 1e3)
+        return self._process(rgb, camera, (time.perf_counter() - start) * 1e3, config)
 
-    def process_compressed_msg(self, msg: Any, camera: geometry.CameraModel | None = None):
+    def process_compressed_msg(
+        self,
+        msg: Any,
+        camera: CameraSource = None,
+        config: PipelineConfig | None = None,
+    ) -> FrameResult:
         """Decode a sensor_msgs/CompressedImage (jpeg, png) and process it."""
         start = time.perf_counter()
         rgb = msgs.decode_compressed_image(msg)
-        return self._process(rgb, camera, (time.perf_counter() - start) * 1e3)
+        return self._process(rgb, camera, (time.perf_counter() - start) * 1e3, config)
 
     def process_rgb(
-        self, rgb: np.ndarray, camera: geometry.CameraModel | None = None
+        self,
+        rgb: np.ndarray,
+        camera: CameraSource = None,
+        config: PipelineConfig | None = None,
     ) -> FrameResult:
-        """Process a uint8 RGB [H, W, 3] image; ``camera`` must describe an H x W image."""
-        return self._process(rgb, camera, 0.0)
+        """Process a uint8 RGB [H, W, 3] image; ``camera`` should describe an H x W image.
+
+        ``camera`` may be a function returning the camera model: it is called after the
+        network ran (see ``CameraSource``).
+        """
+        return self._process(rgb, camera, 0.0, config)
 
     def _process(
-        self, rgb: np.ndarray, camera: geometry.CameraModel | None, decode_ms: float
+        self,
+        rgb: np.ndarray,
+        camera: CameraSource,
+        decode_ms: float,
+        config: PipelineConfig | None = None,
     ) -> FrameResult:
-        config = self.config  # read once: update_config may swap it mid-frame
+        if config is None:
+            config = self.config  # read once: update_config may swap it mid-frame
+        elif not isinstance(config, PipelineConfig):
+            raise ConfigError(f'config must be a PipelineConfig, got {type(config).__name__}')
         timings = dict.fromkeys(STAGES, 0.0)
         timings['decode'] = decode_ms
         rgb = check_rgb(rgb)
         height, width = rgb.shape[:2]
-        if camera is not None:
-            if not isinstance(camera, geometry.CameraModel):
-                raise ConfigError(f'camera must be a CameraModel, got {type(camera).__name__}')
-            camera.check_size(width, height)
         range_m = self.depth_range_m(config)
         output_hw = config.output_hw or (height, width)
 
@@ -327,6 +358,7 @@ class DepthPipeline:
                 f'estimator infer() must return (depth, confidence), got {type(outputs).__name__}'
             ) from e
 
+        camera, camera_error = _resolve_camera(camera, width, height)
         start = time.perf_counter()
         depth_small = _plane(depth_raw, 'depth', self.input_hw)
         confidence_small = _plane(confidence_raw, 'confidence', self.input_hw)
@@ -366,7 +398,25 @@ class DepthPipeline:
             cloud=cloud,
             camera=out_camera,
             timings_ms=timings,
+            camera_error=camera_error,
         )
+
+
+def _resolve_camera(
+    camera: CameraSource, width: int, height: int
+) -> tuple[geometry.CameraModel | None, str]:
+    """Return the camera model for a width x height image, or (None, why it does not fit)."""
+    if callable(camera) and not isinstance(camera, geometry.CameraModel):
+        camera = camera()
+    if camera is None:
+        return None, ''
+    if not isinstance(camera, geometry.CameraModel):
+        raise ConfigError(f'camera must be a CameraModel, got {type(camera).__name__}')
+    try:
+        camera.check_size(width, height)
+    except CameraInfoError as e:
+        return None, str(e)
+    return camera, ''
 
 
 def _ms_since(start: float) -> float:

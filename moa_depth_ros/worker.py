@@ -9,7 +9,8 @@ spaces the starts of consecutive frames; frames arriving meanwhile replace each 
 A frame that fails costs that frame only: a ``MoaDepthError`` (bad encoding, size
 mismatch, ...) is logged as a skipped frame with its reason, anything else with its
 traceback; the thread keeps running. Logging is throttled per reason, so a camera that
-sends only bad frames does not flood the log.
+sends only bad frames does not flood the log. Should the thread end anyway (a logger or an
+interpreter failure), ``stats.stopped`` says why and the node reports it as an error.
 
 ``CameraModelCache`` keeps the camera model of the newest CameraInfo, converted once per
 calibration, for the node's worker and the bag tool alike.
@@ -20,6 +21,7 @@ Pure Python (threading); the node, the bag tool and the tests drive it.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 import traceback
@@ -48,6 +50,7 @@ class WorkerStats:
     dropped: int = 0
     failed: int = 0
     last_error: str = ''
+    stopped: str = ''  # why the thread ended unexpectedly ('' while it runs or after stop())
 
 
 class LatestFrameWorker(Generic[FrameT]):
@@ -181,6 +184,20 @@ class LatestFrameWorker(Generic[FrameT]):
                     self._cond.wait()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # the thread must never end without saying why
+            reason = f'{type(e).__name__}: {e}'
+            with self._cond:
+                self._busy = False
+                self._stats = dataclasses.replace(self._stats, stopped=reason)
+                self._cond.notify_all()
+            self._log_error(
+                f'the inference thread stopped: {reason}; no more depth until the node restarts'
+                f'\n{traceback.format_exc()}'
+            )
+
+    def _loop(self) -> None:
         while True:
             ok, frame = self._next_frame()
             if not ok:
@@ -190,15 +207,17 @@ class LatestFrameWorker(Generic[FrameT]):
                 self._process(frame)  # type: ignore[arg-type]
             except MoaDepthError as e:
                 error = f'{type(e).__name__}: {e}'
-                self._throttled(self._log.warning, f'skipped a frame: {error}', error)
+                suffix = self._throttle(error)
+                if suffix is not None:
+                    self._log_warning(f'skipped a frame: {error}{suffix}')
             except Exception as e:  # a bug must not stop depth output for good
                 error = f'{type(e).__name__}: {e}'
-                self._throttled(
-                    self._log.error,
-                    f'unexpected error while processing a frame (frame skipped, worker keeps '
-                    f'running):\n{traceback.format_exc()}',
-                    error,
-                )
+                suffix = self._throttle(error)
+                if suffix is not None:
+                    self._log_error(
+                        f'unexpected error while processing a frame (frame skipped, worker keeps '
+                        f'running){suffix}:\n{traceback.format_exc()}'
+                    )
             with self._cond:
                 self._busy = False
                 if error:
@@ -211,18 +230,43 @@ class LatestFrameWorker(Generic[FrameT]):
                     )
                 self._cond.notify_all()
 
-    def _throttled(self, emit: Callable[[str], object], message: str, reason: str) -> None:
+    def _throttle(self, reason: str) -> str | None:
+        """None to stay quiet, else a suffix (possibly empty) counting what was held back."""
         if self._stopping:
-            return  # a frame cut short by shutdown (publishers gone) is not worth a traceback
+            return None  # a frame cut short by shutdown (publishers gone) is not worth a log
         now = self._clock()
         last, suppressed = self._log_state.get(reason, (None, 0))
         if last is not None and now - last < self._log_throttle_s:
             self._log_state[reason] = (last, suppressed + 1)
-            return
-        if suppressed:
-            message += f' ({suppressed} more like this in the last {now - last:.0f} s)'
+            return None
         self._log_state[reason] = (now, 0)
-        emit(message)
+        if suppressed:
+            return f' ({suppressed} more like this in the last {now - last:.0f} s)'
+        return ''
+
+    # One call site per severity: rclpy's logger refuses a call site whose severity changes
+    # ('Logger severity cannot be changed between calls.'), and a logger that raises must not
+    # take the thread with it.
+
+    def _log_warning(self, message: str) -> None:
+        try:
+            self._log.warning(message)
+        except Exception as e:
+            _fallback_log('WARNING', message, e)
+
+    def _log_error(self, message: str) -> None:
+        try:
+            self._log.error(message)
+        except Exception as e:
+            _fallback_log('ERROR', message, e)
+
+
+def _fallback_log(severity: str, message: str, error: Exception) -> None:
+    """Write a log line to stderr when the logger itself failed."""
+    try:
+        sys.stderr.write(f'[{severity}] [moa_depth_worker] {message} (logger failed: {error!r})\n')
+    except Exception:  # stderr closed at interpreter shutdown: nothing left to tell
+        pass
 
 
 def camera_info_key(msg: Any) -> tuple:

@@ -1,20 +1,35 @@
 """Shared pytest set-up: skip tests whose platform dependency is absent, with one reason.
 
-Markers (pytest.ini): ``ros2`` needs rclpy, ``tensorrt`` needs the TensorRT Python
-libraries, ``gpu`` needs a CUDA device. They run wherever those exist (a ROS workstation,
-a Jetson) and skip here with a one-line reason.
+Markers (pytest.ini):
+
+- ``ros2``: starts DDS participants with real rclpy. Needs rclpy (the PyPI ``ros-jazzy-*``
+  or ``ros-kilted-*`` wheels, or a ROS installation) AND a private network namespace, so DDS
+  traffic never leaves the machine: ``make test`` runs pytest through ``.ci/netns-run``.
+  Outside such a namespace these tests skip rather than talk to the network.
+- ``launch_ros``: needs ROS 2's launch / launch_ros (a ROS installation; not on PyPI).
+- ``cv_bridge``: needs ROS 2's cv_bridge (not on PyPI).
+- ``tensorrt``: needs the TensorRT Python libraries; ``gpu``: a CUDA device.
+- ``registry``: needs the package registry (pip resolution); runs outside the namespace.
+
+Every test that starts participants gets a ROS domain of its own (``ros_domain``), so a
+node left over from one test can never answer another.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import os
+import random
 
 import pytest
 
 # Keep the test run deterministic and light on a 2-core CI machine.
 os.environ.setdefault('OMP_NUM_THREADS', '2')
+# Second guard behind the namespace: ROS 2 discovery stays on this host (Jazzy and later).
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.pop('ROS_STATIC_PEERS', None)
 
 
 def _importable(module: str) -> bool:
@@ -22,6 +37,37 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def network_interfaces() -> list[str]:
+    """Names of the network interfaces of this process's network namespace."""
+    # /proc/self/net is per namespace; /sys/class/net shows the host's whatever the namespace.
+    with open('/proc/self/net/dev', encoding='ascii') as f:
+        return [line.split(':', 1)[0].strip() for line in f.readlines()[2:] if ':' in line]
+
+
+@functools.lru_cache(maxsize=None)
+def dds_isolation_problem() -> str | None:
+    """Why DDS participants may not start here, or None when only loopback exists."""
+    try:
+        others = [name for name in network_interfaces() if name != 'lo']
+    except OSError as e:
+        return f'cannot list network interfaces ({e}); DDS must not reach the network'
+    if not others:
+        return None
+    why = os.environ.get('MOA_DEPTH_NO_NETNS')
+    return (
+        f'not in a private network namespace (interfaces: {", ".join(others)}); DDS must '
+        f'not reach the network: run through `make test` (.ci/netns-run)'
+        + (f'; {why}' if why else '')
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _ros2_problem() -> str | None:
+    if not _importable('rclpy'):
+        return 'ROS 2 is not installed (rclpy not importable)'
+    return dds_isolation_problem()
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,16 +92,75 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+@functools.lru_cache(maxsize=None)
+def _launch_ros_problem() -> str | None:
+    # The repository's own launch/ folder would pass for a namespace package called `launch`.
+    if not _importable('launch_ros'):
+        return 'ROS 2 launch_ros is not installed (a ROS 2 installation; not on PyPI)'
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _cv_bridge_problem() -> str | None:
+    if not _importable('cv_bridge'):
+        return 'cv_bridge is not installed (a ROS 2 installation; not on PyPI)'
+    try:  # Humble's cv_bridge fails to import under NumPy 2 (ros-perception/vision_opencv#535)
+        import cv_bridge  # noqa: F401
+    except Exception as e:
+        return f'cv_bridge does not import here: {type(e).__name__}: {e}'
+    return None
+
+
+def _registry_problem() -> str | None:
+    if os.environ.get('MOA_DEPTH_NETNS') == '1':
+        return "needs the package registry; runs in `make test`'s second, networked pass"
+    return None
+
+
+# marker -> () -> None when usable, else the reason to skip
 _SKIPS = {
-    'ros2': (lambda: _importable('rclpy'), 'ROS 2 is not installed (rclpy not importable)'),
-    'tensorrt': (_tensorrt_usable, 'TensorRT Python libraries are not installed'),
-    'gpu': (_cuda_available, 'no CUDA GPU on this machine'),
+    'ros2': _ros2_problem,
+    'launch_ros': _launch_ros_problem,
+    'cv_bridge': _cv_bridge_problem,
+    'tensorrt': lambda: (
+        None if _tensorrt_usable() else 'TensorRT Python libraries are not installed'
+    ),
+    'gpu': lambda: None if _cuda_available() else 'no CUDA GPU on this machine',
+    'registry': _registry_problem,
 }
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        for marker, (available, reason) in _SKIPS.items():
-            if marker in item.keywords and not available():
-                item.add_marker(pytest.mark.skip(reason=reason))
-                break
+        for marker, problem in _SKIPS.items():
+            if marker in item.keywords:
+                reason = problem()
+                if reason is not None:
+                    item.add_marker(pytest.mark.skip(reason=reason))
+                    break
+
+
+# ROS domains 1..232 are valid for Fast DDS; inside the private namespace no other process
+# shares them, and a fresh one per test keeps tests apart.
+_FIRST_DOMAIN = random.Random(os.getpid()).randrange(232)
+_DOMAINS = itertools.cycle([(_FIRST_DOMAIN + i) % 232 + 1 for i in range(232)])
+
+
+def take_ros_domain() -> int:
+    """Hand out a ROS domain id nobody else in this run uses; skip outside isolation."""
+    problem = _ros2_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    return next(_DOMAINS)
+
+
+@pytest.fixture
+def ros_domain() -> int:
+    """Give this test a ROS domain id of its own (skipped outside isolation)."""
+    return take_ros_domain()
+
+
+@pytest.fixture(scope='module')
+def module_ros_domain() -> int:
+    """Give one module's tests a shared ROS domain id (for a node process they share)."""
+    return take_ros_domain()

@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 
 import cv2
-from fake_rclpy.tiny_model import expected_depth_m, write_tiny_onnx
 import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
+from tiny_model import expected_depth_m, write_tiny_onnx
 
 from moa_depth_ros import bag, cli, msgs, params
 from moa_depth_ros.errors import ConfigError
@@ -174,10 +174,13 @@ def test_bag_gets_the_node_outputs_with_image_stamps_frames_and_rays(
     assert summary['storage'] == storage and summary['distro'] == 'humble'
     assert summary['image_topic'] == '/camera/image_raw'
     assert summary['info_topic'] == '/camera/camera_info'
-    assert (summary['frames'], summary['processed'], summary['skipped']) == (7, 5, 2)
-    reasons = ' | '.join(summary['skipped_reasons'])
-    assert "InvalidImageError: Image.encoding 'weird9'" in reasons
-    assert 'CameraInfoError' in reasons and '20x16' in reasons
+    assert (summary['frames'], summary['processed'], summary['skipped']) == (7, 6, 1)
+    (reason,) = summary['skipped_reasons']
+    assert "InvalidImageError: Image.encoding 'weird9'" in reason
+    # A CameraInfo for another image size costs that frame's cloud, not its depth.
+    assert summary['frames_without_cloud'] == 1
+    (problem,) = summary['camera_info_problems']
+    assert '40x30 image but the image is 20x16' in problem
     assert set(summary['ms_per_frame']) >= {'decode', 'network', 'cloud', 'encode', 'total'}
     assert not (tmp_path / 'out.partial').exists()
 
@@ -186,12 +189,13 @@ def test_bag_gets_the_node_outputs_with_image_stamps_frames_and_rays(
     assert counts == summary['topics_written']
     assert counts['/camera/image_raw'] == 7 and counts['/note'] == 1  # inputs copied
     assert counts['/camera/image_raw/compressed'] == 7 and counts['/camera/camera_info'] == 7
-    for topic in ('/camera/depth', '/camera/depth/camera_info', '/camera/depth/confidence'):
-        assert counts[topic] == 5, topic
-    assert counts['/camera/points'] == 5 and '/camera/depth/colored' not in counts
+    assert counts['/camera/depth'] == counts['/camera/depth/confidence'] == 6
+    assert counts['/camera/depth/camera_info'] == counts['/camera/points'] == 5
+    assert '/camera/depth/colored' not in counts
 
     processed = [i for i, kind in enumerate(GOOD_ENCODINGS)]
-    for name in ('/camera/depth', '/camera/points', '/camera/depth/camera_info'):
+    assert [t for t, _ in out['/camera/depth']][-1] == log_times[-1]  # the 'small' frame
+    for name in ('/camera/points', '/camera/depth/camera_info'):
         assert [t for t, _ in out[name]] == [log_times[i] for i in processed], name
         for (_, msg), i in zip(out[name], processed):
             assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == stamps[i]
@@ -420,8 +424,9 @@ def test_command_line_prints_the_summary_and_reports_errors(tmp_path, model_path
     argv = ['bag', str(tmp_path / 'in'), str(tmp_path / 'out'), '--model', model_path]
     assert cli.main([*argv, '--min-depth', '1.5', '--decimation', '2', '--no-progress']) == 0
     printed = capsys.readouterr().out
-    assert 'frames: 7 on /camera/image_raw, processed 5, skipped 2, dropped 0' in printed
+    assert 'frames: 7 on /camera/image_raw, processed 6, skipped 1, dropped 0' in printed
     assert "skipped 1x: InvalidImageError: Image.encoding 'weird9'" in printed
+    assert 'unusable camera_info: camera info is for a 40x30 image' in printed
     assert '/camera/points: 5' in printed and 'ms per frame:' in printed
     cloud = _read_rosbags(tmp_path / 'out')['/camera/points'][0][1]
     assert (cloud.height, cloud.width) == (H // 2, W // 2)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from fake_rclpy.tiny_model import write_tiny_onnx
 from model_fixtures import TINY_MOA
 import pytest
+from tiny_model import write_tiny_onnx
 import yaml
 
 from moa_depth_ros import cli

@@ -205,7 +205,7 @@ def test_unknown_camera_is_refused_with_the_choices(launch_file):
         _run(launch_file, camera='webcam')
 
 
-@pytest.mark.ros2
+@pytest.mark.launch_ros
 def test_real_launch_loads_the_file_and_declares_its_arguments():
     from launch.launch_description_sources import PythonLaunchDescriptionSource
 

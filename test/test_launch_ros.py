@@ -17,11 +17,8 @@ import unittest
 
 import pytest
 
-pytest.importorskip(
-    'launch_testing', reason='ROS 2 is not installed (launch_testing not importable)'
-)
+pytest.importorskip('launch_testing', reason='ROS 2 launch_testing is not installed (not on PyPI)')
 
-from fake_rclpy.tiny_model import expected_depth_m, write_tiny_onnx  # noqa: E402
 import launch.actions  # noqa: E402
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
@@ -30,6 +27,7 @@ import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from tiny_model import expected_depth_m, write_tiny_onnx  # noqa: E402
 
 import launch  # noqa: E402
 from moa_depth_ros import msgs  # noqa: E402

@@ -29,6 +29,7 @@ def test_rate_meter_counts_events_per_second_in_a_sliding_window():
     assert meter.seconds_since_last() == pytest.approx(0.5)
     clock.t += 5.0  # everything left the window
     assert meter.rate_hz() == 0.0
+    assert meter.seconds_since_last() == pytest.approx(5.5)  # but it did happen
     assert meter.count == 11
     same_time = diagnostics.RateMeter(clock=Clock(3.0))
     same_time.tick()

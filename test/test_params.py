@@ -15,7 +15,7 @@ from moa_depth_ros.pipeline import PipelineConfig
 def test_settings_fields_are_exactly_the_declared_parameters_with_their_defaults():
     fields = {f.name: f.default for f in dataclasses.fields(params.NodeSettings)}
     assert fields == {spec.name: spec.default for spec in params.SPECS}
-    assert params.READ_ONLY == {'model_path', 'backend', 'device'}
+    assert params.READ_ONLY == {'model_path', 'backend', 'device', 'cpu_threads', 'cpu_spin_wait'}
     for spec in params.SPECS:
         assert spec.description.endswith('.'), spec.name
         assert spec.check(spec.default) is None or spec.name == 'model_path', spec.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from types import SimpleNamespace
 
 import cv2
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from moa_depth_ros import benchmark, msgs, runtime
-from moa_depth_ros.errors import CameraInfoError, ConfigError, EngineError, InvalidImageError
+from moa_depth_ros.errors import ConfigError, EngineError, InvalidImageError
 from moa_depth_ros.geometry import CameraModel
 from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig, preprocess
 
@@ -183,9 +184,33 @@ def test_bad_frames_raise_typed_errors_and_the_next_frame_works():
         with pytest.raises(error, match=word):
             pipe.process_msg(msg, pinhole())
         assert pipe.process_msg(good, pinhole()).depth_m.shape == (H, W)
-    with pytest.raises(CameraInfoError, match=r'40x30.*80x60'):
-        pipe.process_msg(good, pinhole(40, 30))
     assert pipe.process_msg(good, pinhole()).cloud is not None
+
+
+def test_a_camera_for_another_image_size_costs_the_cloud_not_the_depth():
+    pipe = DepthPipeline(RowDepth())
+    result = pipe.process_msg(rgb_msg(RED), pinhole(40, 30))
+    assert result.depth_m.shape == (H, W) and np.isfinite(result.depth_m).all()
+    assert result.cloud is None and result.camera is None
+    assert re.search(r'40x30.*80x60', result.camera_error)
+    assert pipe.process_msg(rgb_msg(RED), pinhole()).camera_error == ''
+
+
+def test_a_camera_function_is_asked_once_the_network_has_run():
+    order = []
+
+    class Logged(RowDepth):
+        def infer(self, image):
+            order.append('network')
+            return super().infer(image)
+
+    def camera():
+        order.append('camera')
+        return pinhole()
+
+    result = DepthPipeline(Logged()).process_msg(rgb_msg(RED), camera)
+    assert order == ['network', 'camera'] and result.cloud is not None
+    assert DepthPipeline(Logged()).process_msg(rgb_msg(RED), lambda: None).cloud is None
 
 
 def test_estimator_with_wrong_output_shape_is_an_engine_error():

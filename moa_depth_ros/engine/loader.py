@@ -47,6 +47,7 @@ def load_engine(
     *,
     precision: str | None = None,
     intra_op_threads: int | None = None,
+    spin_wait: bool = False,
     cache_dir: str | os.PathLike | None = None,
 ) -> DepthEngine:
     """Load a depth model file behind the ``DepthEngine`` interface.
@@ -56,6 +57,8 @@ def load_engine(
     ``precision``: torch 'fp32'/'bf16'/'fp16'; TensorRT-from-ONNX 'fp16'/'fp32' (default
     fp16); ONNX Runtime runs the file as exported (an int8 model is its own file).
     ``intra_op_threads``: ONNX Runtime CPU threads (None = its default).
+    ``spin_wait``: let ONNX Runtime's threads busy-wait between runs (lower latency, a core
+    kept busy); off by default.
     ``cache_dir``: engine cache for TensorRT-from-ONNX (default ~/.cache/moa_depth_ros/engines).
     """
     if backend not in ('auto', *BACKENDS):
@@ -94,7 +97,7 @@ def load_engine(
             )
         onnx_backend = _backend_module('onnx_backend')
         return onnx_backend.OnnxRuntimeEngine(
-            path, device=device, intra_op_threads=intra_op_threads
+            path, device=device, intra_op_threads=intra_op_threads, spin_wait=spin_wait
         )
 
     if file_backend != 'torch':

@@ -173,6 +173,7 @@ class OnnxRuntimeEngine(DepthEngine):
         *,
         device: str = 'auto',
         intra_op_threads: int | None = None,
+        spin_wait: bool = False,
         providers: Sequence[str] | None = None,
     ) -> None:
         import onnxruntime as ort
@@ -186,6 +187,14 @@ class OnnxRuntimeEngine(DepthEngine):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
+        # ONNX Runtime's worker threads busy-wait for the next run by default. A camera
+        # delivers frames tens of milliseconds apart, so on a robot that is a core burnt for
+        # ~2 ms less latency per run (measured: 48 vs 8.6 ms of process CPU per frame for the
+        # quickstart model at 15 Hz). Off unless asked for.
+        spinning = '1' if spin_wait else '0'
+        options.add_session_config_entry('session.intra_op.allow_spinning', spinning)
+        options.add_session_config_entry('session.inter_op.allow_spinning', spinning)
+        self.spin_wait = bool(spin_wait)
         chosen = list(providers or choose_providers(device, ort.get_available_providers()))
         provider_options: list[dict[str, str]] = []
         for name in chosen:

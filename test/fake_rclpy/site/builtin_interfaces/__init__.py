@@ -1,1 +1,0 @@
-"""Stand-in of the builtin_interfaces message package (see _fake_rosidl)."""

@@ -63,22 +63,41 @@ _POINT_FIELD_DTYPES = {
 
 _NATIVE_BIG_ENDIAN = sys.byteorder == 'big'
 
-# encoding -> (bytes per pixel, OpenCV conversion to RGB or None for "already RGB").
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How an Image encoding lays out a pixel, and how OpenCV turns it into RGB."""
+
+    channels: int  # samples per pixel in the buffer (the packed yuv422 formats: 2 bytes)
+    sample_bytes: int  # 1, or 2 for the 16-bit encodings (scaled to 8 bits like cv_bridge)
+    to_rgb: int | None  # cv2.cvtColor code, None when the samples already are RGB
+
+
 # yuv422 is UYVY (sensor_msgs/image_encodings.hpp), yuv422_yuy2 is YUYV, what most USB (UVC)
-# cameras send. mono16 is handled on its own (byte order, 16 -> 8 bit scaling).
-_DECODERS: dict[str, tuple[int, int | None]] = {
-    'rgb8': (3, None),
-    'bgr8': (3, cv2.COLOR_BGR2RGB),
-    'rgba8': (4, cv2.COLOR_RGBA2RGB),
-    'bgra8': (4, cv2.COLOR_BGRA2RGB),
-    'mono8': (1, cv2.COLOR_GRAY2RGB),
-    'mono16': (2, cv2.COLOR_GRAY2RGB),
-    'yuv422': (2, cv2.COLOR_YUV2RGB_UYVY),
-    'yuv422_yuy2': (2, cv2.COLOR_YUV2RGB_YUY2),
+# cameras send. 8UC1 / 8UC3 are OpenCV's generic types: grey and BGR, as cv_bridge reads them.
+# OpenCV names a Bayer pattern after the second row's second and third pixels, so ROS's
+# RGGB (first row R G) is OpenCV's BayerBG, and so on (checked against a mosaic in the tests).
+_LAYOUTS: dict[str, _Layout] = {
+    'rgb8': _Layout(3, 1, None),
+    'bgr8': _Layout(3, 1, cv2.COLOR_BGR2RGB),
+    'rgba8': _Layout(4, 1, cv2.COLOR_RGBA2RGB),
+    'bgra8': _Layout(4, 1, cv2.COLOR_BGRA2RGB),
+    'mono8': _Layout(1, 1, cv2.COLOR_GRAY2RGB),
+    '8UC1': _Layout(1, 1, cv2.COLOR_GRAY2RGB),
+    '8UC3': _Layout(3, 1, cv2.COLOR_BGR2RGB),
+    'mono16': _Layout(1, 2, cv2.COLOR_GRAY2RGB),
+    'rgb16': _Layout(3, 2, None),
+    'bgr16': _Layout(3, 2, cv2.COLOR_BGR2RGB),
+    'yuv422': _Layout(2, 1, cv2.COLOR_YUV2RGB_UYVY),
+    'yuv422_yuy2': _Layout(2, 1, cv2.COLOR_YUV2RGB_YUY2),
+    'bayer_rggb8': _Layout(1, 1, cv2.COLOR_BayerBG2RGB),
+    'bayer_bggr8': _Layout(1, 1, cv2.COLOR_BayerRG2RGB),
+    'bayer_gbrg8': _Layout(1, 1, cv2.COLOR_BayerGR2RGB),
+    'bayer_grbg8': _Layout(1, 1, cv2.COLOR_BayerGB2RGB),
 }
 
 #: Image encodings ``decode_image`` understands.
-SUPPORTED_ENCODINGS = tuple(_DECODERS)
+SUPPORTED_ENCODINGS = tuple(_LAYOUTS)
 
 # Bounds for cv2.inRange masks of "positive and finite" (inRange is False for NaN).
 # (nextafter, not finfo.smallest_subnormal: Humble's Ubuntu 22.04 ships NumPy 1.21, which
@@ -173,38 +192,41 @@ def decode_image(msg: Any) -> np.ndarray:
     """Decode a sensor_msgs/Image to uint8 RGB [H, W, 3].
 
     rgb8 is returned as a zero-copy (possibly read-only, possibly row-strided) view of the
-    message buffer; every other encoding is converted by OpenCV into a new array. mono16 is
-    scaled to 8 bits by 255/65535 with rounding, as cv_bridge does. Raises InvalidImageError
-    for an unknown encoding, a step smaller than one row, short data or a zero-sized image.
+    message buffer; every other encoding is converted by OpenCV into a new array: colour
+    orders, grey, packed YUV 4:2:2, Bayer mosaics (demosaiced), and 16-bit images scaled to
+    8 bits by 255/65535 with rounding, as cv_bridge does. Raises InvalidImageError for an
+    unknown encoding, a step smaller than one row, short data or an image too small for its
+    encoding.
     """
     encoding = str(msg.encoding)
     try:
-        bytes_per_pixel, conversion = _DECODERS[encoding]
+        layout = _LAYOUTS[encoding]
     except KeyError as e:
         raise InvalidImageError(
             f'Image.encoding {encoding!r} is not supported; supported: '
             f'{", ".join(SUPPORTED_ENCODINGS)}'
         ) from e
-    if encoding == 'mono16':
+    if encoding.startswith('yuv422') and int(msg.width) % 2:
+        raise InvalidImageError(
+            f'Image.width must be even for {encoding!r} (two pixels share U and V), '
+            f'got {msg.width}'
+        )
+    if encoding.startswith('bayer_') and (int(msg.width) < 2 or int(msg.height) < 2):
+        raise InvalidImageError(
+            f'a {encoding!r} image must be at least 2x2 (one Bayer cell), '
+            f'got {msg.width}x{msg.height}'
+        )
+    if layout.sample_bytes == 2:
         dtype = np.dtype('>u2' if msg.is_bigendian else '<u2')
-        mono16 = _checked_view(msg, 2, dtype, 1)
+        wide = _checked_view(msg, 2 * layout.channels, dtype, layout.channels)
         if not dtype.isnative:
-            mono16 = mono16.astype(np.uint16)
-        mono8 = cv2.convertScaleAbs(mono16, alpha=255.0 / 65535.0)
-        return cv2.cvtColor(mono8, cv2.COLOR_GRAY2RGB)
-    if encoding.startswith('yuv422'):
-        if int(msg.width) % 2:
-            raise InvalidImageError(
-                f'Image.width must be even for {encoding!r} (two pixels share U and V), '
-                f'got {msg.width}'
-            )
-        packed = _checked_view(msg, 2, np.dtype(np.uint8), 2)
-        return cv2.cvtColor(packed, conversion)
-    channels = bytes_per_pixel
-    view = _checked_view(msg, bytes_per_pixel, np.dtype(np.uint8), channels)
-    if conversion is None:
-        return view
-    return cv2.cvtColor(view, conversion)
+            wide = wide.astype(np.uint16)
+        samples = cv2.convertScaleAbs(wide, alpha=255.0 / 65535.0)
+    else:
+        samples = _checked_view(msg, layout.channels, np.dtype(np.uint8), layout.channels)
+    if layout.to_rgb is None:
+        return samples
+    return cv2.cvtColor(samples, layout.to_rgb)
 
 
 def decode_compressed_image(msg: Any) -> np.ndarray:

@@ -130,10 +130,27 @@ def test_yuv422_packings(encoding):
     np.testing.assert_array_equal(out[0, 1], [255, 255, 255])  # Y=235 is white
 
 
+@pytest.mark.parametrize('pattern', ['rggb', 'bggr', 'gbrg', 'grbg'])
+def test_bayer_mosaics_demosaic_to_the_colours_they_sampled(pattern):
+    h, w = 8, 10
+    colour = (200, 100, 30)
+    mosaic = np.empty((h, w), np.uint8)
+    for dy in range(2):
+        for dx in range(2):
+            mosaic[dy::2, dx::2] = colour['rgb'.index(pattern[2 * dy + dx])]
+    msg = image_msg(f'bayer_{pattern}8', h, w, rows_of(mosaic))
+    out = msgs.decode_image(msg)
+    assert out.shape == (h, w, 3)
+    assert np.abs(out[2:-2, 2:-2].astype(int) - colour).max() <= 1  # away from the borders
+    too_small = image_msg(f'bayer_{pattern}8', 1, 4, [b'\0' * 4])
+    with pytest.raises(InvalidImageError, match='at least 2x2'):
+        msgs.decode_image(too_small)
+
+
 @pytest.mark.parametrize(
     ('msg', 'words'),
     [
-        (image_msg('rgb16', 1, 1, [b'\0' * 6]), ["'rgb16'", 'encoding']),
+        (image_msg('rgba16', 1, 1, [b'\0' * 8]), ["'rgba16'", 'encoding']),
         (image_msg('rgb8', 2, 3, [b'\0' * 8] * 2), ['step', '8', '9']),
         (
             SimpleNamespace(
@@ -397,14 +414,21 @@ def encode_raw(
     h, w, _ = rgb.shape
     if encoding == 'rgb8':
         return rgb.reshape(h, -1), rgb
-    if encoding == 'bgr8':
+    if encoding in ('bgr8', '8UC3'):
         return rgb[..., ::-1].reshape(h, -1), rgb
     if encoding in ('rgba8', 'bgra8'):
         colour = rgb if encoding == 'rgba8' else rgb[..., ::-1]
         alpha = rng.integers(0, 256, (h, w, 1), dtype=np.uint8)
         return np.concatenate([colour, alpha], 2).reshape(h, -1), rgb
-    if encoding == 'mono8':
+    if encoding in ('mono8', '8UC1'):
         return rgb[..., 0].copy(), np.repeat(rgb[..., :1], 3, axis=2)
+    if encoding in ('rgb16', 'bgr16'):
+        values = rng.integers(0, 65536, (h, w, 3), dtype=np.uint16)
+        colour = values if encoding == 'rgb16' else values[..., ::-1]
+        raw = colour.astype('>u2' if big_endian else '<u2').view(np.uint8).reshape(h, -1)
+        return raw, np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
+    if encoding.startswith('bayer_'):  # random mosaics: checked against the unpadded decode
+        return rng.integers(0, 256, (h, w), dtype=np.uint8), None
     if encoding == 'mono16':
         values = rng.integers(0, 65536, (h, w), dtype=np.uint16)
         raw = values.astype('>u2' if big_endian else '<u2').view(np.uint8).reshape(h, -1)
@@ -428,6 +452,8 @@ def test_any_size_step_and_encoding_decodes_like_the_unpadded_image(
     height, half_width, odd, padding, encoding, big_endian, seed
 ):
     width = 2 * half_width - (odd and not encoding.startswith('yuv'))
+    if encoding.startswith('bayer_'):  # one Bayer cell at least
+        height, width = max(height, 2), max(width, 2)
     rng = np.random.default_rng(seed)
     rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     raw, expected = encode_raw(rgb, encoding, big_endian, rng)

@@ -162,6 +162,8 @@ def fixtures():
     rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     alpha = rng.integers(0, 256, (h, w, 1), dtype=np.uint8)
     mono16 = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+    rgb16 = rng.integers(0, 65536, (h, w, 3), dtype=np.uint16)
+    mosaic = rng.integers(0, 256, (h, w), dtype=np.uint8)
     return (
         h,
         w,
@@ -174,6 +176,14 @@ def fixtures():
             'mono16': (mono16.astype('<u2'), 0),
             'mono16_be': (mono16.astype('>u2'), 1),
             'yuv422': (rng.integers(0, 256, (h, 2 * w), dtype=np.uint8), 0),
+            # (8UC1 / 8UC3, OpenCV's generic types, are read as mono8 / bgr8 here; neither
+            # rosbags.image nor cv_bridge converts them to rgb8, so test_msgs covers them.)
+            'rgb16': (rgb16.astype('<u2'), 0),
+            'bgr16_be': (rgb16[..., ::-1].astype('>u2'), 1),
+            'bayer_rggb8': (mosaic, 0),
+            'bayer_bggr8': (mosaic, 0),
+            'bayer_gbrg8': (mosaic, 0),
+            'bayer_grbg8': (mosaic, 0),
         },
     )
 
@@ -191,7 +201,7 @@ def test_decoding_matches_rosbags_image(name):
     ours = msgs.decode_image(msg)
     theirs = image.message_to_cvimage(msg, 'rgb8')
     # rosbags.image truncates 16 -> 8 bits where cv_bridge (and we) round: allow 1 level.
-    tolerance = 1 if encoding == 'mono16' else 0
+    tolerance = 1 if encoding in ('mono16', 'rgb16', 'bgr16') else 0
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= tolerance
 
 

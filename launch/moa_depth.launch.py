@@ -20,13 +20,19 @@ RViz's saved topics (``/camera/...``) are remapped to the chosen namespace and i
 
 Without calibration a webcam driver publishes a CameraInfo with zero focal length: depth
 still comes out, the point cloud needs a calibration (``camera_calibration``).
+
+Every package, executable and file the chosen arguments need is looked up before any node
+starts: a missing RViz or camera driver, or a params_file that does not exist, stops the
+launch with one message instead of leaving depth_node running alone (ros2/launch#747).
 """
 
+import os
+
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
 from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node, PushRosNamespace
-from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'moa_depth_ros'
 CAMERAS = ('none', 'v4l2', 'usb_cam')
@@ -67,23 +73,29 @@ ARGUMENTS = (
 )
 
 
-def _camera_driver(camera, video_device, frame_id):
-    """Return the driver node for ``camera`` (both publish image_raw and camera_info)."""
-    if camera == 'v4l2':
-        return Node(
-            package='v4l2_camera',
-            executable='v4l2_camera_node',
-            name='v4l2_camera',
-            parameters=[{'video_device': video_device, 'camera_frame_id': frame_id}],
+class _Driver:
+    """A camera driver node and where it comes from."""
+
+    def __init__(self, package, executable, parameters):
+        self.package = package
+        self.executable = executable
+        self.node = Node(
+            package=package,
+            executable=executable,
+            name=package,
+            parameters=[parameters],
             output='screen',
         )
+
+
+def _camera_driver(camera, video_device, frame_id):
+    """Return the driver for ``camera`` (both publish image_raw and camera_info), or None."""
+    if camera == 'v4l2':
+        parameters = {'video_device': video_device, 'camera_frame_id': frame_id}
+        return _Driver('v4l2_camera', 'v4l2_camera_node', parameters)
     if camera == 'usb_cam':
-        return Node(
-            package='usb_cam',
-            executable='usb_cam_node_exe',
-            name='usb_cam',
-            parameters=[{'video_device': video_device, 'frame_id': frame_id}],
-            output='screen',
+        return _Driver(
+            'usb_cam', 'usb_cam_node_exe', {'video_device': video_device, 'frame_id': frame_id}
         )
     return None
 
@@ -103,21 +115,52 @@ def _rviz_remappings(namespace, image_topic):
     return [(saved, actual) for saved, actual in pairs if saved != actual]
 
 
+def _installed_share(package, executable, why):
+    """Return ``package``'s share directory, or raise naming what is missing and why."""
+    try:
+        prefix = get_package_prefix(package)
+    except PackageNotFoundError:
+        raise RuntimeError(
+            f"package '{package}' is not installed ({why}); install it (e.g. sudo apt install "
+            f'ros-$ROS_DISTRO-{package.replace("_", "-")}) or choose otherwise. Nothing was '
+            f'started.'
+        ) from None
+    path = os.path.join(prefix, 'lib', package, executable)
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(
+            f"package '{package}' has no executable '{executable}' at {path} ({why}); is it "
+            f'built and installed? Nothing was started.'
+        )
+    return os.path.join(prefix, 'share', package)
+
+
 def _launch_setup(context, *args, **kwargs):
     value = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     camera = value['camera']
     if camera not in CAMERAS:
         raise ValueError(f'camera must be one of {", ".join(CAMERAS)}, got {camera!r}')
-    share = FindPackageShare(PACKAGE).perform(context)
-    params_file = value['params_file'] or f'{share}/config/moa_depth.yaml'
+    use_rviz = value['use_rviz'].lower() in ('true', '1', 'yes')
+    # Everything is resolved before any action is returned: launch starts the nodes one by
+    # one and would leave the first running when a later one turns out to be missing.
+    share = _installed_share(PACKAGE, 'depth_node', 'the depth node')
+    driver = _camera_driver(camera, value['video_device'], value['frame_id'])
+    if driver is not None:
+        _installed_share(driver.package, driver.executable, f'camera:={camera}')
+    if use_rviz:
+        _installed_share('rviz2', 'rviz2', 'use_rviz:=true')
+    params_file = value['params_file'] or os.path.join(share, 'config', 'moa_depth.yaml')
+    if not os.path.isfile(params_file):
+        raise RuntimeError(
+            f'params_file {params_file!r} does not exist; depth_node would run on built-in '
+            f'defaults. Nothing was started.'
+        )
     parameters = [params_file]
     if value['model']:
         parameters.append({'model_path': value['model']})
     image_topic = value['image_topic']
     actions = []
-    driver = _camera_driver(camera, value['video_device'], value['frame_id'])
     if driver is not None:
-        actions.append(driver)
+        actions.append(driver.node)
     actions.append(
         Node(
             package=PACKAGE,
@@ -134,13 +177,18 @@ def _launch_setup(context, *args, **kwargs):
             emulate_tty=True,
         )
     )
-    if value['use_rviz'].lower() in ('true', '1', 'yes'):
+    if use_rviz:
         actions.append(
             Node(
                 package='rviz2',
                 executable='rviz2',
                 name='rviz2',
-                arguments=['-d', f'{share}/config/moa_depth.rviz', '-f', value['frame_id']],
+                arguments=[
+                    '-d',
+                    os.path.join(share, 'config', 'moa_depth.rviz'),
+                    '-f',
+                    value['frame_id'],
+                ],
                 remappings=_rviz_remappings(value['namespace'], image_topic),
                 output='screen',
             )

@@ -68,11 +68,6 @@ class _LaunchConfiguration(_Recorded):
         return context.launch_configurations[self.args[0]]
 
 
-class _FindPackageShare(_Recorded):
-    def perform(self, context):
-        return f'/opt/ros/share/{self.args[0]}'
-
-
 def _stand_in_modules():
     names = {
         'launch': {},
@@ -90,7 +85,6 @@ def _stand_in_modules():
             'Node': type('Node', (_Recorded,), {}),
             'PushRosNamespace': type('PushRosNamespace', (_Recorded,), {}),
         },
-        'launch_ros.substitutions': {'FindPackageShare': _FindPackageShare},
     }
     modules = {}
     for name, attrs in names.items():
@@ -107,8 +101,32 @@ def _load_launch_file(module_name='moa_depth_launch_under_test'):
     return module
 
 
+def install(prefix, package, executable):
+    """Lay out ``package`` under ``prefix`` as colcon installs it (ament index, lib, share)."""
+    marker = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / package
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text('')
+    program = prefix / 'lib' / package / executable
+    program.parent.mkdir(parents=True, exist_ok=True)
+    program.write_text('#!/bin/sh\n')
+    program.chmod(0o755)
+    return prefix / 'share' / package
+
+
 @pytest.fixture
-def launch_file(monkeypatch):
+def prefix(tmp_path, monkeypatch):
+    """Make an install prefix holding moa_depth_ros and its config, and no other package."""
+    pytest.importorskip('ament_index_python', reason='ament_index_python is not installed')
+    root = tmp_path / 'install'
+    config = install(root, 'moa_depth_ros', 'depth_node') / 'config'
+    config.mkdir(parents=True)
+    (config / 'moa_depth.yaml').write_text(CONFIG_FILE.read_text())
+    monkeypatch.setenv('AMENT_PREFIX_PATH', str(root))
+    return root
+
+
+@pytest.fixture
+def launch_file(monkeypatch, prefix):
     for name, module in _stand_in_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     return _load_launch_file()
@@ -131,7 +149,9 @@ def test_launch_file_compiles():
     py_compile.compile(str(LAUNCH_FILE), doraise=True)
 
 
-def test_launch_defaults_start_only_depth_node_with_the_installed_parameter_file(launch_file):
+def test_launch_defaults_start_only_depth_node_with_the_installed_parameter_file(
+    launch_file, prefix
+):
     declared, namespace, nodes = _run(launch_file)
     assert {'model', 'camera', 'image_topic', 'camera_info_topic', 'namespace'} <= set(declared)
     assert {'use_rviz', 'params_file'} <= set(declared)
@@ -139,7 +159,7 @@ def test_launch_defaults_start_only_depth_node_with_the_installed_parameter_file
     assert list(nodes) == ['moa_depth_ros']
     node = nodes['moa_depth_ros']
     assert node['executable'] == 'depth_node'
-    assert node['parameters'] == ['/opt/ros/share/moa_depth_ros/config/moa_depth.yaml']
+    assert node['parameters'] == [str(prefix / 'share/moa_depth_ros/config/moa_depth.yaml')]
     assert node['remappings'] == [
         ('image', 'image_raw'),
         ('image/compressed', 'image_raw/compressed'),
@@ -147,7 +167,9 @@ def test_launch_defaults_start_only_depth_node_with_the_installed_parameter_file
     ]
 
 
-def test_webcam_launch_starts_the_driver_rviz_and_passes_the_model(launch_file):
+def test_webcam_launch_starts_the_driver_rviz_and_passes_the_model(launch_file, prefix):
+    install(prefix, 'v4l2_camera', 'v4l2_camera_node')
+    install(prefix, 'rviz2', 'rviz2')
     _, namespace, nodes = _run(
         launch_file,
         camera='v4l2',
@@ -162,7 +184,7 @@ def test_webcam_launch_starts_the_driver_rviz_and_passes_the_model(launch_file):
     assert nodes['v4l2_camera']['parameters'][0]['camera_frame_id'] == 'webcam_optical'
     assert nodes['moa_depth_ros']['parameters'][1] == {'model_path': '/models/m.onnx'}
     rviz_args = nodes['rviz2']['arguments']
-    assert rviz_args[:2] == ['-d', '/opt/ros/share/moa_depth_ros/config/moa_depth.rviz']
+    assert rviz_args[:2] == ['-d', str(prefix / 'share/moa_depth_ros/config/moa_depth.rviz')]
     assert rviz_args[2:] == ['-f', 'webcam_optical']
 
 
@@ -171,8 +193,9 @@ def test_webcam_launch_starts_the_driver_rviz_and_passes_the_model(launch_file):
     [('camera', 'image_raw'), ('webcam', 'image_raw'), ('front', 'color/image_raw'), ('', 'img')],
 )
 def test_rviz_shows_the_topics_of_the_chosen_namespace_and_image(
-    launch_file, namespace, image_topic
+    launch_file, prefix, namespace, image_topic
 ):
+    install(prefix, 'rviz2', 'rviz2')
     _, _, nodes = _run(launch_file, use_rviz='true', namespace=namespace, image_topic=image_topic)
     remap = dict(nodes['rviz2'].get('remappings') or [])
     config = yaml.safe_load(RVIZ_FILE.read_text())['Visualization Manager']
@@ -185,19 +208,46 @@ def test_rviz_shows_the_topics_of_the_chosen_namespace_and_image(
     assert shown == expected
 
 
-def test_usb_cam_and_remapped_topics(launch_file):
+def test_usb_cam_and_remapped_topics(launch_file, prefix, tmp_path):
+    install(prefix, 'usb_cam', 'usb_cam_node_exe')
+    my_params = tmp_path / 'my.yaml'
+    my_params.write_text(CONFIG_FILE.read_text())
     _, _, nodes = _run(
         launch_file,
         camera='usb_cam',
         image_topic='color/image_raw',
         camera_info_topic='color/camera_info',
-        params_file='/etc/my.yaml',
+        params_file=str(my_params),
     )
     assert nodes['usb_cam']['executable'] == 'usb_cam_node_exe'
     node = nodes['moa_depth_ros']
-    assert node['parameters'] == ['/etc/my.yaml']
+    assert node['parameters'] == [str(my_params)]
     assert ('image/compressed', 'color/image_raw/compressed') in node['remappings']
     assert ('camera_info', 'color/camera_info') in node['remappings']
+
+
+@pytest.mark.parametrize(
+    ('arguments', 'says'),
+    [
+        ({'use_rviz': 'true'}, "package 'rviz2' is not installed (use_rviz:=true)"),
+        ({'camera': 'v4l2'}, "package 'v4l2_camera' is not installed (camera:=v4l2)"),
+        ({'camera': 'usb_cam'}, "package 'usb_cam' is not installed (camera:=usb_cam)"),
+        ({'params_file': '/no/such/params.yaml'}, "params_file '/no/such/params.yaml' does not"),
+    ],
+)
+def test_what_is_missing_stops_the_launch_before_any_node_starts(launch_file, arguments, says):
+    # Launch starts the returned nodes one by one: had depth_node been returned before a
+    # missing RViz was found, it would keep running after `ros2 launch` gave up.
+    with pytest.raises(RuntimeError) as raised:
+        _run(launch_file, **arguments)
+    assert says in str(raised.value) and 'Nothing was started' in str(raised.value)
+
+
+def test_a_package_without_its_executable_is_refused(launch_file, prefix):
+    marker = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'rviz2'
+    marker.write_text('')  # indexed, but lib/rviz2/rviz2 is missing (a broken install)
+    with pytest.raises(RuntimeError, match="no executable 'rviz2'"):
+        _run(launch_file, use_rviz='true')
 
 
 def test_unknown_camera_is_refused_with_the_choices(launch_file):

@@ -14,6 +14,10 @@ matched like the node does it: the newest one logged before the image.
 The output is written to ``OUT.partial/`` and moved to ``OUT`` only when complete, so an
 interrupted or crashed run never leaves a bag at ``OUT`` that looks finished. A frame that
 cannot be processed (bad encoding, size mismatch) is skipped and counted, never fatal.
+
+An input whose recorder died (MCAP without footer, no metadata.yaml, a ``.db3`` cut short) is
+read as far as it goes (``bag_recovery``); the summary says so and how much was read. One with
+nothing readable raises ``BagError``.
 """
 
 from __future__ import annotations
@@ -190,20 +194,6 @@ def _choose_info_topic(
     return infos[0] if len(infos) == 1 else None
 
 
-def _input_storage(path: Path) -> str:
-    if path.is_file():
-        return 'mcap' if path.suffix == '.mcap' else 'sqlite3'
-    import yaml
-
-    try:
-        metadata = yaml.safe_load((path / 'metadata.yaml').read_text())
-        return str(metadata['rosbag2_bagfile_information']['storage_identifier'])
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
-        raise ConfigError(
-            f'{str(path)!r} is not a rosbag2 directory (no readable metadata.yaml): {e}'
-        ) from e
-
-
 # ---------------------------------------------------------------------------------- messages
 
 
@@ -357,11 +347,13 @@ def process_bag(
     """Process one camera of a rosbag2 into a new rosbag2; return the summary (see module doc).
 
     ``settings`` are the node's parameters (model_path, backend, device, encodings, cloud
-    options). Raises ConfigError for unusable arguments before anything is written.
+    options). Raises ConfigError for unusable arguments before anything is written, BagError
+    for an input with nothing readable.
     """
-    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
+    from moa_depth_ros.bag_recovery import open_input
     from moa_depth_ros.engine import load_engine
     from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
     from moa_depth_ros.worker import CameraModelCache
@@ -374,12 +366,12 @@ def process_bag(
     if output_path.resolve() == input_path.resolve():
         raise ConfigError('output must differ from the input bag')
     staging = output_path.with_name(output_path.name + '.partial')
-    storage = storage or _input_storage(input_path)
-    if storage not in STORAGES:
+    if storage is not None and storage not in STORAGES:
         raise ConfigError(f'storage must be one of {", ".join(STORAGES)}, got {storage!r}')
 
     started = time.perf_counter()
-    with Reader(input_path) as reader:
+    with open_input(input_path) as reader:
+        storage = storage or reader.storage
         if distro is None:
             distro = reader.ros_distro if reader.ros_distro in DISTROS else 'humble'
         if distro not in DISTROS:
@@ -428,6 +420,7 @@ def process_bag(
                 )
         finally:
             engine.close()
+        recovered = reader.recovery_note(counts['messages_read'])
 
     if output_path.exists():  # --overwrite: swap in the new bag, then drop the old one
         previous = staging / (output_path.name + '.previous')
@@ -443,6 +436,7 @@ def process_bag(
             'image_topic': image_topic,
             'info_topic': info_topic,
             'model': model_description,
+            'recovered': recovered,  # None, or what was read of an unfinished recording
             'wall_s': time.perf_counter() - started,
         }
     )
@@ -471,7 +465,7 @@ def _run_frames(
     build = _Messages(typestore)
     written = {conn.topic: 0 for conn in copied.values()}
     written.update(dict.fromkeys(outputs.values(), 0))
-    frames = processed = without_cloud = 0
+    frames = processed = without_cloud = read = 0
     skipped: dict[str, int] = {}
     stage_ms: dict[str, float] = {}
     camera_info = None
@@ -480,6 +474,7 @@ def _run_frames(
     try:
         for conn, timestamp, raw in reader.messages():
             bar.update(1)
+            read += 1
             writer.write(copied[conn.id], timestamp, raw)
             written[conn.topic] += 1
             if conn.topic == info_topic:
@@ -528,6 +523,7 @@ def _run_frames(
     if ms_per_frame:
         ms_per_frame['total'] = sum(ms_per_frame.values())
     return {
+        'messages_read': read,
         'frames': frames,
         'processed': processed,
         'skipped': sum(skipped.values()),
@@ -554,6 +550,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f'wrote {summary["output"]} ({summary["storage"]}, {summary["distro"]}) from '
         f'{summary["input"]} with {summary["model"]}',
+    ]
+    if summary.get('recovered'):
+        lines.append(summary['recovered'])
+    lines += [
         f'frames: {summary["frames"]} on {summary["image_topic"]}, processed '
         f'{summary["processed"]}, skipped {summary["skipped"]}, dropped {summary["dropped"]}, '
         f'without cloud {summary["frames_without_cloud"]} '

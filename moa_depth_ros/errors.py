@@ -31,3 +31,7 @@ class CheckpointError(MoaDepthError, ValueError):
 
 class ConfigError(MoaDepthError, ValueError):
     """A configuration value (parameter, config file field) that is out of range."""
+
+
+class BagError(MoaDepthError, ValueError):
+    """A recorded bag that cannot be read: damaged, cut short, or not a rosbag2 at all."""

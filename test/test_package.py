@@ -33,7 +33,12 @@ PIP_DISTS = {
     'cuda': 'cuda-python',
     'onnx': 'onnx',
     'tqdm': 'tqdm',
+    'apsw': 'apsw',
+    'lz4': 'lz4',
+    'backports': 'backports.zstd',
 }
+# Standard library only in Pythons newer than this one (imported behind a version check).
+LATER_STDLIB = {'compression'}  # compression.zstd: Python 3.14
 
 
 def _package():
@@ -47,7 +52,7 @@ def _requirement_names() -> set[str]:
             line = line.split('#')[0].strip()
             if not line or line.startswith('-r'):
                 continue
-            for sep in ('==', '>=', '<=', '<', '>', '~=', '['):
+            for sep in (';', '==', '>=', '<=', '<', '>', '~=', '['):
                 line = line.split(sep)[0]
             names.add(line.strip().lower().replace('_', '-'))
     return names
@@ -67,7 +72,7 @@ def _third_party_imports(package_dir: pathlib.Path) -> dict[str, set[str]]:
                 continue
             for name in names:
                 top = name.split('.')[0]
-                if top in sys.stdlib_module_names or top in (PKG, '__future__'):
+                if top in sys.stdlib_module_names or top in (PKG, '__future__', *LATER_STDLIB):
                     continue
                 found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found

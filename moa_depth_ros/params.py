@@ -182,6 +182,15 @@ SPECS: tuple[ParamSpec, ...] = (
         choices=RELIABILITIES,
     ),
     ParamSpec(
+        'output_history_depth',
+        5,
+        'Frames each output publisher keeps for a reliable subscriber that has not '
+        'acknowledged them yet (KEEP_LAST depth). Fewer lose frames to a briefly slow '
+        'subscriber; each costs up to one frame of that output in memory.',
+        min_value=1,
+        max_value=100,
+    ),
+    ParamSpec(
         'input_reliability',
         'auto',
         "QoS reliability of the image and camera_info subscriptions: 'auto' follows the "
@@ -228,6 +237,7 @@ class NodeSettings:
     publish_colored: bool = False
     max_rate_hz: float = 0.0
     output_reliability: str = 'reliable'
+    output_history_depth: int = 5
     input_reliability: str = 'auto'
     subscribe_compressed: bool = False
     diagnostics_period_s: float = 1.0

@@ -32,7 +32,7 @@ def test_quick_bench_runs_end_to_end_with_a_tiny_onnx_model(tmp_path, capsys):
     rc = cli.main(
         ['bench', '--quick', '--models', model, '--backends', 'onnxruntime', 'tensorrt',
          '--load-frames', '120', '--load-rate-hz', '400', '--out', str(out),
-         '--readme', str(readme)]
+         '--readme', str(readme), '--no-live']
     )  # fmt: skip
     assert rc == 0
     results = json.loads((out / 'results.json').read_text())
@@ -103,7 +103,9 @@ def test_from_results_regenerates_the_readme_section_without_measuring(tmp_path)
 def test_bench_refuses_a_readme_without_markers_before_measuring(tmp_path, capsys):
     readme = tmp_path / 'README.md'
     readme.write_text('# no markers\n')
-    rc = cli.main(['bench', '--quick', '--readme', str(readme), '--out', str(tmp_path / 'o')])
+    rc = cli.main(
+        ['bench', '--quick', '--no-live', '--readme', str(readme), '--out', str(tmp_path / 'o')]
+    )
     assert rc == 2
     assert 'BENCH:START' in capsys.readouterr().err
     assert not (tmp_path / 'o').exists()  # failed before measuring anything
@@ -130,7 +132,7 @@ def test_training_bench_reports_images_per_second_for_a_recipe_file(tmp_path):
     )
     out = tmp_path / 'out'
     rc = training_bench.main(
-        ['--quick', '--no-e2e', '--no-load', '--no-readme', '--out', str(out),
+        ['--quick', '--no-e2e', '--no-load', '--no-live', '--no-readme', '--out', str(out),
          '--train-recipes', str(recipe), '--train-batch', '2', '--train-steps', '2']
     )  # fmt: skip
     assert rc == 0

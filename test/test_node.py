@@ -275,6 +275,12 @@ def test_parameter_changes_apply_at_run_time(make_node, probe):
     assert set_param(node, 'output_reliability', 'best_effort').successful
     (pub,) = [i for i in probe.get_publishers_info_by_topic('/depth') if i.node_name == NODE]
     assert pub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert node._publishers_by_topic['depth'].qos_profile.depth == 5  # the default
+    assert set_param(node, 'output_history_depth', 3).successful
+    assert node._publishers_by_topic['depth'].qos_profile.depth == 3
+    assert node._publishers_by_topic['depth'].qos_profile.reliability == (
+        ReliabilityPolicy.BEST_EFFORT  # kept
+    )
 
     assert set_param(node, 'diagnostics_period_s', 2.5).successful
     assert node._diagnostics_timer.timer_period_ns == 2_500_000_000

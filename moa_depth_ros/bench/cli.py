@@ -26,8 +26,17 @@ NOT_BY_DEFAULT = {
     'CPU; `--models depthclip` measures it',
 }
 # Full run and --quick (a smoke run: small counts, the numbers are not meant to be used).
-FULL = {'frames': 200, 'warmup': 5, 'stage_repeats': 200, 'load_frames': 10_000}
-QUICK = {'frames': 20, 'warmup': 2, 'stage_repeats': 20, 'load_frames': 300}
+FULL = {
+    'frames': 200,
+    'warmup': 5,
+    'stage_repeats': 200,
+    'load_frames': 10_000,
+    'live_frames': 300,
+}
+QUICK = {'frames': 20, 'warmup': 2, 'stage_repeats': 20, 'load_frames': 300, 'live_frames': 45}
+# The live section's model: faster than a 15 Hz camera on a small CPU, so what is measured is
+# what ROS costs and delivers, not a network that cannot keep up.
+DEFAULT_LIVE_MODEL = 'moa_depthclip_tiny'
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +74,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         '--load-network-ms', type=float, default=100.0, help='network time of --load-network sleep'
     )
     parser.add_argument('--load-backend', default='onnxruntime', choices=DEFAULT_BACKENDS)
+    parser.add_argument(
+        '--live-model',
+        default=DEFAULT_LIVE_MODEL,
+        help='model of the live ROS 2 section: a preset (random weights) or an .onnx file',
+    )
+    parser.add_argument('--live-frames', type=int, help='camera frames of the live section (300)')
+    parser.add_argument('--live-rate-hz', type=float, default=15.0, help='live camera rate')
+    parser.add_argument('--no-live', action='store_true', help='skip the live ROS 2 section')
     parser.add_argument('--no-e2e', action='store_true', help='skip the end-to-end runs')
     parser.add_argument('--no-load', action='store_true', help='skip the load test')
     parser.add_argument('--out', default='runs/bench', help='where results.json/.md go')
@@ -101,6 +118,7 @@ def counts(args: argparse.Namespace) -> dict[str, int]:
         'warmup': args.warmup if args.warmup is not None else base['warmup'],
         'stage_repeats': base['stage_repeats'],
         'load_frames': args.load_frames if args.load_frames is not None else base['load_frames'],
+        'live_frames': args.live_frames if args.live_frames is not None else base['live_frames'],
     }
 
 
@@ -206,6 +224,15 @@ def collect(
             skipped.append({'what': 'load test', 'reason': results['load']['error']})
         wall['load test'] = time.perf_counter() - start
 
+    if args.no_live:
+        skipped.append({'what': 'live ROS 2', 'reason': 'not requested (--no-live)'})
+    else:
+        start = time.perf_counter()
+        results['live'] = _live(args, n, cache_dir, log)
+        if 'error' in results['live']:
+            skipped.append({'what': 'live ROS 2', 'reason': results['live']['error']})
+        wall['live ROS 2'] = time.perf_counter() - start
+
     wall['total'] = time.perf_counter() - started
     results['wall_s'] = wall
     close_run(results)
@@ -279,6 +306,44 @@ def _load_test(
     )
     timeout_s = n['load_frames'] / args.load_rate_hz + args.timeout_s
     return e2e.run_child('moa_depth_ros.bench.load', spec, timeout_s)
+
+
+def _live(
+    args: argparse.Namespace, n: dict[str, int], cache_dir: str, log: Callable[[str], None]
+) -> dict[str, Any]:
+    import importlib.util
+
+    from moa_depth_ros.bench import e2e, live
+    from moa_depth_ros.errors import MoaDepthError
+
+    if importlib.util.find_spec('rclpy') is None:
+        return {
+            'error': 'rclpy is not importable (source ROS 2, or install the ros-jazzy-* wheels)'
+        }
+    reason = e2e.backend_unavailable('onnxruntime')
+    if reason:
+        return {'error': f'onnxruntime: {reason}'}
+    try:
+        info = e2e.prepare_model(args.live_model, ['onnxruntime'], cache_dir)
+        if 'onnxruntime' in info['skipped']:
+            return {'error': f'{args.live_model}: {info["skipped"]["onnxruntime"]}'}
+        result = live.measure_live(
+            info['files']['onnx'],
+            threads=args.threads,
+            frames=n['live_frames'],
+            warmup_frames=max(15, int(args.live_rate_hz)),
+            rate_hz=args.live_rate_hz,
+            width=args.width,
+            height=args.height,
+            idle_s=3.0 if args.quick else 10.0,
+            log=log,
+        )
+    except (MoaDepthError, RuntimeError, TimeoutError, OSError) as e:
+        return {'error': f'{type(e).__name__}: {e}'}
+    from moa_depth_ros.bench.report import _version
+
+    result.update(model_name=info['name'], rclpy=_version('ros-rclpy', 'rclpy'))
+    return result
 
 
 def finish(results: dict[str, Any], args: argparse.Namespace) -> None:

@@ -442,6 +442,57 @@ def _load_lines(results: dict[str, Any], h: str) -> list[str]:
     ]
 
 
+def _live_lines(results: dict[str, Any], h: str) -> list[str]:
+    live = results.get('live')
+    if not live or 'frames_sent' not in live:
+        return []
+    lat = live['latency_ms']
+    row = [
+        f'{live["width"]}x{live["height"]} at {_f(live["rate_hz"], 0)} Hz',
+        f'{live["frames_with_depth"]}/{live["frames_sent"]} '
+        f'({100 * live["delivered_ratio"]:.1f} %)',
+        f'{live["frames_with_depth_and_info"]} ({100 * live["complete_ratio"]:.1f} %)',
+        f'{_f(lat["median"], 0)} / {_f(lat["p90"], 0)}',
+        _f(live['node_cpu_ms_per_frame'], 1),
+        f'{_f(live["pipeline_cpu_ms"], 1)} ({_f(live["pipeline_wall_ms"], 1)} wall)',
+        _f(live['cpu_beyond_pipeline_ms'], 1),
+        _f(live.get('node_publish_ms'), 1),
+        f'{_f(live["output_mb_per_frame"], 1)} MB: {_f(live["copy_floor_ms"], 2)}',
+        f'{_f(live["idle_core_percent"], 1)} %',
+    ]
+    return [
+        f'{h} Live on ROS 2 (rclpy {live.get("rclpy", "?")}, Fast DDS)',
+        '',
+        f'depth_node as its own process on {live["model_name"]} ({live["backend"]}), a camera '
+        f'process publishing rgb8 images and CameraInfo (reliable), and a viewer process '
+        f'subscribed reliably to depth, depth/camera_info, depth/confidence and points, on a '
+        f'private ROS domain. Delivered = frames whose depth reached the viewer; complete = '
+        f'depth and depth/camera_info both (what a synchronizing consumer can use); latency = '
+        f'camera stamp to depth received. Node CPU = user + system time of the node process '
+        f'per published frame while the camera streams; pipeline alone = the same model and '
+        f'frame in the benchmark process without ROS; beyond = node CPU - pipeline CPU, what '
+        f"receiving and publishing cost, beside the node's own publish time and the time to "
+        f"copy one frame's output bytes once. Idle = the node started, no camera. Targets: "
+        f'>= 99 % delivered and complete, beyond <= 12 ms, idle < 2 % of a core.',
+        '',
+        *_table(
+            [
+                'camera',
+                'depth delivered',
+                'depth + camera_info',
+                'latency median / p90 ms',
+                'node CPU ms/frame',
+                'pipeline alone CPU ms',
+                'beyond ms',
+                'publish ms',
+                'output bytes: copy ms',
+                'idle node',
+            ],
+            [row],
+        ),
+    ]
+
+
 def _training_lines(results: dict[str, Any], h: str) -> list[str]:
     training = results.get('training')
     if not training or not training.get('rows'):
@@ -522,6 +573,7 @@ def render_markdown(results: dict[str, Any], level: int = 3) -> str:
         _e2e_lines,
         _stage_lines,
         _load_lines,
+        _live_lines,
         _training_lines,
         _skipped_lines,
         _notes_lines,

@@ -1,0 +1,44 @@
+"""The live section of ``moa-depth bench``: depth_node, a camera and a viewer as processes.
+
+Runs on real rclpy over Fast DDS in the private network namespace (``ros2`` marker). The
+numbers are this machine's; the test checks that every quantity the README table shows is
+measured and sane, not that a target is met (the benchmark prints that).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from tiny_model import write_tiny_onnx
+
+from moa_depth_ros.bench import live, report
+
+pytestmark = [pytest.mark.ros2, pytest.mark.slow]
+
+
+def test_live_run_measures_delivery_latency_and_node_cpu(tmp_path, ros_domain):
+    model = write_tiny_onnx(tmp_path / 'tiny.onnx')
+    result = live.measure_live(
+        model, frames=30, warmup_frames=15, width=160, height=120, idle_s=1.0, domain_id=ros_domain
+    )
+    assert result['frames_sent'] == 30 and result['node_exit_status'] == 0
+    # A network far faster than the 15 Hz camera: most frames come back even on a busy CI.
+    assert result['frames_with_depth'] >= 20, result
+    assert result['frames_with_depth_and_info'] <= result['frames_with_depth']
+    assert set(result['frames_per_output']) == set(live.OUTPUT_TOPICS)
+    assert 0 < result['latency_ms']['median'] <= result['latency_ms']['p90'] < 5000
+    assert result['node_cpu_ms_per_frame'] > 0 and result['pipeline_cpu_ms'] > 0
+    assert result['node_publish_ms'] is not None and result['node_publish_ms'] > 0
+    assert {'decode', 'network', 'cloud'} <= set(result['node_stage_ms'])
+    assert 0 <= result['idle_core_percent'] < 100
+    assert result['output_mb_per_frame'] == pytest.approx(160 * 120 * 24 / 1e6)
+    result.update(model_name='tiny_test_model', rclpy='x')
+    text = report.render_markdown({'live': result, 'machine': {}}, level=3)
+    assert '### Live on ROS 2 (rclpy x, Fast DDS)' in text and '| 160x120 at 15 Hz |' in text
+
+
+def test_process_cpu_counts_every_thread_of_a_process():
+    start = live.process_cpu_s(os.getpid())
+    sum(i * i for i in range(2_000_000))
+    assert live.process_cpu_s(os.getpid()) > start

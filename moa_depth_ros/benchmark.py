@@ -61,6 +61,23 @@ def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
     return float(np.median(samples) * 1e3), float(np.percentile(samples, 90) * 1e3), result
 
 
+def _yuyv(rgb: np.ndarray) -> np.ndarray:
+    """Pack RGB as YUYV 4:2:2 (BT.601, video range), what most USB cameras send.
+
+    OpenCV 5 converts this itself (COLOR_RGB2YUV_YUY2); OpenCV 4.6, which Jazzy ships, has no
+    conversion to the packed formats, so the samples are computed and packed here.
+    """
+    r, g, b = (rgb[..., c].astype(np.float32) for c in range(3))
+    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
+    v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
+    packed = np.empty(rgb.shape[:2] + (2,), dtype=np.uint8)
+    packed[..., 0] = np.rint(y)
+    packed[:, 0::2, 1] = np.rint(0.5 * (u[:, 0::2] + u[:, 1::2]))  # each pixel pair's chroma
+    packed[:, 1::2, 1] = np.rint(0.5 * (v[:, 0::2] + v[:, 1::2]))
+    return packed.reshape(rgb.shape[0], -1)
+
+
 def _nbytes(value: Any) -> int:
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
@@ -124,7 +141,7 @@ def bench_frame_stages(
 
     rgb_msg = image_msg('rgb8', rgb, width * 3)
     bgr_msg = image_msg('bgr8', np.ascontiguousarray(rgb[..., ::-1]), width * 3)
-    yuyv_msg = image_msg('yuv422_yuy2', cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_YUY2), width * 2)
+    yuyv_msg = image_msg('yuv422_yuy2', _yuyv(rgb), width * 2)
 
     in_h, in_w = input_hw
     rows = np.linspace(0.8, 6.0, in_h, dtype=np.float32)[:, None]

@@ -321,15 +321,18 @@ def encode_depth(depth_m: np.ndarray, encoding: str = '32FC1') -> ImageFields:
         return _fields_from_array(depth, '32FC1')
     if encoding == '16UC1':
         depth = np.ascontiguousarray(depth_m, dtype=np.float32)
-        # inRange is False for NaN and for anything outside [smallest positive, float max].
-        valid = cv2.inRange(depth, _SMALLEST_POSITIVE_F32, _LARGEST_F32)
-        # Clamp before scaling: OpenCV's float -> int rounding wraps past 2**31 (1e9 m would
-        # come out as 0). The multiply then rounds to nearest and saturates into uint16.
-        # (No cv2.min/max with a scalar here: OpenCV reads a 1x1 array as a scalar too.)
-        depth = cv2.threshold(depth, _MAX_DEPTH_MM / 1000.0, 0.0, cv2.THRESH_TRUNC)[1]
-        depth_mm = cv2.multiply(depth, 1000.0, dtype=cv2.CV_16U)
-        np.maximum(depth_mm, 1, out=depth_mm)  # sub-millimetre but valid: 1 mm, not "invalid"
-        depth_mm = cv2.bitwise_and(depth_mm, depth_mm, mask=valid)
+        # NumPy, not OpenCV: OpenCV 4.x's Python binding reads a 4x1 image as a Scalar and
+        # scales only its first pixel (found by the compatibility lane on OpenCV 4.6).
+        with np.errstate(invalid='ignore'):
+            valid = (depth > 0) & (depth <= _LARGEST_F32)  # NaN and +-Inf are invalid
+            # Clamp before scaling so nothing wraps; round to the nearest millimetre; a
+            # sub-millimetre but valid depth becomes 1 mm, never "invalid".
+            scaled = np.minimum(depth, np.float32(_MAX_DEPTH_MM / 1000.0))
+            scaled *= np.float32(1000.0)
+            np.rint(scaled, out=scaled)
+            np.maximum(scaled, np.float32(1.0), out=scaled)
+        depth_mm = np.zeros(depth.shape, dtype=np.uint16)
+        np.copyto(depth_mm, scaled, casting='unsafe', where=valid)
         return _fields_from_array(depth_mm, '16UC1')
     raise InvalidImageError(f'depth encoding must be 32FC1 or 16UC1, got {encoding!r}')
 

@@ -499,6 +499,7 @@ def test_single_mcap_file_input_with_an_uncalibrated_camera(tmp_path, model_path
 @pytest.mark.slow
 def test_the_synthetic_room_bag_from_training_goes_through(tmp_path, model_path):
     """The bag `python -m training` writes for demos (with a ground-truth depth topic)."""
+    pytest.importorskip('torch', reason='the training package (synthetic bag writer) needs torch')
     from training.data.synthetic_bag import write_synthetic_bag
 
     info = write_synthetic_bag(

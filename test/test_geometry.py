@@ -89,8 +89,11 @@ def _opencv_4_calib3d(monkeypatch):
     """Give cv2 the Python signatures of OpenCV 4.5/4.6, what ROS installs on Humble/Jazzy.
 
     There, undistortPoints takes no criteria (the iterative form is undistortPointsIter) and
-    fisheye.undistortPoints takes criteria only from 4.6 on.
+    fisheye.undistortPoints takes criteria only from 4.6 on. On a real OpenCV 4 (the
+    compatibility lane runs 4.6) nothing is patched: the real signatures are the test.
     """
+    if int(cv2.__version__.split('.')[0]) < 5:
+        return
     real_plain, real_fisheye = cv2.undistortPoints, cv2.fisheye.undistortPoints
 
     def no_criteria(real, name):

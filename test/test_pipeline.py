@@ -85,7 +85,7 @@ def test_depth_comes_back_at_camera_resolution_with_the_network_layout():
     np.testing.assert_allclose(result.confidence, 0.8)
     # Rows increase, columns are constant, values stay within the network's 1..5 m.
     assert np.all(np.diff(depth[:, 0]) >= 0) and depth[-1, 0] > depth[0, 0] + 3
-    np.testing.assert_array_equal(depth, np.repeat(depth[:, :1], W, axis=1))
+    np.testing.assert_allclose(depth, np.repeat(depth[:, :1], W, axis=1), rtol=1e-6)  # SIMD
     assert depth.min() >= 1.0 and depth.max() <= 5.0
     assert result.camera == pinhole()
     assert set(result.timings_ms) == {'decode', 'preprocess', 'network', 'postprocess', 'cloud'}
@@ -244,6 +244,21 @@ def test_invalid_settings_are_refused_and_leave_the_config_unchanged(changes, wo
         pipe.update_config(**changes)
     assert pipe.config is before
     assert pipe.process_rgb(RED).depth_m.shape == (H, W)
+
+
+def test_the_benchmark_packs_yuyv_like_opencv_and_the_decoder_reads_it_back():
+    # OpenCV 4.6 (Jazzy) has no RGB -> YUYV conversion, so the frame benchmark packs it itself.
+    rgb = np.random.default_rng(3).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    packed = benchmark._yuyv(rgb)
+    if hasattr(cv2, 'COLOR_RGB2YUV_YUY2'):
+        reference = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_YUY2).reshape(6, -1)
+        assert np.abs(packed.astype(int) - reference.astype(int)).max() <= 1
+    grey = np.repeat(rgb[..., :1], 3, axis=2)  # no chroma: the round trip is exact to rounding
+    msg = SimpleNamespace(
+        height=6, width=8, encoding='yuv422_yuy2', is_bigendian=0, step=16,
+        data=benchmark._yuyv(grey).tobytes(),
+    )  # fmt: skip
+    assert np.abs(msgs.decode_image(msg).astype(int) - grey).max() <= 2
 
 
 def test_frame_benchmark_reports_every_stage():

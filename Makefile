@@ -6,23 +6,31 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# Exact versions (constraints/): current ones for development and CI, and the oldest the
+# robot's requirements.txt admits for the compatibility lane.
+CURRENT := -c constraints/tools.txt -c constraints/runtime-current.txt
+OLDEST := -c constraints/tools.txt -c constraints/runtime-oldest.txt
 # Anything that starts DDS participants runs here: a private network namespace with only
 # loopback up, so DDS never reaches the network (see .ci/netns-run).
 ISOLATED := .ci/netns-run
-# The tests that use ROS 2 (rerun on Kilted by test-kilted).
+# The tests of what a robot runs (no training stack): rerun on Kilted and on the oldest
+# supported NumPy, OpenCV and ONNX Runtime. ROS_TESTS are the ones that use ROS 2.
 ROS_TESTS := test/test_node.py test/test_node_live.py test/test_msgs_rclpy.py
-KILTED_VENV ?= .venv-kilted
-KILTED_STAMP := $(KILTED_VENV)/.deps-stamp
+RUNTIME_TESTS := $(ROS_TESTS) test/test_pipeline.py test/test_msgs.py test/test_msgs_cdr.py \
+	test/test_geometry.py test/test_engine_onnxruntime.py test/test_engine_cache.py \
+	test/test_bag.py test/test_bag_recovery.py test/test_worker.py test/test_params.py \
+	test/test_node_diagnostics.py test/test_fileio.py test/test_launch.py
+LANE_REQUIREMENTS := -r requirements-venv.txt -r requirements-test-runtime.txt
 
-.PHONY: all venv test test-kilted demo bench lint format clean
+.PHONY: all venv test test-kilted test-compat demo bench lint format clean
 
 all: test
 
-$(STAMP): requirements.txt requirements-train.txt requirements-test.txt \
-		requirements-test-ros.txt requirements-ros-jazzy.txt setup.py
+$(STAMP): requirements.txt requirements-venv.txt requirements-train.txt requirements-test.txt \
+		requirements-test-runtime.txt requirements-ros-jazzy.txt constraints/*.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt $(CURRENT)
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -33,17 +41,32 @@ test: $(STAMP)
 	$(ISOLATED) $(PY) -m pytest -m 'not registry' $(PYTEST_ARGS)
 	$(PY) -m pytest -m registry $(PYTEST_ARGS)
 
-# The ROS tests again on ROS 2 Kilted (rclpy 9) instead of Jazzy (rclpy 7).
-$(KILTED_STAMP): requirements.txt requirements-test-ros.txt requirements-ros-kilted.txt setup.py
-	$(PYTHON) -m venv $(KILTED_VENV)
-	$(KILTED_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(KILTED_VENV)/bin/python -m pip install --quiet -r requirements.txt \
-		-r requirements-ros-kilted.txt -r requirements-test-ros.txt
-	$(KILTED_VENV)/bin/python -m pip install --quiet --no-deps -e .
-	touch $(KILTED_STAMP)
+# A lane: a venv of its own with the runtime, a ROS 2 distribution and the test tools.
+# $(call lane,VENV,ROS REQUIREMENTS,CONSTRAINTS)
+define lane
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet $(LANE_REQUIREMENTS) -r $(2) $(3)
+	$(1)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(1)/.deps-stamp
+endef
 
-test-kilted: $(KILTED_STAMP)
-	$(ISOLATED) $(KILTED_VENV)/bin/python -m pytest $(ROS_TESTS) $(PYTEST_ARGS)
+.venv-kilted/.deps-stamp: requirements.txt requirements-venv.txt requirements-test-runtime.txt \
+		requirements-ros-kilted.txt constraints/*.txt setup.py
+	$(call lane,.venv-kilted,requirements-ros-kilted.txt,$(CURRENT))
+
+.venv-compat/.deps-stamp: requirements.txt requirements-venv.txt requirements-test-runtime.txt \
+		requirements-ros-jazzy.txt constraints/*.txt setup.py
+	$(call lane,.venv-compat,requirements-ros-jazzy.txt,$(OLDEST))
+
+# The ROS tests again on ROS 2 Kilted (rclpy 9) instead of Jazzy (rclpy 7).
+test-kilted: .venv-kilted/.deps-stamp
+	$(ISOLATED) .venv-kilted/bin/python -m pytest $(ROS_TESTS) $(PYTEST_ARGS)
+
+# The runtime tests on Jazzy's system versions: NumPy 1.26, OpenCV 4.6, and the oldest
+# ONNX Runtime and rosbags requirements.txt admits.
+test-compat: .venv-compat/.deps-stamp
+	$(ISOLATED) .venv-compat/bin/python -m pytest $(RUNTIME_TESTS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m training quickstart

@@ -41,7 +41,6 @@ setup(
     maintainer_email='maintainers@moa-depth-ros.dev',
     description='Metric depth and point clouds from one monocular camera (CLIP-based).',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'moa-depth = moa_depth_ros.cli:main',

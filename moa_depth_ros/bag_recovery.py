@@ -59,7 +59,7 @@ def _refuse(path: Path, reason: str) -> BagError:
 
 def _zstd() -> Any:
     if sys.version_info >= (3, 14):
-        from compression import zstd
+        from compression import zstd  # novermin: the standard library has it from 3.14
     else:
         from backports import zstd  # a dependency of rosbags, as it reads zstd with it
     return zstd

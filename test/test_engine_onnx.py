@@ -93,19 +93,6 @@ def test_dynamic_batch_export(model, tmp_path):
     assert errors['depth_rel'] < 1e-4
 
 
-def test_threads_do_not_spin_between_frames_unless_asked(static_onnx):
-    # ONNX Runtime's default busy-waits between runs: on a robot, a core burnt per camera.
-    def spinning(engine):
-        config = engine.session.get_session_options()
-        return config.get_session_config_entry('session.intra_op.allow_spinning')
-
-    path, _ = static_onnx
-    assert spinning(load_engine(path, device='cpu')) == '0'
-    assert spinning(load_engine(path, device='cpu', spin_wait=True)) == '1'
-    engine = load_engine(path, device='cpu', intra_op_threads=1)
-    assert engine.session.get_session_options().intra_op_num_threads == 1
-
-
 def test_wrong_input_size_is_a_clear_error(static_onnx):
     engine = load_engine(static_onnx[0])
     with pytest.raises(EngineError, match=r'\[N, 3, 24, 32\].*got \[1, 3, 32, 24\]'):

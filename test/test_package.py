@@ -29,7 +29,7 @@ PIP_DISTS = {
     'torchvision': 'torchvision',
     'open_clip': 'open_clip_torch',
     'safetensors': 'safetensors',
-    'tensorrt': 'tensorrt',
+    'tensorrt': 'tensorrt-cu12',  # or tensorrt-cu13; JetPack's python3-libnvinfer on Jetson
     'cuda': 'cuda-python',
     'onnx': 'onnx',
     'tqdm': 'tqdm',

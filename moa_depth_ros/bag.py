@@ -23,7 +23,6 @@ nothing readable raises ``BagError``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 import shutil
@@ -31,31 +30,18 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
-
-from moa_depth_ros import params
+from moa_depth_ros import cdr, outputs, params
 from moa_depth_ros.errors import ConfigError, InvalidImageError, MoaDepthError
 
 DISTROS = ('humble', 'iron', 'jazzy', 'kilted')
 STORAGES = ('mcap', 'sqlite3')
-IMAGE = 'sensor_msgs/msg/Image'
+IMAGE = outputs.IMAGE
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
-CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
-POINT_CLOUD = 'sensor_msgs/msg/PointCloud2'
+CAMERA_INFO = outputs.CAMERA_INFO
 
 
 class UndecodableMessageError(InvalidImageError):
     """A message in the bag whose CDR payload cannot be deserialized."""
-
-
-# Output topics relative to the camera namespace: the same names depth_node publishes.
-OUTPUTS = {
-    'depth': ('depth', IMAGE),
-    'depth_info': ('depth/camera_info', CAMERA_INFO),
-    'confidence': ('depth/confidence', IMAGE),
-    'points': ('points', POINT_CLOUD),
-    'colored': ('depth/colored', IMAGE),
-}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +139,7 @@ def output_topics(image_topic: str, msgtype: str, namespace: str | None = None) 
         base = _parent(image_topic) if msgtype == COMPRESSED else image_topic
         namespace = _parent(base)
     namespace = '/' + namespace.strip('/') if namespace.strip('/') else ''
-    return {key: f'{namespace}/{name}' for key, (name, _) in OUTPUTS.items()}
+    return {output.key: f'{namespace}/{output.topic}' for output in outputs.OUTPUTS}
 
 
 def _choose_image_topic(topics: dict[str, str], requested: str | None) -> str:
@@ -192,104 +178,6 @@ def _choose_info_topic(
         return sibling
     infos = sorted(t for t, ty in topics.items() if ty == CAMERA_INFO)
     return infos[0] if len(infos) == 1 else None
-
-
-# ---------------------------------------------------------------------------------- messages
-
-
-@dataclasses.dataclass
-class _Messages:
-    """Builds the output messages of one frame with the chosen typestore's classes."""
-
-    typestore: Any
-
-    def __post_init__(self) -> None:
-        types = self.typestore.types
-        self.Header = types['std_msgs/msg/Header']
-        self.Time = types['builtin_interfaces/msg/Time']
-        self.Image = types[IMAGE]
-        self.CameraInfo = types[CAMERA_INFO]
-        self.RegionOfInterest = types['sensor_msgs/msg/RegionOfInterest']
-        self.PointCloud2 = types[POINT_CLOUD]
-        self.PointField = types['sensor_msgs/msg/PointField']
-
-    def header(self, image_header: Any) -> Any:
-        stamp = self.Time(sec=int(image_header.stamp.sec), nanosec=int(image_header.stamp.nanosec))
-        return self.Header(stamp=stamp, frame_id=str(image_header.frame_id))
-
-    def image(self, header: Any, fields: Any) -> Any:
-        from moa_depth_ros import msgs
-
-        empty = np.empty(0, dtype=np.uint8)
-        msg = self.Image(
-            header=header, height=0, width=0, encoding='', is_bigendian=0, step=0, data=empty
-        )
-        return msgs.fill_image_msg(msg, fields)
-
-    def camera_info(self, header: Any, fields: dict[str, Any]) -> Any:
-        roi = fields['roi']
-        return self.CameraInfo(
-            header=header,
-            height=int(fields['height']),
-            width=int(fields['width']),
-            distortion_model=str(fields['distortion_model']),
-            d=np.asarray(fields['d'], dtype=np.float64),
-            k=np.asarray(fields['k'], dtype=np.float64),
-            r=np.asarray(fields['r'], dtype=np.float64),
-            p=np.asarray(fields['p'], dtype=np.float64),
-            binning_x=int(fields['binning_x']),
-            binning_y=int(fields['binning_y']),
-            roi=self.RegionOfInterest(
-                x_offset=int(roi['x_offset']),
-                y_offset=int(roi['y_offset']),
-                height=int(roi['height']),
-                width=int(roi['width']),
-                do_rectify=bool(roi['do_rectify']),
-            ),
-        )
-
-    def cloud(self, header: Any, fields: Any) -> Any:
-        from moa_depth_ros import msgs
-
-        msg = self.PointCloud2(
-            header=header,
-            height=0,
-            width=0,
-            fields=[],
-            is_bigendian=False,
-            point_step=0,
-            row_step=0,
-            data=np.empty(0, dtype=np.uint8),
-            is_dense=False,
-        )
-        return msgs.fill_cloud_msg(msg, fields, self.PointField)
-
-
-def _frame_outputs(
-    result: Any, image_header: Any, settings: params.NodeSettings, build: _Messages, model_range_m
-) -> list[tuple[str, Any]]:
-    """(output key, message) pairs for one processed frame, as the node publishes them."""
-    from moa_depth_ros import msgs
-
-    header = build.header(image_header)
-    out = [
-        ('depth', build.image(header, msgs.encode_depth(result.depth_m, settings.depth_encoding)))
-    ]
-    if result.camera is not None:
-        out.append(
-            ('depth_info', build.camera_info(header, result.camera.to_camera_info_fields()))
-        )
-    if settings.publish_confidence:
-        out.append(('confidence', build.image(header, msgs.encode_confidence(result.confidence))))
-    if result.cloud is not None:
-        out.append(('points', build.cloud(header, msgs.encode_cloud(result.cloud))))
-    if settings.publish_colored:
-        min_m, max_m = settings.depth_limits_m()
-        colored = msgs.encode_colored_depth(
-            result.depth_m, min_m or model_range_m[0], max_m or model_range_m[1]
-        )
-        out.append(('colored', build.image(header, colored)))
-    return out
 
 
 # ------------------------------------------------------------------------------------ running
@@ -380,8 +268,8 @@ def process_bag(
         topics = {conn.topic: conn.msgtype for conn in reader.connections}
         image_topic = _choose_image_topic(topics, image_topic)
         info_topic = _choose_info_topic(topics, image_topic, info_topic)
-        outputs = output_topics(image_topic, topics[image_topic], output_namespace)
-        clashes = sorted(set(outputs.values()) & set(topics))
+        topics_out = output_topics(image_topic, topics[image_topic], output_namespace)
+        clashes = sorted(set(topics_out.values()) & set(topics))
         if clashes:
             raise ConfigError(
                 f'the bag already has {", ".join(clashes)}; write the outputs elsewhere with '
@@ -414,7 +302,7 @@ def process_bag(
                     settings,
                     image_topic=image_topic,
                     info_topic=info_topic,
-                    outputs=outputs,
+                    topics_out=topics_out,
                     cameras=CameraModelCache(),
                     progress=progress,
                 )
@@ -452,19 +340,20 @@ def _run_frames(
     *,
     image_topic: str,
     info_topic: str | None,
-    outputs: dict[str, str],
+    topics_out: dict[str, str],
     cameras: Any,
     progress: bool,
 ) -> dict[str, Any]:
     """Copy every message, process every image; return the counters of the summary."""
     copied = {conn.id: _copy_connection(writer, conn, typestore) for conn in reader.connections}
     out_conns = {
-        key: writer.add_connection(outputs[key], msgtype, typestore=typestore)
-        for key, (_, msgtype) in OUTPUTS.items()
+        output.key: writer.add_connection(
+            topics_out[output.key], output.msgtype, typestore=typestore
+        )
+        for output in outputs.OUTPUTS
     }
-    build = _Messages(typestore)
     written = {conn.topic: 0 for conn in copied.values()}
-    written.update(dict.fromkeys(outputs.values(), 0))
+    written.update(dict.fromkeys(topics_out.values(), 0))
     frames = processed = without_cloud = read = 0
     skipped: dict[str, int] = {}
     stage_ms: dict[str, float] = {}
@@ -496,13 +385,13 @@ def _run_frames(
                 else:
                     result = pipeline.process_msg(msg, camera)
                 start = time.perf_counter()
-                messages = _frame_outputs(
-                    result, msg.header, settings, build, pipeline.model_range_m
+                # The node's outputs, serialized as the node publishes them.
+                serialized = outputs.frame_outputs(
+                    result, cdr.Header.of(msg.header), settings, pipeline.model_range_m
                 )
-                for key, out_msg in messages:
-                    data = typestore.serialize_cdr(out_msg, OUTPUTS[key][1])
-                    writer.write(out_conns[key], timestamp, data)
-                    written[outputs[key]] += 1
+                for output in serialized:
+                    writer.write(out_conns[output.key], timestamp, output.data)
+                    written[topics_out[output.key]] += 1
             except MoaDepthError as e:
                 reason = f'{type(e).__name__}: {e}'
                 skipped[reason] = skipped.get(reason, 0) + 1

@@ -29,7 +29,6 @@ import threading
 import time
 from typing import Any
 
-from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -48,17 +47,10 @@ except ImportError:  # Humble
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import (
-    CameraInfo,
-    CompressedImage,
-    Image,
-    PointCloud2,
-    PointField,
-    RegionOfInterest,
-)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
-from moa_depth_ros import diagnostics, msgs, params
+from moa_depth_ros import cdr, diagnostics, outputs, params
 from moa_depth_ros.engine import load_engine
 from moa_depth_ros.errors import ConfigError, MoaDepthError
 from moa_depth_ros.pipeline import DepthPipeline, FrameResult, PipelineConfig
@@ -69,11 +61,12 @@ NODE_NAME = 'moa_depth_node'
 IMAGE_TOPIC = 'image'
 COMPRESSED_TOPIC = 'image/compressed'
 CAMERA_INFO_TOPIC = 'camera_info'
-DEPTH_TOPIC = 'depth'
-DEPTH_INFO_TOPIC = 'depth/camera_info'
-CONFIDENCE_TOPIC = 'depth/confidence'
-POINTS_TOPIC = 'points'
-COLORED_TOPIC = 'depth/colored'
+# The rclpy class of each output type (the topics themselves: outputs.OUTPUTS).
+_MESSAGE_CLASSES = {
+    outputs.IMAGE: Image,
+    outputs.CAMERA_INFO: CameraInfo,
+    outputs.POINT_CLOUD: PointCloud2,
+}
 DIAGNOSTICS_TOPIC = '/diagnostics'
 
 _RELIABILITY = {
@@ -177,27 +170,6 @@ def _descriptor(spec: params.ParamSpec) -> ParameterDescriptor:
     return descriptor
 
 
-def _fill_camera_info(msg: Any, fields: dict[str, Any]) -> Any:
-    msg.height = int(fields['height'])
-    msg.width = int(fields['width'])
-    msg.distortion_model = str(fields['distortion_model'])
-    msg.d = [float(v) for v in fields['d']]
-    msg.k = [float(v) for v in fields['k']]
-    msg.r = [float(v) for v in fields['r']]
-    msg.p = [float(v) for v in fields['p']]
-    msg.binning_x = int(fields['binning_x'])
-    msg.binning_y = int(fields['binning_y'])
-    roi = fields['roi']
-    msg.roi = RegionOfInterest(
-        x_offset=int(roi['x_offset']),
-        y_offset=int(roi['y_offset']),
-        height=int(roi['height']),
-        width=int(roi['width']),
-        do_rectify=bool(roi['do_rectify']),
-    )
-    return msg
-
-
 class DepthNode(Node):
     """Monocular metric depth: image (+ camera_info) in; depth, confidence, points out."""
 
@@ -279,19 +251,14 @@ class DepthNode(Node):
             reliability=_RELIABILITY[reliability],
             durability=DurabilityPolicy.VOLATILE,
         )
-        topics = {
-            DEPTH_TOPIC: Image,
-            DEPTH_INFO_TOPIC: CameraInfo,
-            CONFIDENCE_TOPIC: Image,
-            POINTS_TOPIC: PointCloud2,
-            COLORED_TOPIC: Image,
-        }
         with self._publish_lock:
             for publisher in self._publishers_by_topic.values():
                 self.destroy_publisher(publisher)
             self._publishers_by_topic = {
-                topic: self.create_publisher(msg_type, topic, qos)
-                for topic, msg_type in topics.items()
+                output.key: self.create_publisher(
+                    _MESSAGE_CLASSES[output.msgtype], output.topic, qos
+                )
+                for output in outputs.OUTPUTS
             }
 
     # -- inputs ---------------------------------------------------------------------------
@@ -534,42 +501,14 @@ class DepthNode(Node):
                 'points (set the camera driver frame id to the optical frame)',
                 once=True,
             )
-        # One header for all outputs: the image's stamp and optical frame (REP 103).
-        header = Header(
-            stamp=Time(sec=int(image_header.stamp.sec), nanosec=int(image_header.stamp.nanosec)),
-            frame_id=str(image_header.frame_id),
+        # Serialized once (outputs.frame_outputs), published as bytes: what the bag tool
+        # writes, and one copy of each payload instead of three.
+        serialized = outputs.frame_outputs(
+            result, cdr.Header.of(image_header), settings, self._engine.depth_range_m
         )
         with self._publish_lock:
-            pubs = self._publishers_by_topic
-            # The small CameraInfo first: behind a frame's megabytes of fragments it was the
-            # output a loaded machine lost most often (measured with `moa-depth bench`).
-            if result.camera is not None:
-                info = _fill_camera_info(
-                    CameraInfo(header=header), result.camera.to_camera_info_fields()
-                )
-                pubs[DEPTH_INFO_TOPIC].publish(info)
-            depth = Image(header=header)
-            msgs.fill_image_msg(depth, msgs.encode_depth(result.depth_m, settings.depth_encoding))
-            pubs[DEPTH_TOPIC].publish(depth)
-            if settings.publish_confidence:
-                confidence = Image(header=header)
-                msgs.fill_image_msg(confidence, msgs.encode_confidence(result.confidence))
-                pubs[CONFIDENCE_TOPIC].publish(confidence)
-            if result.cloud is not None:
-                cloud = PointCloud2(header=header)
-                msgs.fill_cloud_msg(cloud, msgs.encode_cloud(result.cloud), PointField)
-                pubs[POINTS_TOPIC].publish(cloud)
-            if settings.publish_colored:
-                model_min_m, model_max_m = self._engine.depth_range_m
-                min_m, max_m = settings.depth_limits_m()
-                colored = Image(header=header)
-                msgs.fill_image_msg(
-                    colored,
-                    msgs.encode_colored_depth(
-                        result.depth_m, min_m or model_min_m, max_m or model_max_m
-                    ),
-                )
-                pubs[COLORED_TOPIC].publish(colored)
+            for output in serialized:
+                self._publishers_by_topic[output.key].publish(output.data)
 
     # -- shutdown -----------------------------------------------------------------------
 

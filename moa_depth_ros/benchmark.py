@@ -2,7 +2,7 @@
 
 For a synthetic W x H rgb8 frame and depth map it times decode, resize to the network input,
 depth upsampling and range masking, back-projection, cloud packing, depth/confidence encoding
-and filling messages (the rclpy array.array path), and compares each with the memory
+and serializing the outputs (the CDR bytes the node publishes), and compares each with the memory
 bandwidth floor measured in the same run: a numpy copy of as many bytes as the stage writes.
 The target is the whole frame, network excluded, under 3 ms for VGA on one core, so OpenCV is
 pinned to one thread unless ``--threads`` says otherwise.
@@ -81,6 +81,8 @@ def _yuyv(rgb: np.ndarray) -> np.ndarray:
 def _nbytes(value: Any) -> int:
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
+    if isinstance(value, bytes):
+        return len(value)
     if isinstance(value, (tuple, list)):
         return sum(_nbytes(v) for v in value)
     if hasattr(value, 'data') and isinstance(value.data, np.ndarray):
@@ -107,7 +109,7 @@ def bench_frame_stages(
     """
     import cv2
 
-    from moa_depth_ros import geometry, msgs, pipeline
+    from moa_depth_ros import cdr, geometry, msgs, outputs, params, pipeline
 
     if threads is not None:
         cv2.setNumThreads(int(threads))
@@ -155,13 +157,14 @@ def bench_frame_stages(
     cloud_fields = msgs.encode_cloud(cloud)
     depth_fields = msgs.encode_depth(depth_m)
     conf_fields = msgs.encode_confidence(confidence)
-    depth_out, conf_out, cloud_out = (_RclpyLikeMessage() for _ in range(3))
+    header = cdr.Header(0, 0, 'camera_optical_frame')
 
-    def fill_all() -> tuple[Any, ...]:
-        msgs.fill_image_msg(depth_out, depth_fields)
-        msgs.fill_image_msg(conf_out, conf_fields)
-        msgs.fill_cloud_msg(cloud_out, cloud_fields, point_field=lambda **kw: kw)
-        return (cloud_fields, depth_fields, conf_fields)
+    def serialize_all() -> tuple[bytes, ...]:
+        return (
+            cdr.image(header, depth_fields),
+            cdr.image(header, conf_fields),
+            cdr.point_cloud(header, cloud_fields),
+        )
 
     stages: list[tuple[str, Callable[[], Any], bool]] = [
         ('decode rgb8', lambda: msgs.decode_image(rgb_msg), True),
@@ -186,14 +189,12 @@ def bench_frame_stages(
             lambda: (msgs.encode_depth(depth_m), msgs.encode_confidence(confidence)),
             True,
         ),
-        ('fill messages', fill_all, True),
+        ('serialize outputs', serialize_all, True),
     ]
     results: dict[str, dict[str, Any]] = {}
     for name, fn, in_total in stages:
         median_ms, p90_ms, out = _time(fn, repeats)
         nbytes = _nbytes(out)
-        if name == 'fill messages':
-            nbytes = sum(len(m.data) for m in (depth_out, conf_out, cloud_out))
         src = np.ones(max(nbytes, 1), dtype=np.uint8)
         dst = np.empty_like(src)
         floor_ms, _, _ = _time(lambda src=src, dst=dst: np.copyto(dst, src), repeats)
@@ -221,13 +222,11 @@ def bench_frame_stages(
         pipeline.PipelineConfig(cloud_rgb=cloud_rgb, decimation=decimation),
     )
 
+    settings = params.NodeSettings()
+
     def end_to_end() -> None:
         result = runner.process_msg(rgb_msg, camera)
-        msgs.fill_image_msg(depth_out, msgs.encode_depth(result.depth_m))
-        msgs.fill_image_msg(conf_out, msgs.encode_confidence(result.confidence))
-        msgs.fill_cloud_msg(
-            cloud_out, msgs.encode_cloud(result.cloud), point_field=lambda **kw: kw
-        )
+        outputs.frame_outputs(result, header, settings, range_m)
 
     e2e_median, e2e_p90, _ = _time(end_to_end, repeats)
     total = sum(s['median_ms'] for s in results.values() if s['in_total'])

@@ -45,7 +45,7 @@ def test_quick_bench_runs_end_to_end_with_a_tiny_onnx_model(tmp_path, capsys):
         'network',
         'postprocess',
         'cloud',
-        'fill',
+        'serialize',
     }
     # A fresh child process: it never imported torch, so it stays far below a torch process.
     assert 0 < row['peak_rss_mib'] < 400

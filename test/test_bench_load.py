@@ -75,12 +75,17 @@ def test_time_frames_reports_every_stage_and_the_whole_frame():
     elapsed_s = time.perf_counter() - start
     assert set(result['stages']) == set(e2e.STAGES)
     assert result['stages']['network']['median_ms'] >= 2.0
-    assert result['stages']['cloud']['median_ms'] > 0 and result['stages']['fill']['median_ms'] > 0
+    assert (
+        result['stages']['cloud']['median_ms'] > 0
+        and result['stages']['serialize']['median_ms'] > 0
+    )
     stage_sum = sum(s['median_ms'] for s in result['stages'].values())
     assert result['total']['median_ms'] >= 0.9 * stage_sum
     assert 10 / elapsed_s < result['fps'] <= 1e3 / 2.0
     # depth + confidence (float32) and the organized xyz+rgb cloud (16 bytes per point)
-    assert result['output_bytes'] == 160 * 120 * (4 + 4 + 16)
+    # depth + confidence (32FC1) + an organized rgb cloud, plus headers and the CameraInfo
+    payload = 160 * 120 * (4 + 4 + 16)
+    assert payload < result['output_bytes'] < payload + 2048
 
 
 def test_peak_rss_is_this_process_and_at_least_the_current_rss():

@@ -39,7 +39,7 @@ def _results():
         'network': 250.0,
         'postprocess': 0.3,
         'cloud': 0.6,
-        'fill': 0.5,
+        'serialize': 0.5,
     }
     return {
         'schema': report.SCHEMA,

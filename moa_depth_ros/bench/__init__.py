@@ -4,7 +4,7 @@
   bandwidth, torch matmul rate in FP32 and BF16) and the models' FLOPs, so every time can
   be printed next to its floor.
 - ``e2e``: a 640x480 camera frame through the whole pipeline (decode, preprocess, network,
-  postprocess, cloud, message fill) per model and backend, each measurement in its own
+  postprocess, cloud, serialize) per model and backend, each measurement in its own
   process so its peak RSS is its own.
 - ``load``: the node's latest-frame worker fed by a 60 Hz producer with a slower network,
   no ROS: delivered rate, drops, capture-to-publish latency and whether memory stays flat.

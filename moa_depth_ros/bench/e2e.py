@@ -2,7 +2,7 @@
 
 One frame is what the node does for it: decode the message, preprocess, run the network,
 postprocess (upsample, depth range), back-project the cloud, then encode depth, confidence
-and the cloud and fill the outgoing messages (rclpy's ``array.array`` path). Each stage is
+and the cloud and serialize the outgoing messages (the CDR bytes the node publishes). Each stage is
 timed, and the whole frame is timed around all of them; median and p90 over ``frames``
 frames after ``warmup`` untimed ones, frames per second = timed frames / their wall time.
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from moa_depth_ros.errors import ConfigError, EngineError, MoaDepthError
 
-STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud', 'fill')
+STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud', 'serialize')
 BACKENDS = ('onnxruntime', 'torch', 'tensorrt')
 # The suffix a backend runs (TensorRT builds its engine from the ONNX file, cached).
 BACKEND_FILE = {'onnxruntime': 'onnx', 'tensorrt': 'onnx', 'torch': 'safetensors'}
@@ -80,19 +80,14 @@ def rgb8_message(rgb: np.ndarray) -> RclpyLikeMessage:
     return msg
 
 
-def fill_outputs(result: Any) -> int:
-    """Encode depth, confidence and the cloud and fill outgoing messages; return the bytes."""
-    from moa_depth_ros import msgs
+def serialize_outputs(result: Any) -> int:
+    """Serialize a frame's outputs as the node publishes them (default settings); bytes."""
+    from moa_depth_ros import cdr, outputs, params
 
-    depth, confidence = RclpyLikeMessage(), RclpyLikeMessage()
-    msgs.fill_image_msg(depth, msgs.encode_depth(result.depth_m))
-    msgs.fill_image_msg(confidence, msgs.encode_confidence(result.confidence))
-    nbytes = len(depth.data) + len(confidence.data)
-    if result.cloud is not None:
-        cloud = RclpyLikeMessage()
-        msgs.fill_cloud_msg(cloud, msgs.encode_cloud(result.cloud), point_field=dict)
-        nbytes += len(cloud.data)
-    return nbytes
+    serialized = outputs.frame_outputs(
+        result, cdr.Header(0, 0, 'camera_optical_frame'), params.NodeSettings(), (0.1, 10.0)
+    )
+    return sum(len(output.data) for output in serialized)
 
 
 def _stats_ms(values_ms: Sequence[float]) -> dict[str, float]:
@@ -113,7 +108,7 @@ def time_frames(
     warmup: int = 5,
     max_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Run ``warmup`` then ``frames`` frames through ``pipeline`` + message fill and time them.
+    """Run ``warmup`` then ``frames`` frames through ``pipeline`` + serialization; time them.
 
     Returns {'frames', 'warmup', 'stages': {stage: stats}, 'total': stats, 'fps',
     'output_bytes'}; stats are median/p90/mean/max in ms. 'total' is the wall time of the
@@ -128,7 +123,7 @@ def time_frames(
     warm_ms = []
     for _ in range(warmup):
         start = time.perf_counter()
-        fill_outputs(pipeline.process_msg(msg, camera))
+        serialize_outputs(pipeline.process_msg(msg, camera))
         warm_ms.append((time.perf_counter() - start) * 1e3)
     if max_seconds and warm_ms:
         estimate_ms = float(np.median(warm_ms[1:] or warm_ms))
@@ -140,12 +135,12 @@ def time_frames(
     for _ in range(frames):
         start = time.perf_counter()
         result = pipeline.process_msg(msg, camera)
-        fill_start = time.perf_counter()
-        nbytes = fill_outputs(result)
+        serialize_start = time.perf_counter()
+        nbytes = serialize_outputs(result)
         end = time.perf_counter()
         for stage in STAGES[:-1]:
             per_stage[stage].append(result.timings_ms.get(stage, 0.0))
-        per_stage['fill'].append((end - fill_start) * 1e3)
+        per_stage['serialize'].append((end - serialize_start) * 1e3)
         totals.append((end - start) * 1e3)
     loop_s = time.perf_counter() - loop_start
     return {

@@ -248,10 +248,13 @@ class _Child:
         return self.process.returncode
 
 
-def _node_command(model_path: str, backend: str, threads: int | None) -> list[str]:
+def _node_command(
+    model_path: str, backend: str, threads: int | None, spin_wait: bool
+) -> list[str]:
     launcher = 'import sys; from moa_depth_ros.node import main; sys.exit(main(sys.argv))'
     cmd = [sys.executable, '-c', launcher, '--ros-args', '-p', f'model_path:={model_path}']
     cmd += ['-p', f'backend:={backend}', '-p', 'diagnostics_period_s:=0.5']
+    cmd += ['-p', f'cpu_spin_wait:={str(spin_wait).lower()}']
     if threads:
         cmd += ['-p', f'cpu_threads:={int(threads)}']
     return cmd
@@ -282,6 +285,7 @@ def pipeline_cpu(
     height: int,
     frames: int = 45,
     rate_hz: float = 15.0,
+    spin_wait: bool = False,
 ) -> dict[str, float]:
     """CPU and wall ms per frame of the pipeline alone, in this process, paced like a camera.
 
@@ -293,7 +297,9 @@ def pipeline_cpu(
     from moa_depth_ros.engine import load_engine
     from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
 
-    engine = load_engine(model_path, backend=backend, intra_op_threads=threads or None)
+    engine = load_engine(
+        model_path, backend=backend, intra_op_threads=threads or None, spin_wait=spin_wait
+    )
     try:
         pipeline = DepthPipeline(engine, PipelineConfig())
         msg = rgb8_message(synthetic_rgb(width, height))
@@ -327,6 +333,7 @@ def measure_live(
     *,
     backend: str = 'onnxruntime',
     threads: int | None = None,
+    spin_wait: bool = False,
     frames: int = 300,
     warmup_frames: int = 30,
     rate_hz: float = 15.0,
@@ -355,8 +362,10 @@ def measure_live(
     }
     role = [sys.executable, '-m', 'moa_depth_ros.bench.live']
     log('live: the pipeline alone, in this process, for comparison ...')
-    alone = pipeline_cpu(model_path, backend, threads, width, height, rate_hz=rate_hz)
-    node = _Child(_node_command(model_path, backend, threads), env)
+    alone = pipeline_cpu(
+        model_path, backend, threads, width, height, rate_hz=rate_hz, spin_wait=spin_wait
+    )
+    node = _Child(_node_command(model_path, backend, threads, spin_wait), env)
     viewer = camera = None
     try:
         if not node.wait_line('depth from', 120.0):
@@ -406,6 +415,7 @@ def measure_live(
     return {
         'model_path': str(model_path),
         'backend': backend,
+        'cpu_spin_wait': spin_wait,
         'width': width,
         'height': height,
         'rate_hz': rate_hz,

@@ -3,7 +3,7 @@
 A producer (this thread) makes a new rgb8 message every 1/rate seconds on an absolute
 schedule, stamps it with the capture time and submits it to the node's
 ``LatestFrameWorker``; the worker thread runs what the node runs per frame (pipeline with
-a camera model, then encoding and filling the depth, confidence and cloud messages) and
+a camera model, then encoding and serializing the depth, confidence and cloud messages) and
 records the publish time. Reported: produced and delivered rates, drops (frames replaced
 in the one-slot mailbox before the worker took them) as a count and a ratio,
 capture-to-publish latency (median, p90, max) and the resident set size sampled every
@@ -29,9 +29,9 @@ import numpy as np
 
 from moa_depth_ros.bench.e2e import (
     current_rss_mib,
-    fill_outputs,
     peak_rss_mib,
     rgb8_message,
+    serialize_outputs,
     synthetic_camera,
     synthetic_rgb,
 )
@@ -126,7 +126,7 @@ def run_load_test(
     def process(frame: _Frame) -> None:
         start = time.monotonic()
         result = pipeline.process_msg(frame.msg, camera)
-        fill_outputs(result)
+        serialize_outputs(result)
         now = time.monotonic()
         # list.append is atomic under the GIL; the producer only reads after the join.
         latencies_ms.append((now - frame.capture_s) * 1e3)

@@ -26,7 +26,7 @@ from moa_depth_ros.fileio import atomic_write_bytes, atomic_write_text
 SCHEMA = 'moa_depth_ros.bench/1'
 MARKER_START = '<!-- BENCH:START -->'
 MARKER_END = '<!-- BENCH:END -->'
-E2E_STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud', 'fill')
+E2E_STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud', 'serialize')
 
 
 # ------------------------------------------------------------------------------ writing
@@ -348,7 +348,8 @@ def _e2e_lines(results: dict[str, Any], h: str) -> list[str]:
         '',
         f'A {cam.get("width")}x{cam.get("height")} {cam.get("encoding")} frame through the '
         f'pipeline: decode, preprocess, network, postprocess (upsample, range), cloud '
-        f'(organized, with rgb), message fill (depth, confidence, cloud); medians over '
+        f'(organized, with rgb), serialize (depth, camera_info, confidence, cloud: the bytes the '
+        f'node publishes); medians over '
         f'{e2e.get("frames")} frames after {e2e.get("warmup")} warm-up frames, the frame time '
         f'as median (p90). Models with random weights (time does not depend on them). Peak '
         f'RSS: {e2e.get("rss_method")}.',
@@ -419,10 +420,10 @@ def _load_lines(results: dict[str, Any], h: str) -> list[str]:
         '',
         f'A producer submits new {load.get("width", 640)}x{load.get("height", 480)} rgb8 '
         f'frames on a fixed schedule, stamped at capture, to the worker the node uses; the '
-        f'worker runs the pipeline and fills the messages. Network: '
+        f'worker runs the pipeline and serializes the outputs. Network: '
         f'{load.get("network_description")}. Drops = frames replaced in the one-slot mailbox '
-        f'before the worker took them; frame work = pipeline + message fill on the worker '
-        f'(medians); latency = capture stamp to messages filled; RSS '
+        f'before the worker took them; frame work = pipeline + serialization on the worker '
+        f'(medians); latency = capture stamp to outputs serialized; RSS '
         f'sampled every {load["rss_every"]} frames, flat = last - first within '
         f'{_f(load["rss_bound_mib"], 0)} MiB.',
         '',

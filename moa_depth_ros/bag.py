@@ -65,6 +65,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument('--min-depth', type=float, default=0.0, help='metres (0: model min)')
     parser.add_argument('--max-depth', type=float, default=0.0, help='metres (0: model max)')
+    parser.add_argument(
+        '--no-focal-correction',
+        action='store_true',
+        help="depth for the model's canonical camera, not converted with the bag's camera_info",
+    )
     parser.add_argument('--no-cloud', action='store_true', help='do not write points')
     parser.add_argument('--no-cloud-rgb', action='store_true', help='points without colour')
     parser.add_argument('--decimation', type=int, default=defaults.cloud_decimation)
@@ -91,6 +96,7 @@ def settings_from_args(args: argparse.Namespace) -> params.NodeSettings:
             'depth_encoding': args.depth_encoding,
             'min_depth_m': args.min_depth,
             'max_depth_m': args.max_depth,
+            'focal_length_correction': not args.no_focal_correction,
             'publish_cloud': not args.no_cloud,
             'cloud_rgb': not args.no_cloud_rgb,
             'cloud_decimation': args.decimation,
@@ -355,6 +361,7 @@ def _run_frames(
     written = {conn.topic: 0 for conn in copied.values()}
     written.update(dict.fromkeys(topics_out.values(), 0))
     frames = processed = without_cloud = read = 0
+    scales: dict[str, list[float]] = {}  # scale source -> depth scale of each frame
     skipped: dict[str, int] = {}
     stage_ms: dict[str, float] = {}
     camera_info = None
@@ -398,6 +405,7 @@ def _run_frames(
                 continue
             processed += 1
             without_cloud += int(result.cloud is None)
+            scales.setdefault(result.scale_source, []).append(result.depth_scale)
             if result.camera_error:
                 camera_problems.append(result.camera_error)
             timings = dict(result.timings_ms, encode=(time.perf_counter() - start) * 1e3)
@@ -419,6 +427,11 @@ def _run_frames(
         'skipped_reasons': skipped,
         'dropped': 0,  # offline, every frame is processed: nothing is dropped
         'frames_without_cloud': without_cloud,
+        # How each frame's depth got its metric scale (pipeline.FrameResult.scale_source):
+        # source -> (frames, mean factor).
+        'depth_scale': {
+            source: (len(values), sum(values) / len(values)) for source, values in scales.items()
+        },
         'camera_info_problems': sorted(set(camera_problems)),
         'ms_per_frame': ms_per_frame,
         'topics_written': {topic: n for topic, n in written.items() if n},
@@ -432,6 +445,14 @@ def _deserialize(typestore: Any, raw: bytes, msgtype: str) -> Any:
         raise UndecodableMessageError(
             f'cannot deserialize a {msgtype} ({len(raw)} bytes): {type(e).__name__}: {e}'
         ) from e
+
+
+_SCALE_WORDS = {
+    'camera': "the camera's focal length over the model's canonical one",
+    'assumed canonical': "assumed the model's canonical camera (no usable camera_info)",
+    'off': "not converted (--no-focal-correction): depth for the model's canonical camera",
+    'not recorded': 'as predicted (the model records no canonical camera)',
+}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -452,6 +473,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f'  skipped {count}x: {reason}')
     for problem in summary['camera_info_problems']:
         lines.append(f'  unusable camera_info: {problem}')
+    for source, (count, mean) in sorted(summary.get('depth_scale', {}).items()):
+        lines.append(
+            f'  metric scale: {_SCALE_WORDS.get(source, source)} on {count} frames'
+            + (f' (x{mean:.3f} on average)' if source == 'camera' else '')
+        )
     if summary['ms_per_frame']:
         stages = ', '.join(f'{k} {v:.1f}' for k, v in summary['ms_per_frame'].items())
         lines.append(f'ms per frame: {stages}')

@@ -467,6 +467,7 @@ class DepthNode(Node):
                 f'{result.camera_error}',
                 throttle_duration_sec=_CAMERA_MISFIT_LOG_PERIOD_S,
             )
+        self._report_scale(result)
         if camera_info is not None:
             self._stats.set_note('camera_info problem', self._cameras.error or result.camera_error)
         if settings.publish_cloud and camera_info is None:
@@ -491,6 +492,30 @@ class DepthNode(Node):
             raise
         publish_ms = (time.perf_counter() - start) * 1e3
         self._stats.output_frame({**result.timings_ms, 'publish': publish_ms})
+
+    def _report_scale(self, result: FrameResult) -> None:
+        """Say on /diagnostics (and once on the log) how depth got its metric scale."""
+        source = result.scale_source
+        if source == 'camera':
+            note = (
+                f"x{result.depth_scale:.3f}: this camera's focal length over the model's "
+                f'canonical one'
+            )
+        elif source == 'assumed canonical':
+            note = (
+                "no usable camera_info: assumes the model's canonical camera, so metric "
+                'scale holds only for a camera like the training camera'
+            )
+            self.get_logger().warning(
+                f'{note} ({self._engine.metadata.canonical_camera}); publish a calibrated '
+                f'camera_info for metric depth on this camera',
+                once=True,
+            )
+        elif source == 'off':
+            note = "off (focal_length_correction false): depth for the model's canonical camera"
+        else:
+            note = 'the model records no canonical camera: depth as it predicts it'
+        self._stats.set_note('metric scale', note)
 
     def _publish(
         self, result: FrameResult, image_header: Any, settings: params.NodeSettings

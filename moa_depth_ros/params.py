@@ -151,6 +151,14 @@ SPECS: tuple[ParamSpec, ...] = (
         'Depth above this is published as invalid; 0 uses the model maximum.',
         min_value=0.0,
     ),
+    ParamSpec(
+        'focal_length_correction',
+        True,
+        "Convert depth from the model's canonical camera to this camera's focal length "
+        '(camera_info), so metric scale holds on cameras other than the training camera. '
+        'Without a usable camera_info the canonical camera is assumed (said once on the log '
+        'and on /diagnostics). Off: depth as the model predicts it.',
+    ),
     ParamSpec('publish_cloud', True, 'Publish `points` (needs camera_info).'),
     ParamSpec('cloud_rgb', True, 'Add the image colour (rgb field) to `points`.'),
     ParamSpec(
@@ -229,6 +237,7 @@ class NodeSettings:
     depth_encoding: str = '32FC1'
     min_depth_m: float = 0.0
     max_depth_m: float = 0.0
+    focal_length_correction: bool = True
     publish_cloud: bool = True
     cloud_rgb: bool = True
     cloud_decimation: int = 1
@@ -290,6 +299,7 @@ class NodeSettings:
             'cloud_rgb': self.cloud_rgb,
             'decimation': self.cloud_decimation,
             'organized': self.cloud_organized,
+            'focal_correction': self.focal_length_correction,
         }
 
 

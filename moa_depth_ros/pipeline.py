@@ -24,6 +24,7 @@ import numpy as np
 
 from moa_depth_ros import geometry, msgs
 from moa_depth_ros.errors import CameraInfoError, ConfigError, EngineError, InvalidImageError
+from moa_depth_ros.scale import depth_scale
 
 # Depth upsampling choices. NEAREST_EXACT samples pixel centres like LINEAR does, so the
 # camera model scaled by CameraModel.scaled matches both (plain NEAREST is shifted by half a
@@ -42,7 +43,11 @@ CameraSource = Union[geometry.CameraModel, Callable[[], Optional[geometry.Camera
 
 
 class DepthEstimator(Protocol):
-    """What the pipeline needs from an inference engine."""
+    """What the pipeline needs from an inference engine.
+
+    An estimator may also have ``canonical_focal_px`` (``moa_depth_ros.scale``): its depth is
+    then for that focal length at its input, and the pipeline converts it to the camera's.
+    """
 
     input_hw: tuple[int, int]
     depth_range_m: tuple[float, float]
@@ -62,6 +67,8 @@ class PipelineConfig:
     organized: H x W cloud with NaN points, or a compact 1 x N cloud of finite points.
     interpolation: depth/confidence upsampling, 'linear', 'nearest' or 'cubic'.
     output_hw: (height, width) of the depth output; None keeps the camera image size.
+    focal_correction: convert a model's canonical-camera depth with the frame's focal length
+        (``moa_depth_ros.scale``); off, depth is published as the model predicts it.
     """
 
     min_depth_m: float | None = None
@@ -73,6 +80,7 @@ class PipelineConfig:
     interpolation: str = 'linear'
     out_of_range: str = 'nan'
     output_hw: tuple[int, int] | None = None
+    focal_correction: bool = True
 
     def __post_init__(self) -> None:
         for name in ('min_depth_m', 'max_depth_m'):
@@ -86,7 +94,7 @@ class PipelineConfig:
         lo, hi = self.min_depth_m, self.max_depth_m
         if lo is not None and hi is not None and lo >= hi:
             raise ConfigError(f'min_depth_m must be < max_depth_m, got {lo!r} >= {hi!r}')
-        for name in ('cloud', 'cloud_rgb', 'organized'):
+        for name in ('cloud', 'cloud_rgb', 'organized', 'focal_correction'):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f'{name} must be true or false, got {getattr(self, name)!r}')
         d = self.decimation
@@ -125,6 +133,11 @@ class FrameResult:
     timings_ms: milliseconds per stage: decode, preprocess, network, postprocess, cloud.
     camera_error: why the camera passed in was not used ('' when it was, or when none was
         given): a calibration for another image size costs the cloud, never the depth.
+    depth_scale: the factor applied to the network's depth (camera focal / canonical focal at
+        the network input; 1.0 when not converted).
+    scale_source: 'camera' (converted with the frame's camera), 'assumed canonical' (a model
+        with a canonical camera, but no usable camera for this frame), 'off' (the correction
+        is switched off) or 'not recorded' (the model has no canonical camera).
     """
 
     rgb: np.ndarray
@@ -134,6 +147,8 @@ class FrameResult:
     camera: geometry.CameraModel | None
     timings_ms: dict[str, float]
     camera_error: str = ''
+    depth_scale: float = 1.0
+    scale_source: str = 'not recorded'
 
 
 # ------------------------------------------------------------------------------ stage functions
@@ -255,6 +270,13 @@ class DepthPipeline:
             )
         if not callable(getattr(estimator, 'infer', None)):
             raise EngineError(f'estimator {type(estimator).__name__} has no infer() method')
+        canonical = getattr(estimator, 'canonical_focal_px', None)
+        if canonical is not None and not (math.isfinite(canonical) and canonical > 0):
+            raise EngineError(
+                f'estimator {type(estimator).__name__} has canonical_focal_px {canonical!r}; '
+                f'need a positive focal length or None'
+            )
+        self.canonical_focal_px = None if canonical is None else float(canonical)
         self.estimator = estimator
         self.input_hw = (h, w)
         self.model_range_m = (lo, hi)
@@ -275,11 +297,16 @@ class DepthPipeline:
         self.config = dataclasses.replace(self.config, **changes)
         return self.config
 
-    def depth_range_m(self, config: PipelineConfig | None = None) -> tuple[float, float]:
-        """Return the (min, max) depth kept in the output: the config's, else the model's."""
+    def depth_range_m(
+        self, config: PipelineConfig | None = None, scale: float = 1.0
+    ) -> tuple[float, float]:
+        """Return the (min, max) depth kept in the output: the config's, else the model's.
+
+        ``scale`` converts the model's range like its depth (canonical to this camera).
+        """
         config = config or self.config
-        lo = self.model_range_m[0] if config.min_depth_m is None else config.min_depth_m
-        hi = self.model_range_m[1] if config.max_depth_m is None else config.max_depth_m
+        lo = self.model_range_m[0] * scale if config.min_depth_m is None else config.min_depth_m
+        hi = self.model_range_m[1] * scale if config.max_depth_m is None else config.max_depth_m
         if lo >= hi:
             raise ConfigError(
                 f'depth range [{lo}, {hi}] is empty (config min/max against the model range '
@@ -341,7 +368,7 @@ class DepthPipeline:
         timings['decode'] = decode_ms
         rgb = check_rgb(rgb)
         height, width = rgb.shape[:2]
-        range_m = self.depth_range_m(config)
+        self.depth_range_m(config)  # an empty configured range: ConfigError before the network
         output_hw = config.output_hw or (height, width)
 
         start = time.perf_counter()
@@ -359,8 +386,12 @@ class DepthPipeline:
             ) from e
 
         camera, camera_error = _resolve_camera(camera, width, height)
+        scale, scale_source = self._depth_scale(camera, config)
+        range_m = self.depth_range_m(config, scale)
         start = time.perf_counter()
         depth_small = _plane(depth_raw, 'depth', self.input_hw)
+        if scale != 1.0:  # a new array: the estimator's output buffer is not ours to change
+            depth_small = depth_small * np.float32(scale)
         confidence_small = _plane(confidence_raw, 'confidence', self.input_hw)
         depth_m, confidence = postprocess(
             depth_small,
@@ -399,7 +430,20 @@ class DepthPipeline:
             camera=out_camera,
             timings_ms=timings,
             camera_error=camera_error,
+            depth_scale=scale,
+            scale_source=scale_source,
         )
+
+    def _depth_scale(
+        self, camera: geometry.CameraModel | None, config: PipelineConfig
+    ) -> tuple[float, str]:
+        if self.canonical_focal_px is None:
+            return 1.0, 'not recorded'
+        if not config.focal_correction:
+            return 1.0, 'off'
+        if camera is None:
+            return 1.0, 'assumed canonical'
+        return depth_scale(camera, self.input_hw, self.canonical_focal_px), 'camera'
 
 
 def _resolve_camera(

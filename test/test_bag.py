@@ -520,3 +520,24 @@ def test_the_synthetic_room_bag_from_training_goes_through(tmp_path, model_path)
     stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in out['/camera/depth']]
     assert stamps == info.stamps_ns
     assert len(out['/camera/depth_gt']) == 3
+
+
+def test_depth_is_converted_with_the_bags_camera_info_as_the_node_does(tmp_path):
+    # K of the test bag: fx 45, fy 47 px at 40x30; the tiny model's input is 32x24.
+    model = write_tiny_onnx(tmp_path / 'canonical.onnx', canonical_focal_px=30.0)
+    write_input_bag(tmp_path / 'in', 'mcap')
+    summary = bag.process_bag(
+        tmp_path / 'in', tmp_path / 'out', settings=_settings(model), progress=False
+    )
+    scale = np.sqrt(45.0 * 32 / W * 47.0 * 24 / H) / 30.0
+    frames, mean = summary['depth_scale']['camera']
+    assert frames == 5 and mean == pytest.approx(scale)  # the 20x16 frame: canonical assumed
+    assert summary['depth_scale']['assumed canonical'][0] == 1
+    assert f'x{scale:.3f} on average' in bag.format_summary(summary)
+    depth = _read_rosbags(tmp_path / 'out')['/camera/depth'][0][1]
+    bright = msgs.decode_depth(depth)[:, -1]
+    np.testing.assert_allclose(bright, expected_depth_m(BRIGHT) * scale, rtol=1e-4)
+
+    settings = _settings(model, focal_length_correction=False)
+    off = bag.process_bag(tmp_path / 'in', tmp_path / 'off', settings=settings, progress=False)
+    assert set(off['depth_scale']) == {'off'}

@@ -40,6 +40,8 @@ def test_onnx_info_json(onnx_file, capsys):
         'input_hw': [24, 32],
         'depth_range_m': [0.25, 8.0],
         'package_version': info['metadata']['package_version'],
+        'canonical_focal_px': None,  # a stand-in exported without a canonical camera
+        'canonical_camera': '',
     }
     assert info['onnx']['opsets'][''] == 17 and info['problems'] == []
     assert 'sha256' not in info

@@ -423,6 +423,52 @@ def test_a_stopped_inference_thread_is_an_error_on_diagnostics(make_node, probe)
     assert probe.wait_log('the inference thread stopped: Fatal', ERROR)
 
 
+def test_depth_takes_the_cameras_focal_length_and_says_how(graph, probe, tmp_path):
+    from rclpy.parameter import Parameter
+
+    from moa_depth_ros.node import DepthNode
+
+    # A model whose depth is for a canonical camera of focal 25 px at its 32x24 input; the
+    # test camera (fx 50, fy 52 px at 40x30) has sqrt(40 * 41.6) = 40.8 px there.
+    model = write_tiny_onnx(tmp_path / 'canonical.onnx', canonical_focal_px=25.0)
+    node = graph.add(
+        DepthNode(
+            context=graph.context,
+            parameter_overrides=[
+                Parameter('model_path', value=model),
+                Parameter('diagnostics_period_s', value=0.2),
+            ],
+        )
+    )
+    connected(probe, node)
+    probe.send('/image', image(grey=128, sec=1))
+    (depth,) = probe.out['depth'].wait(1)
+    np.testing.assert_allclose(msgs.decode_depth(depth), expected_depth_m(128), rtol=1e-5)
+    assert probe.wait_log("assumes the model's canonical camera", WARN)
+    note = probe.out['diagnostics'].wait_match(
+        lambda a: 'canonical camera' in diagnostic_values(a)[2].get('metric scale', '')
+    )
+    assert note is not None
+
+    probe.send('/camera_info', info())
+    assert wait_for(lambda: node._camera_info_msg is not None)
+    probe.send('/image', image(grey=128, sec=2))
+    depth = probe.out['depth'].wait_match(lambda m: m.header.stamp.sec == 2)
+    scale = np.sqrt(FX * 32 / W * FY * 24 / H) / 25.0
+    np.testing.assert_allclose(msgs.decode_depth(depth), expected_depth_m(128) * scale, rtol=1e-5)
+    status = probe.out['diagnostics'].wait_match(
+        lambda a: diagnostic_values(a)[2].get('metric scale', '').startswith(f'x{scale:.3f}')
+    )
+    assert status is not None
+    from rclpy.parameter import Parameter as P
+
+    assert node.set_parameters([P('focal_length_correction', value=False)])[0].successful
+    probe.send('/image', image(grey=128, sec=3))
+    depth = probe.out['depth'].wait_match(lambda m: m.header.stamp.sec == 3)
+    np.testing.assert_allclose(msgs.decode_depth(depth), expected_depth_m(128), rtol=1e-5)
+    assert len([m for m in probe.log_lines(WARN) if 'canonical camera' in m]) == 1  # once
+
+
 def test_startup_errors_name_the_parameter(make_node):
     with pytest.raises(ConfigError, match='model_path is empty'):
         make_node(model_path='')

@@ -30,8 +30,13 @@ def write_tiny_onnx(
     input_hw: tuple[int, int] = (24, 32),
     range_m: tuple[float, float] = (0.5, 10.0),
     model_name: str = 'tiny_test_model',
+    canonical_focal_px: float | None = None,
 ) -> str:
-    """Write the tiny model to ``path`` and return the path as a string."""
+    """Write the tiny model to ``path`` and return the path as a string.
+
+    ``canonical_focal_px``: record a canonical camera (its focal length at the input), so
+    runtimes convert the depth with the frame's focal length (``moa_depth_ros.scale``).
+    """
     import onnx
     from onnx import TensorProto, helper
 
@@ -65,6 +70,8 @@ def write_tiny_onnx(
         min_depth_m=range_m[0],
         max_depth_m=range_m[1],
         package_version=__version__,
+        canonical_focal_px=canonical_focal_px,
+        canonical_camera='' if canonical_focal_px is None else 'tiny test camera',
     )
     helper.set_model_props(model, metadata.to_dict())
     onnx.checker.check_model(model)

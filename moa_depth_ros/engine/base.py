@@ -53,6 +53,10 @@ class ModelMetadata:
     input_name: str = INPUT_NAME
     output_names: tuple[str, ...] = OUTPUT_NAMES
     package_version: str = ''
+    #: Focal length (px, at the network input) of the camera the depth is defined for, and
+    #: how it was derived (``moa_depth_ros.scale``); None for a model without one.
+    canonical_focal_px: float | None = None
+    canonical_camera: str = ''
     # Free-form extras: config digest/json, source ONNX sha256, TensorRT version, ...
     extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -70,6 +74,9 @@ class ModelMetadata:
                 f'depth range must satisfy 0 <= min < max, '
                 f'got [{self.min_depth_m}, {self.max_depth_m}]'
             )
+        focal = self.canonical_focal_px
+        if focal is not None and not (math.isfinite(focal) and focal > 0):
+            raise ModelMetadataError(f'canonical_focal_px must be positive, got {focal!r}')
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -88,6 +95,9 @@ class ModelMetadata:
             'output_names': ','.join(self.output_names),
             'package_version': self.package_version,
         }
+        if self.canonical_focal_px is not None:
+            out['canonical_focal_px'] = repr(float(self.canonical_focal_px))
+            out['canonical_camera'] = self.canonical_camera
         for key, value in self.extra.items():
             if key in out:
                 raise ModelMetadataError(f'extra metadata key {key!r} shadows a required key')
@@ -113,7 +123,15 @@ class ModelMetadata:
                 input_name=props['input_name'],
                 output_names=tuple(props['output_names'].split(',')),
                 package_version=props['package_version'],
-                extra={k: v for k, v in props.items() if k not in REQUIRED_KEYS},
+                canonical_focal_px=(
+                    float(props['canonical_focal_px']) if 'canonical_focal_px' in props else None
+                ),
+                canonical_camera=props.get('canonical_camera', ''),
+                extra={
+                    k: v
+                    for k, v in props.items()
+                    if k not in REQUIRED_KEYS and k not in CANONICAL_KEYS
+                },
             )
         except ValueError as e:
             if isinstance(e, ModelMetadataError):
@@ -135,6 +153,8 @@ class ModelMetadata:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+# Optional keys with typed fields: the canonical camera (moa_depth_ros.scale).
+CANONICAL_KEYS = ('canonical_focal_px', 'canonical_camera')
 # Keys of ``DepthModel.describe()`` that map onto ModelMetadata's typed fields.
 _DESCRIBE_FIELDS = ('model_name', 'input_height', 'input_width', 'min_depth_m', 'max_depth_m')
 
@@ -156,8 +176,9 @@ def metadata_from_description(
         raise ModelMetadataError(f'{source}: describe() lacks {", ".join(missing)}')
     extras = {k: str(v) for k, v in description.items() if k not in _DESCRIBE_FIELDS}
     extras.update({k: str(v) for k, v in (extra or {}).items()})
-    for key in REQUIRED_KEYS:
+    for key in REQUIRED_KEYS + CANONICAL_KEYS:
         extras.pop(key, None)
+    focal = description.get('canonical_focal_px')
     try:
         return ModelMetadata(
             model_name=str(description['model_name']),
@@ -166,6 +187,8 @@ def metadata_from_description(
             min_depth_m=float(description['min_depth_m']),
             max_depth_m=float(description['max_depth_m']),
             package_version=package_version,
+            canonical_focal_px=None if focal is None else float(focal),
+            canonical_camera=str(description.get('canonical_camera', '')),
             extra=extras,
         )
     except (TypeError, ValueError) as e:
@@ -195,6 +218,11 @@ class DepthEngine(abc.ABC):
     def model_name(self) -> str:
         """Name of the network (e.g. ``moa_depthclip``)."""
         return self.metadata.model_name
+
+    @property
+    def canonical_focal_px(self) -> float | None:
+        """Focal length (px at the input) the depth is defined for; None: not recorded."""
+        return self.metadata.canonical_focal_px
 
     def check_input(self, image: np.ndarray) -> np.ndarray:
         """Validate an input batch and return it as contiguous float32 NCHW."""

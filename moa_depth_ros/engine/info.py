@@ -114,6 +114,8 @@ def describe_model_file(path: str | os.PathLike, *, with_sha256: bool = True) ->
                 'input_hw': list(meta.input_hw),
                 'depth_range_m': [meta.min_depth_m, meta.max_depth_m],
                 'package_version': meta.package_version,
+                'canonical_focal_px': meta.canonical_focal_px,
+                'canonical_camera': meta.canonical_camera,
             }
     info['problems'] = problems
     return info
@@ -140,6 +142,14 @@ def format_description(info: dict[str, Any]) -> str:
         lo, hi = model['depth_range_m']
         lines.append(f'  {"model":<22} {model["name"]}, input {w}x{h} (WxH), {lo:g}-{hi:g} m')
         lines.append(f'  {"exported by":<22} moa_depth_ros {model["package_version"] or "?"}')
+        focal = model.get('canonical_focal_px')
+        scale = (
+            f'depth for {model["canonical_camera"]} ({focal:.4g} px at the input), converted '
+            f"with each frame's CameraInfo"
+            if focal
+            else 'no canonical camera recorded: depth as the model predicts it'
+        )
+        lines.append(f'  {"metric scale":<22} {scale}')
     for section in ('onnx', 'checkpoint', 'tensorrt'):
         for key, value in (info.get(section) or {}).items():
             lines.append(f'  {key:<22} {value}')

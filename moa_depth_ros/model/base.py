@@ -86,7 +86,7 @@ class DepthModel(nn.Module, abc.ABC):
 
     def describe(self) -> dict[str, str]:
         """Return the string metadata that travels with exported weights."""
-        return {
+        out = {
             'model_name': self.model_name,
             'input_height': str(self.input_hw[0]),
             'input_width': str(self.input_hw[1]),
@@ -95,6 +95,11 @@ class DepthModel(nn.Module, abc.ABC):
             'config_json': self.config.to_json(),
             'config_digest': self.config.digest(),
         }
+        canonical = self.config.canonical()
+        if canonical is not None:
+            out['canonical_focal_px'] = repr(canonical.focal_at_input_px(self.input_hw))
+            out['canonical_camera'] = canonical.describe(self.input_hw)
+        return out
 
     def _check_image(self, image: torch.Tensor) -> None:
         if torch.jit.is_tracing() or torch.compiler.is_compiling():

@@ -16,6 +16,7 @@ import math
 from typing import Any, Mapping, TypeVar
 
 from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.scale import CanonicalCamera
 
 # OpenAI CLIP's training statistics; the towers expect inputs normalised with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -44,6 +45,11 @@ class DepthModelConfig:
     clip_cfg: dict[str, Any] | None = None
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
+    #: The camera the depth is defined for (``moa_depth_ros.scale``): a mapping with name,
+    #: fx_px, fy_px, width, height, set by the recipe from its dataset's camera. Training
+    #: labels are converted to it and runtimes convert predictions back with the real
+    #: camera's focal length. None: depth for whatever camera the model was trained on.
+    canonical_camera: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         height, width = _pair(self.input_size, 'input_size')
@@ -63,6 +69,23 @@ class DepthModelConfig:
             raise ConfigError(f'image_std must be positive, got {self.image_std!r}')
         if self.clip_cfg is not None and not isinstance(self.clip_cfg, Mapping):
             raise ConfigError(f'clip_cfg must be an open_clip config dict, got {self.clip_cfg!r}')
+        if self.canonical_camera is not None:
+            if not isinstance(self.canonical_camera, Mapping):
+                raise ConfigError(
+                    f'canonical_camera must be a mapping, got {self.canonical_camera!r}'
+                )
+            self.canonical()  # validates
+
+    def canonical(self) -> CanonicalCamera | None:
+        """Return the canonical camera, or None for a model without one."""
+        if self.canonical_camera is None:
+            return None
+        return CanonicalCamera.from_dict(self.canonical_camera)
+
+    def canonical_focal_px(self) -> float | None:
+        """Return the canonical focal length at the network input (px), or None."""
+        camera = self.canonical()
+        return None if camera is None else camera.focal_at_input_px(tuple(self.input_size))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as plain JSON-compatible Python values."""

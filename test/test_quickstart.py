@@ -37,7 +37,18 @@ def test_quickstart_smoke_runs_every_step(tmp_path, capsys):
     assert summary['baseline']['constant_depth_m'] > 0
     targets = summary['targets']
     assert targets['enforced'] is False
-    assert targets['max_abs_rel'] == 0.5 * summary['baseline']['abs_rel']
+    assert targets['max_abs_rel'] == 0.5 * targets['baseline_abs_rel']
+
+    # Every lens of the camera sweep went through the bag tool, with and without the
+    # focal-length correction; the correction is a per-image scale, so SILog agrees.
+    lenses = summary['cameras']['lenses']
+    assert [row['hfov_deg'] for row in lenses] == [45.0, 60.0, 75.0, 90.0, 100.0]
+    for row in lenses:
+        assert abs(row['corrected']['silog'] - row['uncorrected']['silog']) < 1e-3
+        if row['hfov_deg'] != 75.0:  # the canonical lens: nothing to convert
+            assert row['corrected']['abs_rel'] != row['uncorrected']['abs_rel']
+    assert set(targets['d1_each']) == {'45.0', '60.0', '75.0', '90.0', '100.0'}
+    assert '45 deg, corrected' in table and '100 deg, as predicted' in table
 
     # Preview: four labelled panels side by side.
     preview = cv2.imread(str(run_dir / 'preview.png'))

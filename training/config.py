@@ -321,6 +321,7 @@ def build_data_config(values: Mapping[str, Any], **defaults: Any) -> Any:
         ('image_hw', int),
         ('synthetic_hw', int),
         ('synthetic_camera_height_m', float),
+        ('synthetic_hfov_deg', float),
     ):
         if isinstance(merged.get(key), list):
             merged[key] = tuple(cast(v) for v in merged[key])

@@ -57,12 +57,16 @@ def evaluate_predictor(
     batch_size: int = 8,
     device: torch.device | str = 'cpu',
     on_batch: Callable[[dict, torch.Tensor], None] | None = None,
+    canonical_focal_px: float | None = None,
 ):
     """Run ``predict`` (image [N,3,H,W] in [0,1] -> depth [N,1,h,w]) over ``dataset``.
 
     Images are resized to ``input_hw`` when needed; predictions are resized to the ground
-    truth by the metrics. Returns the filled ``MetricAccumulator``.
+    truth by the metrics. ``canonical_focal_px``: the predictor's depth is for that canonical
+    camera and becomes metric with each sample's own focal length (``canonical_scale``), as the
+    runtime does with CameraInfo. Returns the filled ``MetricAccumulator``.
     """
+    from training.data.base import canonical_scale
     from training.metrics import MetricAccumulator
 
     accumulator = MetricAccumulator(metric_config)
@@ -72,6 +76,9 @@ def evaluate_predictor(
         if tuple(image.shape[-2:]) != tuple(input_hw):
             image = F.interpolate(image, size=tuple(input_hw), mode='bilinear', antialias=True)
         depth_m = predict(image)
+        if canonical_focal_px is not None:
+            scale = canonical_scale(batch, tuple(input_hw), canonical_focal_px)
+            depth_m = depth_m * scale.to(depth_m.device).view(-1, 1, 1, 1)
         gt_m = batch['depth_m'].to(depth_m.device)
         accumulator.update(depth_m.float(), gt_m)
         if on_batch is not None:
@@ -117,6 +124,7 @@ def evaluate_model(
             metric_config=config,
             batch_size=batch_size,
             device=device,
+            canonical_focal_px=model.config.canonical_focal_px(),
         )
     finally:
         model.train(was_training)
@@ -193,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         '--median-scaling', action='store_true', help='scale each prediction to the GT median'
     )
     parser.add_argument(
+        '--no-focal-correction',
+        action='store_true',
+        help="score depth as predicted for the model's canonical camera, not converted with "
+        "each image's focal length (the node's focal_length_correction false)",
+    )
+    parser.add_argument(
         '--crop',
         default='auto',
         choices=('auto', 'none', 'nyu_eigen', 'kitti_garg', 'kitti_eigen'),
@@ -216,6 +230,7 @@ def run(args: argparse.Namespace) -> dict:
 
         model = load_model(args.checkpoint, map_location=args.device).eval()
         input_hw = model.input_hw
+        canonical_focal_px = model.config.canonical_focal_px()
 
         @torch.no_grad()
         def predict(image: torch.Tensor) -> torch.Tensor:
@@ -228,6 +243,7 @@ def run(args: argparse.Namespace) -> dict:
 
         engine = load_engine(args.model, backend=args.backend)
         input_hw = tuple(engine.input_hw)
+        canonical_focal_px = engine.canonical_focal_px
         predict = _engine_predictor(engine)
         source = f'{args.model} ({engine.backend})'
         device = 'cpu'
@@ -249,6 +265,7 @@ def run(args: argparse.Namespace) -> dict:
         metric_config=metric_config,
         batch_size=args.batch_size,
         device=device,
+        canonical_focal_px=None if args.no_focal_correction else canonical_focal_px,
     )
     header = f'{source} on {args.dataset} {args.split}: {accumulator.header()}'
     from training.metrics import format_table

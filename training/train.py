@@ -346,6 +346,21 @@ def _datasets(config: TrainConfig, model_hw, run_dir: pathlib.Path, dist, given=
     return build_dataset(train_cfg, 'train'), build_dataset(val_cfg, 'val'), data_cfg
 
 
+def _to_canonical(
+    gt_depth_m: torch.Tensor,
+    batch: dict,
+    input_hw: tuple[int, int],
+    canonical_focal_px: float,
+    metric_caps_m: tuple[float, float],
+) -> torch.Tensor:
+    """Labels in the canonical camera's space: depth / scale; outside the caps stays 0."""
+    from training.data.base import canonical_scale
+
+    scale = canonical_scale(batch, input_hw, canonical_focal_px).to(gt_depth_m.device)
+    valid = (gt_depth_m >= metric_caps_m[0]) & (gt_depth_m <= metric_caps_m[1])
+    return torch.where(valid, gt_depth_m / scale.view(-1, 1, 1, 1), torch.zeros_like(gt_depth_m))
+
+
 def _float_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
     """Cast autocast outputs to float32 so the losses (logs, square roots) run in fp32."""
 
@@ -460,6 +475,12 @@ def train(
 
     # -- loss, optimizer, schedule, AMP, EMA
     loss_options = {'min_depth_m': depth_range_m[0], 'max_depth_m': depth_range_m[1]}
+    # A model with a canonical camera learns depth for that camera (moa_depth_ros.scale):
+    # labels are converted to it per sample below, after the dataset's metric caps decided
+    # which are valid, so the loss caps are the model's own range.
+    canonical_focal_px = model.config.canonical_focal_px()
+    if canonical_focal_px is not None:
+        loss_options['max_depth_m'] = model.max_depth_m
     loss_options.update(config.loss_options)
     criterion = build_loss(config.loss, **loss_options)
     optim = config.optim
@@ -594,6 +615,10 @@ def train(
                 batch = next(batches)
                 image = batch['image'].to(dist.device, non_blocking=True)
                 gt_depth_m = batch['depth_m'].to(dist.device, non_blocking=True)
+                if canonical_focal_px is not None:
+                    gt_depth_m = _to_canonical(
+                        gt_depth_m, batch, model.input_hw, canonical_focal_px, depth_range_m
+                    )
                 if tuple(image.shape[-2:]) != model.input_hw:
                     image = F.interpolate(
                         image, size=model.input_hw, mode='bilinear', antialias=True

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.scale import focal_at_input_px
 
 # How many missing paths one error message names before it only counts the rest.
 MAX_LISTED_MISSING = 10
@@ -117,3 +118,23 @@ def make_sample(
         'focal_px': k[0, 0].clone(),
         'name': str(name),
     }
+
+
+def canonical_scale(
+    batch: dict, input_hw: tuple[int, int], canonical_focal_px: float
+) -> torch.Tensor:
+    """Per-sample factor from canonical to metric depth, float32 [N] (``moa_depth_ros.scale``).
+
+    Each sample's focal length is taken from its ``K`` (the intrinsics of its depth grid)
+    after resizing that grid to the network input, the way the runtime takes it from
+    CameraInfo: labels become canonical as ``depth_m / scale`` and predictions metric as
+    ``prediction * scale``. Crops and resizes change K, so they change the scale with them.
+    """
+    K = batch['K']
+    depth_hw = tuple(batch['depth_m'].shape[-2:])
+    scales = [
+        focal_at_input_px(float(k[0, 0]), float(k[1, 1]), depth_hw[1], depth_hw[0], input_hw)
+        / float(canonical_focal_px)
+        for k in K
+    ]
+    return torch.tensor(scales, dtype=torch.float32)

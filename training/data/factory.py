@@ -67,8 +67,16 @@ class DataConfig:
     synthetic_supersample: int = 1
     #: Range (low, high) of the synthetic camera's height above the floor, metres.
     synthetic_camera_height_m: tuple[float, float] = CAMERA_HEIGHT_RANGE_M
-    #: Fixed horizontal field of view of the synthetic camera (degrees); None draws 56-66.
-    synthetic_hfov_deg: float | None = None
+    #: Horizontal field of view of the synthetic camera (degrees): fixed, a (low, high) range
+    #: drawn per scene, or None for 56-66.
+    synthetic_hfov_deg: float | tuple[float, float] | None = None
+    #: How a synthetic_hfov_deg range is drawn: 'angle' (uniform in degrees) or 'focal'
+    #: (uniform in focal length: narrow lenses, whose views carry fewer scale cues, more often).
+    synthetic_lens_sampling: str = 'angle'
+    #: > 1: training rooms are rendered this many times larger and each sample is a random
+    #: window of up to this zoom, resized to the input: longer lenses of the same room, with
+    #: K and labels to match (``SyntheticRooms``). Validation and test render at input size.
+    synthetic_zoom_max: float = 1.0
     seed: int = 0
     check_files: bool = True
 
@@ -120,6 +128,8 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
             supersample=cfg.synthetic_supersample,
             camera_height_m=cfg.synthetic_camera_height_m,
             hfov_deg=cfg.synthetic_hfov_deg,
+            lens_sampling=cfg.synthetic_lens_sampling,
+            zoom_max=cfg.synthetic_zoom_max if split == 'train' else 1.0,
         )
     if cfg.dataset == 'nyu_labeled':
         mat = _require(cfg.labeled_mat, 'labeled_mat', cfg, split)

@@ -330,11 +330,15 @@ def sample_scene(
     width: int,
     height: int,
     *,
-    hfov_deg: float | None = None,
+    hfov_deg: float | tuple[float, float] | None = None,
     camera_height_m: tuple[float, float] = CAMERA_HEIGHT_RANGE_M,
+    lens_sampling: str = 'angle',
 ) -> SceneSpec:
     """Draw a room, its furniture, a lamp and a camera pose from ``seed``.
 
+    ``hfov_deg``: the horizontal field of view: fixed, drawn from a (low, high) range, or None
+    for 56-66 degrees. ``lens_sampling`` says how a range is drawn: 'angle' (uniform in
+    degrees) or 'focal' (uniform in focal length, which draws narrow lenses more often).
     ``camera_height_m``: (low, high) of the camera's height above the floor.
     """
     if width < 2 or height < 2:
@@ -368,7 +372,24 @@ def sample_scene(
     roll = math.radians(rng.uniform(-3.0, 3.0))
     # A pendant lamp below the ceiling, so the ceiling is lit too.
     light = (rng.uniform(0.3, 0.7) * w, h - rng.uniform(0.4, 0.8), rng.uniform(0.3, 0.7) * d)
-    hfov = math.radians(rng.uniform(56.0, 66.0) if hfov_deg is None else hfov_deg)
+    if hfov_deg is None or isinstance(hfov_deg, (tuple, list)):
+        low_deg, high_deg = (56.0, 66.0) if hfov_deg is None else (float(v) for v in hfov_deg)
+        if not 10.0 <= low_deg <= high_deg <= 160.0:
+            raise ConfigError(f'hfov_deg range must lie in [10, 160] degrees, got {hfov_deg!r}')
+        if lens_sampling == 'angle':
+            hfov = math.radians(rng.uniform(low_deg, high_deg))
+        elif lens_sampling == 'focal':  # focal length in units of the half width
+            f = rng.uniform(
+                1.0 / math.tan(math.radians(high_deg) / 2.0),
+                1.0 / math.tan(math.radians(low_deg) / 2.0),
+            )
+            hfov = 2.0 * math.atan(1.0 / f)
+        else:
+            raise ConfigError(f"lens_sampling must be 'angle' or 'focal', got {lens_sampling!r}")
+    else:
+        if not 10.0 <= float(hfov_deg) <= 160.0:
+            raise ConfigError(f'hfov_deg must lie in [10, 160] degrees, got {hfov_deg!r}')
+        hfov = math.radians(float(hfov_deg))
     fx = 0.5 * width / math.tan(0.5 * hfov)
     cx = (width - 1) / 2.0 + rng.uniform(-0.02, 0.02) * width
     cy = (height - 1) / 2.0 + rng.uniform(-0.02, 0.02) * height
@@ -621,14 +642,22 @@ def render_scene(
     width: int = 640,
     height: int = 480,
     *,
-    hfov_deg: float | None = None,
+    hfov_deg: float | tuple[float, float] | None = None,
     supersample: int = 1,
     camera_height_m: tuple[float, float] = CAMERA_HEIGHT_RANGE_M,
+    lens_sampling: str = 'angle',
 ) -> SceneSample:
     """Render the scene of ``seed`` at ``width`` x ``height`` (deterministic).
 
     ``supersample`` > 1 anti-aliases the colour (``render_supersampled``);
     ``camera_height_m`` is the range the camera height is drawn from (``sample_scene``).
     """
-    spec = sample_scene(seed, width, height, hfov_deg=hfov_deg, camera_height_m=camera_height_m)
+    spec = sample_scene(
+        seed,
+        width,
+        height,
+        hfov_deg=hfov_deg,
+        camera_height_m=camera_height_m,
+        lens_sampling=lens_sampling,
+    )
     return render_supersampled(spec, supersample)

@@ -29,7 +29,14 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from moa_depth_ros.errors import ConfigError
-from training.data.synthetic import CAMERA_CLEARANCE_M, SceneSpec, render, sample_scene
+from training.data.synthetic import (
+    CAMERA_CLEARANCE_M,
+    CAMERA_HEIGHT_RANGE_M,
+    SceneSpec,
+    render,
+    render_scene,
+    sample_scene,
+)
 
 ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16', 'yuv422', 'yuv422_yuy2')
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
@@ -282,6 +289,100 @@ def write_synthetic_bag(
         width=width,
         height=height,
         K=room.K,
+        topics=topics,
+        stamps_ns=stamps,
+    )
+
+
+def write_rooms_bag(
+    path: str | os.PathLike,
+    seeds: Sequence[int],
+    width: int,
+    height: int,
+    *,
+    hfov_deg: float,
+    camera_height_m: tuple[float, float] = CAMERA_HEIGHT_RANGE_M,
+    start_ns: int = DEFAULT_START_NS,
+    rate_hz: float = 10.0,
+    frame_id: str = 'camera_optical_frame',
+    image_topic: str = '/camera/image_raw',
+    info_topic: str = '/camera/camera_info',
+    depth_topic: str = '/camera/depth_gt',
+) -> SyntheticBagInfo:
+    """Write one frame of each room ``seeds`` names, seen through one lens, to a rosbag2.
+
+    A held-out test set as a camera would record it: rgb8 images, their CameraInfo (the lens
+    of ``hfov_deg``) and the exact depth (32FC1 metres, NaN invalid) on ``depth_topic``, all
+    stamped alike; ``moa-depth bag`` then runs over it exactly as over a recording.
+    """
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f'bag path {str(path)!r} exists already; rosbag2 never overwrites')
+    if not seeds:
+        raise ConfigError('seeds must name at least one room')
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    types = typestore.types
+    period_ns = int(round(1e9 / rate_hz))
+    stamps = [int(start_ns) + i * period_ns for i in range(len(seeds))]
+    topics = {
+        image_topic: 'sensor_msgs/msg/Image',
+        info_topic: 'sensor_msgs/msg/CameraInfo',
+        depth_topic: 'sensor_msgs/msg/Image',
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent))
+    K = None
+    try:
+        with Writer(staging / path.name, version=8, storage_plugin=STORAGES['mcap']) as writer:
+            conns = {
+                topic: writer.add_connection(topic, msgtype, typestore=typestore)
+                for topic, msgtype in topics.items()
+            }
+            for seed, stamp in zip(seeds, stamps):
+                spec = sample_scene(
+                    int(seed), width, height, hfov_deg=hfov_deg, camera_height_m=camera_height_m
+                )
+                frame = render_scene(
+                    int(seed), width, height, hfov_deg=hfov_deg, camera_height_m=camera_height_m
+                )
+                K = spec.K
+                header = _header(types, stamp, frame_id)
+                data, step = encode_image(frame.rgb, 'rgb8')
+                image = types['sensor_msgs/msg/Image'](
+                    header=header,
+                    height=height,
+                    width=width,
+                    encoding='rgb8',
+                    is_bigendian=0,
+                    step=step,
+                    data=data,
+                )
+                depth = np.where(frame.depth_m > 0, frame.depth_m, np.nan).astype('<f4')
+                truth = types['sensor_msgs/msg/Image'](
+                    header=header,
+                    height=height,
+                    width=width,
+                    encoding='32FC1',
+                    is_bigendian=0,
+                    step=4 * width,
+                    data=depth.view(np.uint8).reshape(-1),
+                )
+                info = _camera_info_msg(types, header, spec)
+                for topic, msg, msgtype in (
+                    (info_topic, info, 'sensor_msgs/msg/CameraInfo'),
+                    (image_topic, image, 'sensor_msgs/msg/Image'),
+                    (depth_topic, truth, 'sensor_msgs/msg/Image'),
+                ):
+                    writer.write(conns[topic], stamp, typestore.serialize_cdr(msg, msgtype))
+        os.rename(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return SyntheticBagInfo(
+        path=path,
+        n_frames=len(seeds),
+        width=width,
+        height=height,
+        K=K,
         topics=topics,
         stamps_ns=stamps,
     )

@@ -44,7 +44,7 @@ setup(
     entry_points={
         'console_scripts': [
             'moa-depth = moa_depth_ros.cli:main',
-            'depth_node = moa_depth_ros.node:main',
+            'depth_node = moa_depth_ros.runtime.node:main',
         ],
     },
 )

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from moa_depth_ros.runtime import retain_freed_memory
+from moa_depth_ros.runtime.memory import retain_freed_memory
 
 TARGET_MS = 3.0
 
@@ -109,7 +109,8 @@ def bench_frame_stages(
     """
     import cv2
 
-    from moa_depth_ros import cdr, geometry, msgs, outputs, params, pipeline
+    from moa_depth_ros.frame import cdr, geometry, msgs, outputs, pipeline
+    from moa_depth_ros.runtime import params
 
     if threads is not None:
         cv2.setNumThreads(int(threads))

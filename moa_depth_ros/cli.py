@@ -22,7 +22,11 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ('info', 'moa_depth_ros.engine.info', 'show what a model file is, its metadata and backend'),
     ('bench-engine', 'moa_depth_ros.engine.bench', 'per-backend latency vs the compute floor'),
     ('bench', 'moa_depth_ros.bench.cli', 'end-to-end latency, floors and load behaviour here'),
-    ('bag', 'moa_depth_ros.bag', 'run the depth pipeline over a rosbag2 and write a new bag'),
+    (
+        'bag',
+        'moa_depth_ros.bag.process',
+        'run the depth pipeline over a rosbag2 and write a new bag',
+    ),
 ]
 
 

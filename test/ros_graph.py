@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from moa_depth_ros import msgs
+from moa_depth_ros.frame import msgs
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = ROOT / 'config' / 'moa_depth.yaml'

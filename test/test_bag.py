@@ -17,8 +17,11 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from tiny_model import expected_depth_m, write_tiny_onnx
 
-from moa_depth_ros import bag, cli, msgs, params
+from moa_depth_ros import cli
+from moa_depth_ros.bag import process as bag
 from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.frame import msgs
+from moa_depth_ros.runtime import params
 
 W, H = 40, 30
 K = np.array([[45.0, 0.0, 19.5], [0.0, 47.0, 14.5], [0.0, 0.0, 1.0]])
@@ -316,7 +319,7 @@ def test_without_camera_info_depth_is_written_and_the_cloud_is_not(tmp_path, mod
 def test_an_interrupted_run_never_leaves_a_complete_looking_output(
     tmp_path, model_path, monkeypatch
 ):
-    from moa_depth_ros.pipeline import DepthPipeline
+    from moa_depth_ros.frame.pipeline import DepthPipeline
 
     write_input_bag(tmp_path / 'in', 'mcap')
     calls = []

@@ -21,7 +21,8 @@ from rosbags.typesys import Stores, get_typestore
 from test_bag import _read_rosbags, _settings, write_input_bag
 from tiny_model import write_tiny_onnx
 
-from moa_depth_ros import bag, cli
+from moa_depth_ros import cli
+from moa_depth_ros.bag import process as bag
 from moa_depth_ros.errors import BagError, ConfigError
 
 INPUT_TOPICS = (

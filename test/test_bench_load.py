@@ -9,7 +9,7 @@ import pytest
 
 from moa_depth_ros.bench import e2e, load
 from moa_depth_ros.errors import ConfigError
-from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
+from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
 
 NETWORK_MS = 20.0
 

@@ -1,4 +1,4 @@
-"""Training and evaluation in the canonical camera's space (``moa_depth_ros.scale``).
+"""Training and evaluation in the canonical camera's space (``moa_depth_ros.frame.scale``).
 
 Labels become ``depth * f_canonical / f_image`` with each sample's focal length after its
 crop and resize to the network input; predictions go back with the same factor. On the
@@ -15,8 +15,8 @@ import torch
 
 from moa_depth_ros.engine import load_engine
 from moa_depth_ros.engine.onnx_export import export_onnx
+from moa_depth_ros.frame.scale import CanonicalCamera
 from moa_depth_ros.model import load_model, save_checkpoint
-from moa_depth_ros.scale import CanonicalCamera
 from training.data import render_scene
 from training.data.augment import AugmentConfig, augment
 from training.data.base import canonical_scale, intrinsics, make_sample

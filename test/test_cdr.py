@@ -1,6 +1,6 @@
 """The serialized outputs: byte for byte what rosbags writes, and what rclpy reads back.
 
-``moa_depth_ros.cdr`` writes CDR itself (the node publishes the bytes, the bag tool writes
+``moa_depth_ros.frame.cdr`` writes CDR itself (the node publishes the bytes, the bag tool writes
 them), so it is held against two independent implementations: rosbags' serializer (equal
 bytes, zero padding included) for every distribution the bag tool writes, and the
 middleware's own deserializer through rclpy where ROS 2 is installed. Fields are chosen to
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from moa_depth_ros import cdr, geometry, msgs
+from moa_depth_ros.frame import cdr, geometry, msgs
 
 STORES = [Stores.ROS2_HUMBLE, Stores.ROS2_JAZZY, Stores.ROS2_KILTED]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moa_depth_ros.errors import CameraInfoError, ConfigError
-from moa_depth_ros.geometry import CameraModel, backproject, make_cloud
+from moa_depth_ros.frame.geometry import CameraModel, backproject, make_cloud
 
 W, H = 96, 54  # non-square, and neither dimension a multiple of the other
 DISTORTIONS = {

@@ -17,7 +17,7 @@ import types
 import pytest
 import yaml
 
-from moa_depth_ros import params
+from moa_depth_ros.runtime import params
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / 'launch' / 'moa_depth.launch.py'

@@ -30,7 +30,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from tiny_model import expected_depth_m, write_tiny_onnx  # noqa: E402
 
 import launch  # noqa: E402
-from moa_depth_ros import msgs  # noqa: E402
+from moa_depth_ros.frame import msgs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = '/launch_test_camera'
@@ -50,7 +50,7 @@ def generate_test_description():
         cmd=[
             sys.executable,
             '-c',
-            'import sys; from moa_depth_ros.node import main; sys.exit(main(sys.argv))',
+            'import sys; from moa_depth_ros.runtime.node import main; sys.exit(main(sys.argv))',
             '--ros-args',
             '-r',
             f'__ns:={NAMESPACE}',

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from moa_depth_ros import msgs
 from moa_depth_ros.errors import InvalidImageError
-from moa_depth_ros.geometry import PointCloud
+from moa_depth_ros.frame import msgs
+from moa_depth_ros.frame.geometry import PointCloud
 
 
 def image_msg(encoding, height, width, rows, *, step=None, big_endian=0, pad=0xEE, kind=bytes):

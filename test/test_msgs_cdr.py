@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from moa_depth_ros import msgs
-from moa_depth_ros.geometry import CameraModel, make_cloud
+from moa_depth_ros.frame import msgs
+from moa_depth_ros.frame.geometry import CameraModel, make_cloud
 
 STORES = [Stores.ROS2_HUMBLE, Stores.ROS2_JAZZY]
 

@@ -12,8 +12,8 @@ import array
 import numpy as np
 import pytest
 
-from moa_depth_ros import msgs
-from moa_depth_ros.geometry import CameraModel, make_cloud
+from moa_depth_ros.frame import msgs
+from moa_depth_ros.frame.geometry import CameraModel, make_cloud
 
 
 @pytest.fixture

@@ -28,8 +28,9 @@ from ros_graph import (
 )
 from tiny_model import expected_depth_m, write_tiny_onnx
 
-from moa_depth_ros import msgs, params
 from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.frame import msgs
+from moa_depth_ros.runtime import params
 
 pytestmark = pytest.mark.ros2
 
@@ -73,7 +74,7 @@ def make_node(graph, model_path):
     """Build DepthNode on the graph with parameter overrides; destroyed at teardown."""
     from rclpy.parameter import Parameter
 
-    from moa_depth_ros.node import DepthNode
+    from moa_depth_ros.runtime.node import DepthNode
 
     def make(**overrides):
         values = {'model_path': model_path, **overrides}
@@ -426,7 +427,7 @@ def test_a_stopped_inference_thread_is_an_error_on_diagnostics(make_node, probe)
 def test_depth_takes_the_cameras_focal_length_and_says_how(graph, probe, tmp_path):
     from rclpy.parameter import Parameter
 
-    from moa_depth_ros.node import DepthNode
+    from moa_depth_ros.runtime.node import DepthNode
 
     # A model whose depth is for a canonical camera of focal 25 px at its 32x24 input; the
     # test camera (fx 50, fy 52 px at 40x30) has sqrt(40 * 41.6) = 40.8 px there.
@@ -494,7 +495,7 @@ def test_relative_model_path_resolves_in_the_package_share(make_node, model_path
 
 
 def test_shutdown_does_not_hang_on_a_slow_frame(make_node, probe, monkeypatch, graph):
-    from moa_depth_ros import node as node_module
+    from moa_depth_ros.runtime import node as node_module
 
     node = make_node()
     connected(probe, node)

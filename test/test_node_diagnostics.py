@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moa_depth_ros import diagnostics
+from moa_depth_ros.runtime import diagnostics
 
 
 class Clock:

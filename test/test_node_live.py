@@ -34,7 +34,7 @@ from ros_graph import (
 )
 from tiny_model import expected_depth_m, write_tiny_onnx
 
-from moa_depth_ros import msgs
+from moa_depth_ros.frame import msgs
 
 pytestmark = [
     pytest.mark.ros2,

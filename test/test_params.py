@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from moa_depth_ros import params
 from moa_depth_ros.errors import ConfigError
-from moa_depth_ros.pipeline import PipelineConfig
+from moa_depth_ros.frame.pipeline import PipelineConfig
+from moa_depth_ros.runtime import params
 
 
 def test_settings_fields_are_exactly_the_declared_parameters_with_their_defaults():

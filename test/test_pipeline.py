@@ -10,10 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from moa_depth_ros import benchmark, msgs, runtime
+from moa_depth_ros import benchmark
 from moa_depth_ros.errors import ConfigError, EngineError, InvalidImageError
-from moa_depth_ros.geometry import CameraModel
-from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig, preprocess
+from moa_depth_ros.frame import msgs
+from moa_depth_ros.frame.geometry import CameraModel
+from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig, preprocess
+from moa_depth_ros.runtime import memory
 
 W, H = 80, 60  # camera image, non-square and larger than the network input
 
@@ -292,22 +294,22 @@ def test_freed_frame_buffers_are_kept_only_where_glibc_runs_and_the_user_did_not
         raise AssertionError('the C library must not be touched')
 
     # The user's glibc settings win, and nothing is loaded to find that out.
-    monkeypatch.setattr(runtime.ctypes, 'CDLL', no_libc)
-    applied, how = runtime.retain_freed_memory({'MALLOC_TRIM_THRESHOLD_': '131072'})
+    monkeypatch.setattr(memory.ctypes, 'CDLL', no_libc)
+    applied, how = memory.retain_freed_memory({'MALLOC_TRIM_THRESHOLD_': '131072'})
     assert not applied and 'MALLOC_TRIM_THRESHOLD_' in how
     tunables = {'GLIBC_TUNABLES': 'glibc.malloc.mmap_threshold=65536'}
-    assert runtime.retain_freed_memory(tunables) == (
+    assert memory.retain_freed_memory(tunables) == (
         False,
         'allocator left as configured by GLIBC_TUNABLES',
     )
     # musl, macOS, Windows: left alone.
-    monkeypatch.setattr(runtime, '_glibc_version', lambda: None)
-    assert runtime.retain_freed_memory({}) == (False, 'allocator left as it is (not glibc)')
+    monkeypatch.setattr(memory, '_glibc_version', lambda: None)
+    assert memory.retain_freed_memory({}) == (False, 'allocator left as it is (not glibc)')
 
 
 @pytest.mark.skipif(not _glibc(), reason='needs glibc (mallopt thresholds are glibc options)')
 def test_on_glibc_freed_frame_buffers_are_kept_for_reuse():
-    applied, how = runtime.retain_freed_memory({})
+    applied, how = memory.retain_freed_memory({})
     assert applied, how
     assert '256 MiB' in how and 'MALLOC_TRIM_THRESHOLD_' in how
 

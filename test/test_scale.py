@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from moa_depth_ros.errors import ConfigError
-from moa_depth_ros.geometry import CameraModel
-from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
-from moa_depth_ros.scale import CanonicalCamera, depth_scale, focal_at_input_px
+from moa_depth_ros.frame.geometry import CameraModel
+from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
+from moa_depth_ros.frame.scale import CanonicalCamera, depth_scale, focal_at_input_px
 
 
 def test_focal_at_the_input_follows_the_resize():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from moa_depth_ros.errors import ConfigError, InvalidImageError
-from moa_depth_ros.worker import LatestFrameWorker
+from moa_depth_ros.runtime.worker import LatestFrameWorker
 
 
 class RecordingLog:

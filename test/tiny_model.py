@@ -35,7 +35,7 @@ def write_tiny_onnx(
     """Write the tiny model to ``path`` and return the path as a string.
 
     ``canonical_focal_px``: record a canonical camera (its focal length at the input), so
-    runtimes convert the depth with the frame's focal length (``moa_depth_ros.scale``).
+    runtimes convert the depth with the frame's focal length (``moa_depth_ros.frame.scale``).
     """
     import onnx
     from onnx import TensorProto, helper

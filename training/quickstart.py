@@ -245,7 +245,8 @@ def run(args: argparse.Namespace) -> dict:
     )
 
     # 6. a synthetic camera bag through `moa-depth bag`
-    from moa_depth_ros import bag, params
+    from moa_depth_ros.bag import process as bag
+    from moa_depth_ros.runtime import params
     from training.data.synthetic_bag import write_synthetic_bag
 
     t0 = time.perf_counter()
@@ -346,7 +347,8 @@ def camera_sweep(
     """
     import torch
 
-    from moa_depth_ros import bag, params
+    from moa_depth_ros.bag import process as bag
+    from moa_depth_ros.runtime import params
     from training.data import SYNTHETIC_SEED_RANGES
     from training.data.synthetic_bag import write_rooms_bag
     from training.metrics import MetricAccumulator, format_table
@@ -434,7 +436,7 @@ def _read_depths(path: pathlib.Path) -> tuple[dict, dict]:
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
 
-    from moa_depth_ros import msgs
+    from moa_depth_ros.frame import msgs
 
     typestore = get_typestore(Stores.ROS2_HUMBLE)
     out: dict[str, dict] = {'/camera/depth': {}, '/camera/depth_gt': {}}
@@ -455,8 +457,8 @@ def _write_preview(
     The frame is drawn like the training rooms (camera heights, field of view), larger.
     """
     from moa_depth_ros.engine import load_engine
-    from moa_depth_ros.geometry import CameraModel, backproject
-    from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
+    from moa_depth_ros.frame.geometry import CameraModel, backproject
+    from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
     from training.data import render_scene
     from training.preview import make_preview, write_png
 

@@ -475,7 +475,7 @@ def train(
 
     # -- loss, optimizer, schedule, AMP, EMA
     loss_options = {'min_depth_m': depth_range_m[0], 'max_depth_m': depth_range_m[1]}
-    # A model with a canonical camera learns depth for that camera (moa_depth_ros.scale):
+    # A model with a canonical camera learns depth for that camera (moa_depth_ros.frame.scale):
     # labels are converted to it per sample below, after the dataset's metric caps decided
     # which are valid, so the loss caps are the model's own range.
     canonical_focal_px = model.config.canonical_focal_px()

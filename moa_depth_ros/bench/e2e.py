@@ -47,7 +47,7 @@ class RclpyLikeMessage:
 
 def synthetic_camera(width: int = 640, height: int = 480) -> Any:
     """Return a plumb_bob camera with a wide-angle distortion (the ray table is not flat)."""
-    from moa_depth_ros.geometry import CameraModel
+    from moa_depth_ros.frame.geometry import CameraModel
 
     return CameraModel(
         width=width,
@@ -82,7 +82,8 @@ def rgb8_message(rgb: np.ndarray) -> RclpyLikeMessage:
 
 def serialize_outputs(result: Any) -> int:
     """Serialize a frame's outputs as the node publishes them (default settings); bytes."""
-    from moa_depth_ros import cdr, outputs, params
+    from moa_depth_ros.frame import cdr, outputs
+    from moa_depth_ros.runtime import params
 
     serialized = outputs.frame_outputs(
         result, cdr.Header(0, 0, 'camera_optical_frame'), params.NodeSettings(), (0.1, 10.0)
@@ -184,7 +185,7 @@ def current_rss_mib() -> float:
 def load_pipeline(spec: dict[str, Any]) -> tuple[Any, Any]:
     """Load the spec's model file on its backend; return (engine, DepthPipeline)."""
     from moa_depth_ros.engine import load_engine
-    from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
+    from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
 
     backend = spec['backend']
     engine = load_engine(

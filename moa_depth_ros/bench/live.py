@@ -76,7 +76,7 @@ def _camera(spec: dict[str, Any]) -> dict[str, Any]:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
 
-    from moa_depth_ros import msgs
+    from moa_depth_ros.frame import msgs
 
     rclpy.init()
     node = Node('bench_camera')
@@ -251,7 +251,7 @@ class _Child:
 def _node_command(
     model_path: str, backend: str, threads: int | None, spin_wait: bool
 ) -> list[str]:
-    launcher = 'import sys; from moa_depth_ros.node import main; sys.exit(main(sys.argv))'
+    launcher = 'import sys; from moa_depth_ros.runtime.node import main; sys.exit(main(sys.argv))'
     cmd = [sys.executable, '-c', launcher, '--ros-args', '-p', f'model_path:={model_path}']
     cmd += ['-p', f'backend:={backend}', '-p', 'diagnostics_period_s:=0.5']
     cmd += ['-p', f'cpu_spin_wait:={str(spin_wait).lower()}']
@@ -295,7 +295,7 @@ def pipeline_cpu(
     """
     from moa_depth_ros.bench.e2e import rgb8_message, synthetic_camera, synthetic_rgb
     from moa_depth_ros.engine import load_engine
-    from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
+    from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
 
     engine = load_engine(
         model_path, backend=backend, intra_op_threads=threads or None, spin_wait=spin_wait

@@ -106,8 +106,8 @@ def run_load_test(
     the first RSS sample is taken (start-up is not load behaviour). Returns the counters,
     rates, latency statistics and RSS samples described in the module docstring.
     """
-    from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
-    from moa_depth_ros.worker import LatestFrameWorker
+    from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
+    from moa_depth_ros.runtime.worker import LatestFrameWorker
 
     if frames < 1 or not rate_hz > 0 or rss_every < 1 or warmup < 0:
         raise ConfigError(

@@ -54,7 +54,7 @@ class ModelMetadata:
     output_names: tuple[str, ...] = OUTPUT_NAMES
     package_version: str = ''
     #: Focal length (px, at the network input) of the camera the depth is defined for, and
-    #: how it was derived (``moa_depth_ros.scale``); None for a model without one.
+    #: how it was derived (``moa_depth_ros.frame.scale``); None for a model without one.
     canonical_focal_px: float | None = None
     canonical_camera: str = ''
     # Free-form extras: config digest/json, source ONNX sha256, TensorRT version, ...
@@ -153,7 +153,7 @@ class ModelMetadata:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-# Optional keys with typed fields: the canonical camera (moa_depth_ros.scale).
+# Optional keys with typed fields: the canonical camera (moa_depth_ros.frame.scale).
 CANONICAL_KEYS = ('canonical_focal_px', 'canonical_camera')
 # Keys of ``DepthModel.describe()`` that map onto ModelMetadata's typed fields.
 _DESCRIBE_FIELDS = ('model_name', 'input_height', 'input_width', 'min_depth_m', 'max_depth_m')

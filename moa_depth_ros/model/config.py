@@ -16,7 +16,7 @@ import math
 from typing import Any, Mapping, TypeVar
 
 from moa_depth_ros.errors import ConfigError
-from moa_depth_ros.scale import CanonicalCamera
+from moa_depth_ros.frame.scale import CanonicalCamera
 
 # OpenAI CLIP's training statistics; the towers expect inputs normalised with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -45,7 +45,7 @@ class DepthModelConfig:
     clip_cfg: dict[str, Any] | None = None
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
-    #: The camera the depth is defined for (``moa_depth_ros.scale``): a mapping with name,
+    #: The camera the depth is defined for (``moa_depth_ros.frame.scale``): a mapping with name,
     #: fx_px, fy_px, width, height, set by the recipe from its dataset's camera. Training
     #: labels are converted to it and runtimes convert predictions back with the real
     #: camera's focal length. None: depth for whatever camera the model was trained on.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from moa_depth_ros.errors import ConfigError
-from moa_depth_ros.scale import focal_at_input_px
+from moa_depth_ros.frame.scale import focal_at_input_px
 
 # How many missing paths one error message names before it only counts the rest.
 MAX_LISTED_MISSING = 10
@@ -123,7 +123,7 @@ def make_sample(
 def canonical_scale(
     batch: dict, input_hw: tuple[int, int], canonical_focal_px: float
 ) -> torch.Tensor:
-    """Per-sample factor from canonical to metric depth, float32 [N] (``moa_depth_ros.scale``).
+    """Per-sample factor from canonical to metric depth, float32 [N] (``frame.scale``).
 
     Each sample's focal length is taken from its ``K`` (the intrinsics of its depth grid)
     after resizing that grid to the network input, the way the runtime takes it from

@@ -28,7 +28,7 @@ import traceback
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
 from moa_depth_ros.errors import CameraInfoError, ConfigError, MoaDepthError
-from moa_depth_ros.geometry import CameraModel
+from moa_depth_ros.frame.geometry import CameraModel
 
 FrameT = TypeVar('FrameT')
 

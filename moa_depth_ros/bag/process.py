@@ -30,8 +30,9 @@ import sys
 import time
 from typing import Any
 
-from moa_depth_ros import cdr, outputs, params
 from moa_depth_ros.errors import ConfigError, InvalidImageError, MoaDepthError
+from moa_depth_ros.frame import cdr, outputs
+from moa_depth_ros.runtime import params
 
 DISTROS = ('humble', 'iron', 'jazzy', 'kilted')
 STORAGES = ('mcap', 'sqlite3')
@@ -109,7 +110,7 @@ def settings_from_args(args: argparse.Namespace) -> params.NodeSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``moa-depth bag``."""
-    from moa_depth_ros.runtime import retain_freed_memory
+    from moa_depth_ros.runtime.memory import retain_freed_memory
 
     retain_freed_memory()  # the node's allocator setting: no page faults on reused buffers
     summary = process_bag(
@@ -247,10 +248,10 @@ def process_bag(
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from moa_depth_ros.bag_recovery import open_input
+    from moa_depth_ros.bag.recovery import open_input
     from moa_depth_ros.engine import load_engine
-    from moa_depth_ros.pipeline import DepthPipeline, PipelineConfig
-    from moa_depth_ros.worker import CameraModelCache
+    from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
+    from moa_depth_ros.runtime.worker import CameraModelCache
 
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.exists():

@@ -22,9 +22,9 @@ from typing import Any, Callable, Optional, Protocol, Union
 import cv2
 import numpy as np
 
-from moa_depth_ros import geometry, msgs
 from moa_depth_ros.errors import CameraInfoError, ConfigError, EngineError, InvalidImageError
-from moa_depth_ros.scale import depth_scale
+from moa_depth_ros.frame import geometry, msgs
+from moa_depth_ros.frame.scale import depth_scale
 
 # Depth upsampling choices. NEAREST_EXACT samples pixel centres like LINEAR does, so the
 # camera model scaled by CameraModel.scaled matches both (plain NEAREST is shifted by half a
@@ -45,7 +45,7 @@ CameraSource = Union[geometry.CameraModel, Callable[[], Optional[geometry.Camera
 class DepthEstimator(Protocol):
     """What the pipeline needs from an inference engine.
 
-    An estimator may also have ``canonical_focal_px`` (``moa_depth_ros.scale``): its depth is
+    An estimator may also have ``canonical_focal_px`` (``moa_depth_ros.frame.scale``): its depth is
     then for that focal length at its input, and the pipeline converts it to the camera's.
     """
 
@@ -68,7 +68,7 @@ class PipelineConfig:
     interpolation: depth/confidence upsampling, 'linear', 'nearest' or 'cubic'.
     output_hw: (height, width) of the depth output; None keeps the camera image size.
     focal_correction: convert a model's canonical-camera depth with the frame's focal length
-        (``moa_depth_ros.scale``); off, depth is published as the model predicts it.
+        (``moa_depth_ros.frame.scale``); off, depth is published as the model predicts it.
     """
 
     min_depth_m: float | None = None

@@ -50,12 +50,13 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
-from moa_depth_ros import cdr, diagnostics, outputs, params
 from moa_depth_ros.engine import load_engine
 from moa_depth_ros.errors import ConfigError, MoaDepthError
-from moa_depth_ros.pipeline import DepthPipeline, FrameResult, PipelineConfig
-from moa_depth_ros.runtime import retain_freed_memory
-from moa_depth_ros.worker import CameraModelCache, LatestFrameWorker
+from moa_depth_ros.frame import cdr, outputs
+from moa_depth_ros.frame.pipeline import DepthPipeline, FrameResult, PipelineConfig
+from moa_depth_ros.runtime import diagnostics, params
+from moa_depth_ros.runtime.memory import retain_freed_memory
+from moa_depth_ros.runtime.worker import CameraModelCache, LatestFrameWorker
 
 NODE_NAME = 'moa_depth_node'
 IMAGE_TOPIC = 'image'

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
-from moa_depth_ros import cdr, msgs
+from moa_depth_ros.frame import cdr, msgs
 
 IMAGE = 'sensor_msgs/msg/Image'
 CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from moa_depth_ros.errors import InvalidImageError
-from moa_depth_ros.geometry import pack_rgb, unpack_rgb
+from moa_depth_ros.frame.geometry import pack_rgb, unpack_rgb
 
 __all__ = [
     'CloudFields',

@@ -72,7 +72,7 @@ demo: $(STAMP)
 	$(PY) -m training quickstart
 
 bench: $(STAMP)
-	$(ISOLATED) $(PY) -m training bench $(BENCH_ARGS)
+	$(ISOLATED) $(PY) -m tools.bench all --readme README.md $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,4 @@
-"""``moa-depth``: the package's offline command line (model info, bag processing, benchmarks).
+"""``moa-depth``: the package's command line (model info, bag processing, timing a model).
 
 Each subcommand lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``;
 they import their heavy dependencies inside ``run`` so ``moa-depth --help`` stays instant.
@@ -18,15 +18,9 @@ from moa_depth_ros.errors import MoaDepthError
 
 # (name, module, one-line help). A module is listed here only once it exists.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
-    ('bench-frame', 'moa_depth_ros.benchmark', 'time each per-frame stage on a VGA frame'),
     ('info', 'moa_depth_ros.engine.info', 'show what a model file is, its metadata and backend'),
-    ('bench-engine', 'moa_depth_ros.engine.bench', 'per-backend latency vs the compute floor'),
-    ('bench', 'moa_depth_ros.bench.cli', 'end-to-end latency, floors and load behaviour here'),
-    (
-        'bag',
-        'moa_depth_ros.bag.process',
-        'run the depth pipeline over a rosbag2 and write a new bag',
-    ),
+    ('bag', 'moa_depth_ros.bag.process', 'run the depth pipeline over a rosbag2, write a new bag'),
+    ('bench', 'moa_depth_ros.bench.command', 'time a model file here as the node runs it'),
 ]
 
 

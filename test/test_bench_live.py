@@ -1,4 +1,4 @@
-"""The live section of ``moa-depth bench``: depth_node, a camera and a viewer as processes.
+"""``moa-depth bench --live``: depth_node, a camera and a viewer as processes.
 
 Runs on real rclpy over Fast DDS in the private network namespace (``ros2`` marker). The
 numbers are this machine's; the test checks that every quantity the README table shows is
@@ -12,7 +12,8 @@ import os
 import pytest
 from tiny_model import write_tiny_onnx
 
-from moa_depth_ros.bench import live, report
+from moa_depth_ros.bench import command, live
+from tools.bench import report
 
 pytestmark = [pytest.mark.ros2, pytest.mark.slow]
 
@@ -33,6 +34,8 @@ def test_live_run_measures_delivery_latency_and_node_cpu(tmp_path, ros_domain):
     assert {'decode', 'network', 'cloud'} <= set(result['node_stage_ms'])
     assert 0 <= result['idle_core_percent'] < 100
     assert result['output_mb_per_frame'] == pytest.approx(160 * 120 * 24 / 1e6)
+    text = '\n'.join(command.format_live(result))
+    assert 'depth delivered' in text and 'beyond' in text and 'idle node' in text
     result.update(model_name='tiny_test_model', rclpy='x')
     text = report.render_markdown({'live': result, 'machine': {}}, level=3)
     assert '### Live on ROS 2 (rclpy x, Fast DDS)' in text and '| 160x120 at 15 Hz |' in text

@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from moa_depth_ros.bench import floors, report
 from moa_depth_ros.errors import ConfigError
+from tools.bench import floors, report
 
 
 def _stats(median_ms, p90_ms=None):

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from moa_depth_ros.engine import load_engine
-from moa_depth_ros.engine.onnx_export import export_onnx
 from moa_depth_ros.frame.scale import CanonicalCamera
 from moa_depth_ros.model import load_model, save_checkpoint
 from training.data import render_scene
@@ -22,6 +21,7 @@ from training.data.augment import AugmentConfig, augment
 from training.data.base import canonical_scale, intrinsics, make_sample
 from training.eval import evaluate_predictor
 from training.metrics import MetricConfig
+from training.onnx_export import export_onnx
 from training.train import _to_canonical
 
 KINECT = {'name': 'NYU Kinect', 'fx_px': 518.8579, 'fy_px': 519.4696, 'width': 640, 'height': 480}

@@ -13,8 +13,8 @@ from moa_depth_ros import cli
 from moa_depth_ros.engine import cache
 from moa_depth_ros.engine.base import ModelMetadata
 from moa_depth_ros.engine.info import describe_model_file, read_safetensors_header
-from moa_depth_ros.engine.onnx_export import export_onnx
 from moa_depth_ros.errors import EngineError
+from training.onnx_export import export_onnx
 
 
 @pytest.fixture(scope='module')

@@ -17,10 +17,10 @@ import pytest
 from test_engine_support import TinyDepthNet, random_image
 import torch
 
-from moa_depth_ros.engine import load_engine, onnx_backend, onnx_export
+from moa_depth_ros.engine import load_engine, onnx_backend
 from moa_depth_ros.engine.base import ModelMetadata
 from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
-from training import export
+from training import export, onnx_export
 
 
 @pytest.fixture(scope='module')

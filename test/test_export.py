@@ -13,10 +13,10 @@ from moa_depth_ros import cli
 from moa_depth_ros.engine import load_engine
 from moa_depth_ros.engine.cache import file_sha256
 from moa_depth_ros.engine.onnx_backend import read_onnx_info
-from moa_depth_ros.engine.onnx_export import export_onnx
 from moa_depth_ros.model import read_checkpoint_metadata, save_checkpoint
 from training import __main__ as training_main
 from training import export
+from training.onnx_export import export_onnx
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +83,7 @@ def test_commands_are_registered(capsys):
     assert 'export' in usage and 'build-engine' in usage
     assert cli.main([]) == 0
     help_text = capsys.readouterr().out
-    assert 'info' in help_text and 'bench-engine' in help_text
+    assert 'info' in help_text and 'bag' in help_text and 'bench' in help_text
 
 
 def test_exported_files_are_readable_by_other_users(tmp_path):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from moa_depth_ros.errors import CheckpointError, ConfigError
 from moa_depth_ros.model import SpaceCLIP, create_model
 from moa_depth_ros.model.clip_backbone import vit_block, vit_tokens
-from moa_depth_ros.model.convert_space_clip import (
+from training.convert_space_clip import (
     HF_PREFIX,
     convert_official_state_dict,
     load_official_checkpoint,

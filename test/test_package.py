@@ -110,7 +110,7 @@ def test_every_third_party_import_is_declared():
     assert not undeclared, 'undeclared third-party imports: ' + '; '.join(undeclared)
 
 
-def test_training_and_tests_are_not_installed():
+def test_training_tools_and_tests_are_not_installed():
     from setuptools import find_packages
 
     namespace = {}
@@ -118,7 +118,26 @@ def test_training_and_tests_are_not_installed():
     assert "find_packages(include=[package_name, package_name + '.*'])" in source
     packages = find_packages(where=str(ROOT), include=[PKG, PKG + '.*'])
     assert PKG in packages
-    assert not [p for p in packages if p.startswith(('training', 'test'))], namespace
+    assert not [p for p in packages if p.startswith(('training', 'tools', 'test'))], namespace
+
+
+def test_the_installed_package_never_imports_the_repository_tools():
+    """What a robot installs runs without ``training/`` and ``tools/`` (exporters, benchmarks)."""
+    offending = []
+    for path in sorted((ROOT / PKG).rglob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offending += [
+                f'{path.relative_to(ROOT)}: {name}'
+                for name in names
+                if name.split('.')[0] in ('training', 'tools', 'test')
+            ]
+    assert not offending
 
 
 @pytest.mark.slow
@@ -176,7 +195,7 @@ def test_colcon_build_install_layout(tmp_path):
     assert site, 'no site-packages in the install prefix'
     installed_pkgs = {p.name for p in site[0].iterdir()}
     assert PKG in installed_pkgs
-    assert 'training' not in installed_pkgs and 'test' not in installed_pkgs
+    assert not {'training', 'tools', 'test'} & installed_pkgs
 
     # The installed console script runs from the install prefix.
     env_path = str(site[0])

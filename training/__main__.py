@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'export': ('training.export', 'checkpoint -> verified ONNX (opset 17, metadata embedded)'),
     'build-engine': ('training.build_engine', 'ONNX -> TensorRT engine + sidecar (on the GPU)'),
     'synthetic-bag': ('training.data.synthetic_bag', 'write a synthetic camera rosbag2'),
-    'bench': ('training.bench', 'training throughput and the full benchmark report'),
+    'convert-space-clip': (
+        'training.convert_space_clip',
+        "official SPACE-CLIP checkpoint -> this package's safetensors (no pickle)",
+    ),
 }
 
 

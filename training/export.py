@@ -1,6 +1,6 @@
 """``python -m training export``: a ``.safetensors`` checkpoint to a verified ONNX file.
 
-The exporter itself is ``moa_depth_ros.engine.onnx_export.export_onnx`` (re-exported here
+The exporter itself is ``training.onnx_export.export_onnx`` (re-exported here
 for training code and the quickstart, which pass a model object); this module loads the
 checkpoint and is the command line. ``--int8`` also writes an int8 dynamically quantized
 copy, and only if it stays within the accuracy bar of the FP32 model.
@@ -15,7 +15,8 @@ import sys
 from typing import Any, Sequence
 
 from moa_depth_ros.engine.cache import file_sha256
-from moa_depth_ros.engine.onnx_export import (
+from moa_depth_ros.errors import MoaDepthError
+from training.onnx_export import (
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
     ExportReport,
@@ -25,7 +26,6 @@ from moa_depth_ros.engine.onnx_export import (
     parity_errors,
     quantize_int8,
 )
-from moa_depth_ros.errors import MoaDepthError
 
 __all__ = [
     'ExportReport',

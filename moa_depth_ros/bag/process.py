@@ -394,9 +394,7 @@ def _run_frames(
                     result = pipeline.process_msg(msg, camera)
                 start = time.perf_counter()
                 # The node's outputs, serialized as the node publishes them.
-                serialized = outputs.frame_outputs(
-                    result, cdr.Header.of(msg.header), settings, pipeline.model_range_m
-                )
+                serialized = outputs.frame_outputs(result, cdr.Header.of(msg.header), settings)
                 for output in serialized:
                     writer.write(out_conns[output.key], timestamp, output.data)
                     written[topics_out[output.key]] += 1

@@ -1,4 +1,4 @@
-"""The live section of ``moa-depth bench``: depth_node on real ROS 2 with a camera and a viewer.
+"""``moa-depth bench --live``: depth_node on real ROS 2 with a camera and a viewer.
 
 Three processes on a ROS domain of their own, discovery kept on this host: a camera that
 publishes 640x480 rgb8 images and their CameraInfo at 15 Hz (reliable, as camera drivers
@@ -36,6 +36,8 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from moa_depth_ros.bench import measure
 
 OUTPUT_TOPICS = ('depth', 'depth/camera_info', 'depth/confidence', 'points')
 NODE_NAME = 'moa_depth_node'
@@ -83,11 +85,9 @@ def _camera(spec: dict[str, Any]) -> dict[str, Any]:
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     image_pub = node.create_publisher(Image, 'image', qos)
     info_pub = node.create_publisher(CameraInfo, 'camera_info', qos)
-    from moa_depth_ros.bench.e2e import synthetic_camera, synthetic_rgb
-
     width, height = spec['width'], spec['height']
-    fields = msgs.encode_rgb(synthetic_rgb(width, height))
-    calibration = synthetic_camera(width, height).to_camera_info_fields()
+    fields = msgs.encode_rgb(measure.synthetic_rgb(width, height))
+    calibration = measure.synthetic_camera(width, height).to_camera_info_fields()
     info = CameraInfo(width=width, height=height, distortion_model=calibration['distortion_model'])
     for name in ('d', 'k', 'r', 'p'):
         setattr(info, name, [float(v) for v in calibration[name]])
@@ -265,18 +265,6 @@ def output_bytes_per_frame(width: int, height: int) -> int:
     return width * height * (4 + 4 + 16)
 
 
-def copy_floor_ms(nbytes: int, repeats: int = 20) -> float:
-    """Median time to copy ``nbytes`` once (numpy, this machine): the floor of one pass."""
-    source = np.ones(nbytes, dtype=np.uint8)
-    target = np.empty_like(source)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(target, source)
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
-
-
 def pipeline_cpu(
     model_path: str,
     backend: str,
@@ -293,17 +281,12 @@ def pipeline_cpu(
     process would spend if publishing cost nothing. Process CPU covers every thread (ONNX
     Runtime's pool too), so a multi-threaded network counts in full.
     """
-    from moa_depth_ros.bench.e2e import rgb8_message, synthetic_camera, synthetic_rgb
-    from moa_depth_ros.engine import load_engine
-    from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
-
-    engine = load_engine(
-        model_path, backend=backend, intra_op_threads=threads or None, spin_wait=spin_wait
+    engine, pipeline = measure.load_pipeline(
+        {'model_path': model_path, 'backend': backend, 'threads': threads, 'spin_wait': spin_wait}
     )
     try:
-        pipeline = DepthPipeline(engine, PipelineConfig())
-        msg = rgb8_message(synthetic_rgb(width, height))
-        camera = synthetic_camera(width, height)
+        msg = measure.rgb8_message(measure.synthetic_rgb(width, height))
+        camera = measure.synthetic_camera(width, height)
         for _ in range(3):
             pipeline.process_msg(msg, camera)
         walls = []
@@ -438,7 +421,7 @@ def measure_live(
         'node_stage_ms': stages,
         'node_publish_ms': publish_ms,
         'output_mb_per_frame': nbytes / 1e6,
-        'copy_floor_ms': copy_floor_ms(nbytes),
+        'copy_floor_ms': measure.copy_ms(nbytes)['median_ms'],
         'idle_core_percent': 100.0 * idle_core_share,
         'node_exit_status': node_status,
         'node_diagnostics': values,

@@ -6,7 +6,7 @@ backend is constructed, never by importing ``moa_depth_ros.engine``.
 
 ``precision='bf16'`` runs under ``torch.autocast`` with bfloat16 (CPU with AVX-512 BF16 /
 AMX, or a GPU); ``'fp16'`` autocasts on CUDA only. FP32 stays the default: see
-``moa_depth_ros.engine.bench`` for the measured speed and accuracy of each.
+``tools.bench.engines`` for the measured speed and accuracy of each.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ machine lost most often.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Protocol
 
 from moa_depth_ros.frame import cdr, msgs
+from moa_depth_ros.frame.pipeline import FrameResult
 
 IMAGE = 'sensor_msgs/msg/Image'
 CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
@@ -49,8 +50,6 @@ class OutputSettings(Protocol):
     publish_confidence: bool
     publish_colored: bool
 
-    def depth_limits_m(self) -> tuple[float | None, float | None]: ...
-
 
 @dataclasses.dataclass(frozen=True)
 class Output:
@@ -65,16 +64,13 @@ class Output:
 
 
 def frame_outputs(
-    result: Any,
-    header: cdr.Header,
-    settings: OutputSettings,
-    model_range_m: tuple[float, float],
+    result: FrameResult, header: cdr.Header, settings: OutputSettings
 ) -> list[Output]:
     """Serialize a ``FrameResult``'s outputs for ``header`` (the image's stamp and frame).
 
     depth always; depth/camera_info and points when the frame has a camera model and a cloud;
     confidence and the coloured preview when the settings ask for them. The preview spans the
-    configured depth limits, the model's range where none is set.
+    depth range the frame kept (``FrameResult.range_m``).
     """
     out: list[Output] = []
     if result.camera is not None:
@@ -93,9 +89,6 @@ def frame_outputs(
     if result.cloud is not None:
         out.append(Output('points', cdr.point_cloud(header, msgs.encode_cloud(result.cloud))))
     if settings.publish_colored:
-        min_m, max_m = settings.depth_limits_m()
-        colored = msgs.encode_colored_depth(
-            result.depth_m, min_m or model_range_m[0], max_m or model_range_m[1]
-        )
+        colored = msgs.encode_colored_depth(result.depth_m, *result.range_m)
         out.append(Output('colored', cdr.image(header, colored)))
     return out

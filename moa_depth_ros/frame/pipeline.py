@@ -138,6 +138,8 @@ class FrameResult:
     scale_source: 'camera' (converted with the frame's camera), 'assumed canonical' (a model
         with a canonical camera, but no usable camera for this frame), 'off' (the correction
         is switched off) or 'not recorded' (the model has no canonical camera).
+    range_m: the (min, max) depth kept in ``depth_m``: the configured limits, else the
+        model's range converted like its depth.
     """
 
     rgb: np.ndarray
@@ -149,6 +151,7 @@ class FrameResult:
     camera_error: str = ''
     depth_scale: float = 1.0
     scale_source: str = 'not recorded'
+    range_m: tuple[float, float] = (0.0, float('inf'))
 
 
 # ------------------------------------------------------------------------------ stage functions
@@ -432,6 +435,7 @@ class DepthPipeline:
             camera_error=camera_error,
             depth_scale=scale,
             scale_source=scale_source,
+            range_m=range_m,
         )
 
     def _depth_scale(

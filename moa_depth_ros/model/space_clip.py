@@ -14,7 +14,8 @@ Same architecture as the official ``SPACECLIP`` (github.com/taewan2002/space-cli
 
 The decoder's module names are the official ones (``film_param_generators``,
 ``main_path_projections``, ``main_decoder_blocks``, ...) so official decoder weights load
-by name; the backbone is open_clip's (see convert_space_clip.py for HF key conversion).
+by name; the backbone is open_clip's (``training/convert_space_clip.py`` converts Hugging
+Face keys).
 ``forward`` clamps depth to [min_depth_m, max_depth_m] as the official evaluation does;
 ``forward_train`` returns the raw ReLU output the official losses see. SPACE-CLIP has no
 uncertainty output: confidence is 1 where the raw prediction fell inside the range and 0

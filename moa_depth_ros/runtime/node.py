@@ -529,9 +529,7 @@ class DepthNode(Node):
             )
         # Serialized once (outputs.frame_outputs), published as bytes: what the bag tool
         # writes, and one copy of each payload instead of three.
-        serialized = outputs.frame_outputs(
-            result, cdr.Header.of(image_header), settings, self._engine.depth_range_m
-        )
+        serialized = outputs.frame_outputs(result, cdr.Header.of(image_header), settings)
         with self._publish_lock:
             for output in serialized:
                 self._publishers_by_topic[output.key].publish(output.data)

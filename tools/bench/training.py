@@ -1,13 +1,10 @@
-"""``python -m training bench`` (``make bench``): training throughput and the full report.
+"""Training throughput, the last section of ``python -m tools.bench all`` (``make bench``).
 
-Runs everything ``moa-depth bench`` measures (floors, per-frame stages, end to end per
-model and backend, the worker under load), then training throughput: images per second
-at batch 8 for each recipe's model, one optimizer step being ``forward_train``, the
-recipe's loss (``build_loss``), backward, gradient clipping and an AdamW step over
-``trainable_parameter_groups()``, as the training loop does. Inputs are random images and
-depths at the model's input size, so data loading is not part of the number. Writes
-``runs/bench/results.json`` and ``results.md`` and regenerates the README's performance
-section between its BENCH markers.
+Images per second at batch 8 for each recipe's model, one optimizer step being
+``forward_train``, the recipe's loss (``build_loss``), backward, gradient clipping and an
+AdamW step over ``trainable_parameter_groups()``, as the training loop does. Inputs are
+random images and depths at the model's input size, so data loading is not part of the
+number.
 
 A recipe is a preset name (the built-in ones below) or a recipe YAML file
 (``training/configs/*.yaml``: its model, overrides, loss and loss options are used).
@@ -15,17 +12,13 @@ A recipe is a preset name (the built-in ones below) or a recipe YAML file
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
-import time
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
+from moa_depth_ros.bench.measure import time_call
 from moa_depth_ros.errors import ConfigError
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # label -> (model preset, loss preset): the papers' recipes.
 RECIPES: dict[str, tuple[str, str]] = {
     'moa_depthclip': ('moa_depthclip', 'moa_depthclip'),
@@ -35,8 +28,7 @@ RECIPES: dict[str, tuple[str, str]] = {
 RECIPE_FILES: dict[str, pathlib.Path] = {
     'quickstart': REPO_ROOT / 'training' / 'configs' / 'quickstart.yaml',
 }
-FULL = {'train_warmup': 1, 'train_steps': 3}
-QUICK = {'train_warmup': 1, 'train_steps': 2}
+DEFAULT_RECIPES = (*RECIPES, *RECIPE_FILES)
 
 
 def _recipe(entry: str) -> dict[str, Any]:
@@ -85,8 +77,8 @@ def train_throughput(
     """Time optimizer steps of one recipe's model at ``batch``; return images/s and facts."""
     import torch
 
-    from moa_depth_ros.bench.floors import model_flops
     from moa_depth_ros.model import create_model
+    from tools.bench.floors import count_flops
     from training.losses import build_loss
 
     if batch < 1 or warmup < 0 or steps < 1:
@@ -98,7 +90,7 @@ def train_throughput(
     recipe = _recipe(entry)
     torch.manual_seed(0)
     model = create_model(recipe['model'], **recipe['overrides'])
-    flops = model_flops(model.eval())
+    flops = count_flops(model.eval())
     model.train()
     groups = [
         {'params': [p for p in params if p.requires_grad], 'name': name}
@@ -132,25 +124,18 @@ def train_throughput(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    step_s = np.asarray(times)
+    timing = time_call(step, warmup=warmup, iters=steps)
     return {
         'label': recipe['label'],
         'model_name': recipe['model'],
         'loss': recipe['loss'],
         'input_hw': list(model.input_hw),
         'batch': batch,
-        'images_per_s': batch * steps / float(step_s.sum()),
+        'images_per_s': batch * 1e3 / timing['mean_ms'],
         'step_s': {
-            'median': float(np.median(step_s)),
-            'min': float(step_s.min()),
-            'max': float(step_s.max()),
+            'median': timing['median_ms'] / 1e3,
+            'min': timing['min_ms'] / 1e3,
+            'max': timing['max_ms'] / 1e3,
         },
         'parameters': int(sum(p.numel() for p in model.parameters())),
         'trainable_parameters': int(sum(p.numel() for p in trainable)),
@@ -189,75 +174,3 @@ def bench_training(
         except ConfigError as e:
             out['skipped'].append({'what': f'training {entry}', 'reason': str(e)})
     return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Build the parser: the runtime benchmark's options plus the training ones."""
-    from moa_depth_ros.bench import cli
-
-    parser = argparse.ArgumentParser(
-        prog='python -m training bench',
-        description='The full benchmark: moa-depth bench plus training throughput; writes '
-        'runs/bench/results.{json,md} and the README performance section.',
-    )
-    cli.configure(parser)
-    parser.set_defaults(readme=str(REPO_ROOT / 'README.md'))
-    parser.add_argument(
-        '--no-readme', action='store_true', help='do not update the README section'
-    )
-    parser.add_argument(
-        '--train-recipes',
-        nargs='+',
-        default=[*RECIPES, *RECIPE_FILES],
-        help=f'recipe names ({", ".join([*RECIPES, *RECIPE_FILES])}), model presets or recipe '
-        '.yaml files',
-    )
-    parser.add_argument('--train-batch', type=int, default=8, help='images per step')
-    parser.add_argument('--train-warmup', type=int, help='untimed steps first (1)')
-    parser.add_argument('--train-steps', type=int, help='timed steps (3)')
-    parser.add_argument('--train-amp', choices=('off', 'bf16'), default='off')
-    parser.add_argument('--no-train', action='store_true', help='skip training throughput')
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the full benchmark and write the results and the README section."""
-    from moa_depth_ros.bench import cli
-
-    args = build_parser().parse_args(argv)
-    if args.no_readme:
-        args.readme = None
-    cli.check_outputs(args)
-    if args.from_results:
-        cli.finish(cli.read_results(args.from_results), args)
-        return 0
-    log = cli.log_progress
-    started = time.perf_counter()
-    results = cli.collect(args, log=log, command='make bench')
-    base = QUICK if args.quick else FULL
-    warmup = args.train_warmup if args.train_warmup is not None else base['train_warmup']
-    steps = args.train_steps if args.train_steps is not None else base['train_steps']
-    if args.no_train:
-        results['skipped'].append(
-            {'what': 'training throughput', 'reason': 'not requested (--no-train)'}
-        )
-    else:
-        start = time.perf_counter()
-        results['training'] = bench_training(
-            args.train_recipes,
-            batch=args.train_batch,
-            warmup=warmup,
-            steps=steps,
-            amp=args.train_amp,
-            log=log,
-        )
-        results['skipped'].extend(results['training']['skipped'])
-        results['wall_s']['training'] = time.perf_counter() - start
-    results['wall_s']['total'] = time.perf_counter() - started
-    cli.close_run(results)
-    cli.finish(results, args)
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Benchmark results as JSON and Markdown, and the README's generated performance section.
 
-``results`` is one JSON-able dict (see ``moa_depth_ros.bench.cli.collect``): ``machine``
+``results`` is one JSON-able dict (see ``tools.bench.suite.collect``): ``machine``
 (what ran it, when), ``floors``, ``frame_stages``, ``end_to_end``, ``load``, ``training``,
 ``skipped`` (what was not measured and why) and ``wall_s``. ``render_markdown`` turns it
 into tables; ``splice_readme`` replaces what lies between the README's
@@ -10,23 +10,19 @@ of the file as it was. All files are written atomically.
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
-import importlib.util
 import json
 import os
 import pathlib
-import platform
 import time
 from typing import Any, Callable, Sequence
 
+from moa_depth_ros.bench.measure import STAGES
 from moa_depth_ros.errors import ConfigError
 from moa_depth_ros.fileio import atomic_write_bytes, atomic_write_text
 
 SCHEMA = 'moa_depth_ros.bench/1'
 MARKER_START = '<!-- BENCH:START -->'
 MARKER_END = '<!-- BENCH:END -->'
-E2E_STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud', 'serialize')
 
 
 # ------------------------------------------------------------------------------ writing
@@ -90,76 +86,6 @@ def splice_readme(readme_path: str | os.PathLike, section: str) -> pathlib.Path:
 
 
 # ------------------------------------------------------------------------------ machine
-
-
-def _version(distribution: str, *alternatives: str) -> str | None:
-    for name in (distribution, *alternatives):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _ram_gib() -> float | None:
-    try:
-        with open('/proc/meminfo', encoding='ascii') as f:
-            for line in f:
-                if line.startswith('MemTotal:'):
-                    return int(line.split()[1]) / 2**20
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _gpu() -> str:
-    if importlib.util.find_spec('torch') is None:
-        return 'unknown (torch is not installed to ask CUDA)'
-    import torch
-
-    if not torch.cuda.is_available():
-        return 'none (torch.cuda.is_available() is False)'
-    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return ', '.join(names)
-
-
-def machine_description() -> dict[str, Any]:
-    """Describe this machine: CPU, cores, RAM, GPU, library versions, UTC date, load."""
-    import cv2
-    import numpy as np
-
-    from moa_depth_ros import __version__
-    from moa_depth_ros.engine.bench import cpu_description
-
-    cpu = cpu_description()
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        available = os.cpu_count()
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
-    return {
-        'cpu': cpu['cpu'],
-        'isa': cpu['isa'],
-        'cores_available': available,
-        'logical_cores': cpu['logical_cores'],
-        'ram_gib': _ram_gib(),
-        'gpu': _gpu(),
-        'os': platform.platform(),
-        'versions': {
-            'python': platform.python_version(),
-            'numpy': np.__version__,
-            'torch': _version('torch'),
-            'onnxruntime': _version('onnxruntime', 'onnxruntime-gpu'),
-            'opencv': cv2.__version__,
-            'tensorrt': _version('tensorrt'),
-            'moa_depth_ros': __version__,
-        },
-        'date_utc': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-        'load_average_start': load,
-    }
 
 
 def cpu_snapshot() -> dict[str, float] | None:
@@ -264,7 +190,7 @@ def _machine_lines(results: dict[str, Any]) -> list[str]:
         f'{_f(m.get("ram_gib"))} GiB RAM, GPU: {m.get("gpu", "?")}; {versions}.',
         '',
         '> These numbers come from this machine only: on yours, run `make bench` (or '
-        '`moa-depth bench`).',
+        '`moa-depth bench MODEL` for one model file on the target).',
     ]
     note = busy_note(m)
     if note:
@@ -306,7 +232,7 @@ def _e2e_lines(results: dict[str, Any], h: str) -> list[str]:
     header = [
         'model',
         'backend',
-        *(f'{s} ms' for s in E2E_STAGES),
+        *(f'{s} ms' for s in STAGES),
         'frame ms (p90)',
         'fps',
         'peak RSS MiB',
@@ -332,10 +258,7 @@ def _e2e_lines(results: dict[str, Any], h: str) -> list[str]:
             [
                 row['model'],
                 f'{row["backend"]} ({row.get("device", "cpu")})',
-                *(
-                    _f(row['stages'][s]['median_ms'], 0 if s == 'network' else 2)
-                    for s in E2E_STAGES
-                ),
+                *(_f(row['stages'][s]['median_ms'], 0 if s == 'network' else 2) for s in STAGES),
                 f'{_f(row["total"]["median_ms"], 1)} ({_f(row["total"]["p90_ms"], 1)})',
                 _f(row['fps'], 2),
                 _f(row.get('peak_rss_mib'), 0),
@@ -387,9 +310,10 @@ def _stage_lines(results: dict[str, Any], h: str) -> list[str]:
     return [
         f'{h} Per-frame stages against the memory floor',
         '',
-        f'`moa-depth bench-frame` in the same run: {stages["width"]}x{stages["height"]} rgb8, '
-        f'network input {stages["input_hw"][0]}x{stages["input_hw"][1]}, OpenCV threads '
-        f'{stages["threads"]}, {stages["repeats"]} runs per stage; the floor is a numpy copy of '
+        f'`python -m tools.bench frame-stages` in the same run: '
+        f'{stages["width"]}x{stages["height"]} rgb8, network input '
+        f'{stages["input_hw"][0]}x{stages["input_hw"][1]}, OpenCV threads {stages["threads"]}'
+        f', {stages["repeats"]} runs per stage; the floor is a numpy copy of '
         f'the bytes the stage writes.',
         '',
         *_table(['stage', 'median ms', 'p90 ms', 'MB out', 'copy floor ms', 'x floor'], rows),

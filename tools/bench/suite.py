@@ -1,12 +1,12 @@
-"""``moa-depth bench``: end-to-end latency, floors and load behaviour on this machine.
+"""``python -m tools.bench all`` (``make bench``): the whole benchmark and its report.
 
 One run measures, in order: the floors (memory copy bandwidth, matmul FP32/BF16), the
-per-frame stages without the network against the memory floor (``bench-frame``), every
-(model, backend) end to end on a 640x480 frame (each in its own process), and the latest-
-frame worker under a 60 Hz producer. It writes ``results.json`` and ``results.md`` to
-``--out`` and, with ``--readme``, the README's performance section. Whatever it could not
-measure is listed with the reason. ``python -m training bench`` (``make bench``) runs the
-same and adds training throughput, which needs the training package.
+per-frame stages without the network against the memory floor (``frame_stages``), every
+(model, backend) end to end on a 640x480 frame (each in its own process), the latest-frame
+worker under a 60 Hz producer, depth_node live on ROS 2 (``moa_depth_ros.bench.live``) and
+training throughput per recipe (``training``). It writes ``results.json`` and ``results.md``
+to ``--out`` and, with ``--readme``, the README's performance section. Whatever it could
+not measure is listed with the reason.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import sys
 import time
 from typing import Any, Callable
 
+from moa_depth_ros.engine.loader import BACKENDS
+
 DEFAULT_MODELS = ('moa_depthclip', 'space_clip', 'moa_depthclip_tiny')
-DEFAULT_BACKENDS = ('onnxruntime', 'torch', 'tensorrt')
 # Left out of the default run, with the reason the report gives.
 NOT_BY_DEFAULT = {
     'depthclip': 'the zero-shot baseline (CLIP RN50 at 416x544, about 8x the FLOPs of '
@@ -32,8 +33,18 @@ FULL = {
     'stage_repeats': 200,
     'load_frames': 10_000,
     'live_frames': 300,
+    'train_warmup': 1,
+    'train_steps': 3,
 }
-QUICK = {'frames': 20, 'warmup': 2, 'stage_repeats': 20, 'load_frames': 300, 'live_frames': 45}
+QUICK = {
+    'frames': 20,
+    'warmup': 2,
+    'stage_repeats': 20,
+    'load_frames': 300,
+    'live_frames': 45,
+    'train_warmup': 1,
+    'train_steps': 2,
+}
 # The live section's model: faster than a 15 Hz camera on a small CPU, so what is measured is
 # what ROS costs and delivers, not a network that cannot keep up.
 DEFAULT_LIVE_MODEL = 'moa_depthclip_tiny'
@@ -50,8 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--backends',
         nargs='+',
-        default=list(DEFAULT_BACKENDS),
-        choices=DEFAULT_BACKENDS,
+        default=list(BACKENDS),
+        choices=BACKENDS,
         help='backends to try; those not installed are reported as skipped',
     )
     parser.add_argument('--frames', type=int, help='timed frames per model and backend (200)')
@@ -73,7 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--load-network-ms', type=float, default=100.0, help='network time of --load-network sleep'
     )
-    parser.add_argument('--load-backend', default='onnxruntime', choices=DEFAULT_BACKENDS)
+    parser.add_argument('--load-backend', default='onnxruntime', choices=BACKENDS)
     parser.add_argument(
         '--live-model',
         default=DEFAULT_LIVE_MODEL,
@@ -82,6 +93,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--live-frames', type=int, help='camera frames of the live section (300)')
     parser.add_argument('--live-rate-hz', type=float, default=15.0, help='live camera rate')
     parser.add_argument('--no-live', action='store_true', help='skip the live ROS 2 section')
+    parser.add_argument(
+        '--train-recipes',
+        nargs='+',
+        help='recipe names (moa_depthclip, space_clip, quickstart: the default), model presets '
+        'or recipe .yaml files',
+    )
+    parser.add_argument('--train-batch', type=int, default=8, help='images per step')
+    parser.add_argument('--train-warmup', type=int, help='untimed steps first (1)')
+    parser.add_argument('--train-steps', type=int, help='timed steps (3)')
+    parser.add_argument('--train-amp', choices=('off', 'bf16'), default='off')
+    parser.add_argument('--no-train', action='store_true', help='skip training throughput')
     parser.add_argument('--no-e2e', action='store_true', help='skip the end-to-end runs')
     parser.add_argument('--no-load', action='store_true', help='skip the load test')
     parser.add_argument('--out', default='runs/bench', help='where results.json/.md go')
@@ -119,6 +141,8 @@ def counts(args: argparse.Namespace) -> dict[str, int]:
         'stage_repeats': base['stage_repeats'],
         'load_frames': args.load_frames if args.load_frames is not None else base['load_frames'],
         'live_frames': args.live_frames if args.live_frames is not None else base['live_frames'],
+        'train_warmup': base['train_warmup'] if args.train_warmup is None else args.train_warmup,
+        'train_steps': base['train_steps'] if args.train_steps is None else args.train_steps,
     }
 
 
@@ -140,11 +164,12 @@ def _check(args: argparse.Namespace, n: dict[str, int]) -> None:
 def collect(
     args: argparse.Namespace,
     log: Callable[[str], None] = log_progress,
-    command: str = 'moa-depth bench',
+    command: str = 'python -m tools.bench all',
 ) -> dict[str, Any]:
     """Run every runtime benchmark the arguments ask for; return the results dict."""
-    from moa_depth_ros.bench import e2e, floors, report
-    from moa_depth_ros.benchmark import bench_frame_stages
+    from moa_depth_ros.bench.measure import machine_description
+    from tools.bench import e2e, floors, report
+    from tools.bench.frame_stages import bench_frame_stages
 
     n = counts(args)
     _check(args, n)
@@ -155,7 +180,7 @@ def collect(
     results: dict[str, Any] = {
         'schema': report.SCHEMA,
         'command': command + (' --quick' if args.quick else ''),
-        'machine': report.machine_description(),
+        'machine': machine_description(),
         'settings': {
             'models': list(args.models),
             'backends': list(args.backends),
@@ -182,7 +207,7 @@ def collect(
         skipped.append({'what': f'matmul {dtype} floor', 'reason': reason})
     wall['floors'] = results['floors']['wall_s']
 
-    log('per-frame stages without the network (bench-frame) ...')
+    log('per-frame stages without the network (frame-stages) ...')
     start = time.perf_counter()
     results['frame_stages'] = bench_frame_stages(
         width=args.width, height=args.height, repeats=n['stage_repeats']
@@ -233,6 +258,14 @@ def collect(
             skipped.append({'what': 'live ROS 2', 'reason': results['live']['error']})
         wall['live ROS 2'] = time.perf_counter() - start
 
+    if args.no_train:
+        skipped.append({'what': 'training throughput', 'reason': 'not requested (--no-train)'})
+    else:
+        start = time.perf_counter()
+        results['training'] = _training(args, n, log)
+        skipped.extend(results['training']['skipped'])
+        wall['training'] = time.perf_counter() - start
+
     wall['total'] = time.perf_counter() - started
     results['wall_s'] = wall
     close_run(results)
@@ -241,7 +274,7 @@ def collect(
 
 def close_run(results: dict[str, Any]) -> None:
     """Record the end of the run: load average, and how busy other processes kept the CPU."""
-    from moa_depth_ros.bench import report
+    from tools.bench import report
 
     machine = results['machine']
     machine['load_average_end'] = load_average()
@@ -267,8 +300,8 @@ def _load_test(
     cache_dir: str,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from moa_depth_ros.bench import e2e
     from moa_depth_ros.errors import MoaDepthError
+    from tools.bench import e2e
 
     spec: dict[str, Any] = {
         'network': args.load_network,
@@ -305,7 +338,7 @@ def _load_test(
         f'worker, network = {what} (~{n["load_frames"] / args.load_rate_hz:.0f} s) ...'
     )
     timeout_s = n['load_frames'] / args.load_rate_hz + args.timeout_s
-    return e2e.run_child('moa_depth_ros.bench.load', spec, timeout_s)
+    return e2e.run_child('tools.bench.load', spec, timeout_s)
 
 
 def _live(
@@ -313,8 +346,9 @@ def _live(
 ) -> dict[str, Any]:
     import importlib.util
 
-    from moa_depth_ros.bench import e2e, live
+    from moa_depth_ros.bench import live
     from moa_depth_ros.errors import MoaDepthError
+    from tools.bench import e2e
 
     if importlib.util.find_spec('rclpy') is None:
         return {
@@ -340,15 +374,34 @@ def _live(
         )
     except (MoaDepthError, RuntimeError, TimeoutError, OSError) as e:
         return {'error': f'{type(e).__name__}: {e}'}
-    from moa_depth_ros.bench.report import _version
+    from moa_depth_ros.bench.measure import package_version
 
-    result.update(model_name=info['name'], rclpy=_version('ros-rclpy', 'rclpy'))
+    result.update(model_name=info['name'], rclpy=package_version('ros-rclpy', 'rclpy'))
     return result
+
+
+def _training(
+    args: argparse.Namespace, n: dict[str, int], log: Callable[[str], None]
+) -> dict[str, Any]:
+    import importlib.util
+
+    from tools.bench import training
+
+    if importlib.util.find_spec('torch') is None:
+        return {'rows': [], 'skipped': [{'what': 'training throughput', 'reason': 'needs torch'}]}
+    return training.bench_training(
+        args.train_recipes or training.DEFAULT_RECIPES,
+        batch=args.train_batch,
+        warmup=n['train_warmup'],
+        steps=n['train_steps'],
+        amp=args.train_amp,
+        log=log,
+    )
 
 
 def finish(results: dict[str, Any], args: argparse.Namespace) -> None:
     """Write results.json/.md, update the README if asked, print the Markdown."""
-    from moa_depth_ros.bench import report
+    from tools.bench import report
 
     json_path, md_path = report.write_results(results, args.out)
     if args.readme:
@@ -359,7 +412,7 @@ def finish(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Fail before measuring anything if the README cannot be updated at the end."""
-    from moa_depth_ros.bench import report
+    from tools.bench import report
 
     if args.readme:
         report.check_readme(args.readme)
@@ -369,8 +422,8 @@ def read_results(path: str) -> dict[str, Any]:
     """Load a results.json written earlier (for --from-results)."""
     import json
 
-    from moa_depth_ros.bench import report
     from moa_depth_ros.errors import ConfigError
+    from tools.bench import report
 
     try:
         results = json.loads(pathlib.Path(path).read_text(encoding='utf-8'))
@@ -390,13 +443,5 @@ def run(args: argparse.Namespace) -> int:
     if args.from_results:
         finish(read_results(args.from_results), args)
         return 0
-    results = collect(args)
-    results['skipped'].append(
-        {
-            'what': 'training throughput',
-            'reason': 'measured by `python -m training bench` (`make bench`); the runtime '
-            'package does not import the training code',
-        }
-    )
-    finish(results, args)
+    finish(collect(args), args)
     return 0

@@ -1,4 +1,4 @@
-"""``moa-depth bench-engine``: latency next to FLOPs and the measured matmul rate."""
+"""``python -m tools.bench engines``: latency next to FLOPs and the measured matmul rate."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_engine_support import TinyDepthNet
 
-from moa_depth_ros.engine import bench
-from moa_depth_ros.engine.onnx_export import accuracy_holds, depth_agreement
 from moa_depth_ros.errors import ConfigError
+from tools.bench import engines as bench
+from training.onnx_export import accuracy_holds, depth_agreement
 
 
 def test_bench_model_reports_every_backend_with_floor_and_parity():
@@ -70,15 +70,6 @@ def test_depth_agreement_and_the_accuracy_bar():
     slightly = ref.copy()
     slightly[0, 0, 0, 0] = 2.02  # 1 % on one pixel: mean 1/16 %
     assert accuracy_holds(depth_agreement(ref, slightly))
-
-
-def test_time_call_statistics():
-    calls = []
-    timing = bench.time_call(lambda: calls.append(1), warmup=2, iters=5)
-    assert len(calls) == 7 and timing['iters'] == 5
-    assert timing['median_ms'] <= timing['p90_ms']
-    with pytest.raises(ConfigError, match='iters'):
-        bench.time_call(lambda: None, warmup=0, iters=0)
 
 
 def test_unknown_backend_is_refused():

@@ -15,7 +15,7 @@ map onto open_clip's VisionTransformer (``backbone.``) like this:
     encoder.layers.i.layer_norm1 / 2       -> transformer.resblocks.i.ln_1 / ln_2
     encoder.layers.i.mlp.fc1 / fc2         -> transformer.resblocks.i.mlp.c_fc / c_proj
 
-Usage: ``python -m moa_depth_ros.model.convert_space_clip best_checkpoint.pt out.safetensors``.
+Usage: ``python -m training convert-space-clip best_checkpoint.pt out.safetensors``.
 The file is read with ``torch.load(weights_only=True)``: nothing is unpickled.
 """
 

@@ -8,10 +8,9 @@ node, which TensorRT can then pin to FP32 in an FP16 engine.
 
 Success is reported only after ``onnx.checker`` passes and ONNX Runtime reproduces the
 PyTorch outputs on random input; files are written atomically, so a failed export leaves
-no file behind. torch and onnx are imported inside the functions: this module is for
-offline tools (``python -m training export``, ``moa-depth bench-engine``, the quickstart)
-and lives in the runtime package only so those tools share one exporter without the
-runtime importing ``training``.
+no file behind. torch and onnx are imported inside the functions. Used by
+``python -m training export``, the quickstart and the development benchmarks
+(``tools/bench``); the installed runtime package never imports it.
 """
 
 from __future__ import annotations

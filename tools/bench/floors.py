@@ -4,12 +4,13 @@ A latency means little without what the machine could do at best. Two floors:
 
 - memory bandwidth: the median time of a numpy copy of a buffer larger than any last-level
   cache, reported as bytes copied per second (each byte read once and written once), the
-  same operation ``moa_depth_ros.benchmark`` uses as the floor of each per-frame stage;
-- dense matmul rate of torch in FP32 and BF16 (``engine.bench.measure_matmul_rate``),
-  the floor of the network: a model of F FLOPs cannot run faster than F / rate.
+  same operation ``tools.bench.frame_stages`` uses as the floor of each per-frame stage;
+- dense matmul rate of torch in FP32 and BF16 (``measure_matmul_rate``), the floor of the
+  network: a model of F FLOPs cannot run faster than F / rate (``count_flops``, torch's
+  flop counter).
 
 ``ratio(time, floor)`` is how every report prints them: time / floor, 1.0 = at the floor.
-The model FLOP count comes from ``engine.bench.count_flops`` (torch's flop counter).
+Times come from ``moa_depth_ros.bench.measure.time_call``, the one timer.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ import math
 import time
 from typing import Any
 
-import numpy as np
-
-from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.bench.measure import copy_ms, time_call
 
 # 64 MiB: twice the largest last-level caches of the CPUs this runs on (32 MiB L3 here),
 # so the copy measures DRAM, not cache.
@@ -33,26 +32,12 @@ def copy_bandwidth(
     nbytes: int = DEFAULT_COPY_BYTES, min_seconds: float = 0.5, min_repeats: int = 5
 ) -> dict[str, float]:
     """Median time of ``np.copyto`` of ``nbytes`` and the rate: bytes copied per second."""
-    if nbytes <= 0 or min_repeats < 1 or not min_seconds >= 0:
-        raise ConfigError(
-            f'need nbytes > 0, min_repeats >= 1, min_seconds >= 0; got {nbytes}, '
-            f'{min_repeats}, {min_seconds}'
-        )
-    src = np.ones(int(nbytes), dtype=np.uint8)
-    dst = np.zeros_like(src)  # zeros (not empty) so the pages exist before the first copy
-    np.copyto(dst, src)
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t0)
-    median_s = float(np.median(times))
+    timing = copy_ms(nbytes, iters=min_repeats, min_seconds=min_seconds)
     return {
         'bytes': int(nbytes),
-        'repeats': len(times),
-        'median_ms': median_s * 1e3,
-        'copy_gbps': nbytes / median_s / 1e9,
+        'repeats': timing['iters'],
+        'median_ms': timing['median_ms'],
+        'copy_gbps': nbytes / (timing['median_ms'] / 1e3) / 1e9,
     }
 
 
@@ -80,8 +65,6 @@ def matmul_rates(
         return result
     import torch
 
-    from moa_depth_ros.engine.bench import measure_matmul_rate
-
     result['threads'] = torch.get_num_threads()
     for dtype in dtypes:
         try:
@@ -103,11 +86,33 @@ def measure_floors(quick: bool = False) -> dict[str, Any]:
     return {'memory': bandwidth, 'matmul': matmul, 'wall_s': time.perf_counter() - start}
 
 
-def model_flops(model: Any) -> int:
-    """FLOPs of one ``forward()`` at batch 1 and the model's input size (multiply-add = 2)."""
-    from moa_depth_ros.engine.bench import count_flops
+def measure_matmul_rate(dtype: str = 'fp32', n: int = 2048, min_seconds: float = 1.0) -> float:
+    """Return the measured dense matmul rate in FLOP/s (torch, n x n, current threads)."""
+    import torch
 
-    return count_flops(model, batch=1)
+    if dtype == 'int8':
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        matmul = torch._int_mm  # int8 x int8 -> int32, the kernel quantized GEMMs use
+    else:
+        torch_dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16}[dtype]
+        a = torch.randn(n, n).to(torch_dtype)
+        b = torch.randn(n, n).to(torch_dtype)
+        matmul = torch.matmul
+    timing = time_call(lambda: matmul(a, b), warmup=2, iters=1, min_seconds=min_seconds)
+    return 2.0 * n**3 / (timing['mean_ms'] / 1e3)
+
+
+def count_flops(model: Any, batch: int = 1) -> int:
+    """FLOPs of one ``forward()`` at the model's input size (a multiply-add counts 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = torch.rand(batch, 3, *model.input_hw)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(image.to(device))
+    return int(counter.get_total_flops())
 
 
 def ratio(time_value: float | None, floor_value: float | None) -> float | None:

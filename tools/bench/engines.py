@@ -1,4 +1,4 @@
-"""``moa-depth bench-engine``: per-model, per-backend latency next to the compute floor.
+"""``python -m tools.bench engines``: per-model, per-backend latency next to the compute floor.
 
 For each model at its input size and batch 1: median and p90 latency and throughput of
 every available backend (torch, onnxruntime, tensorrt), the FLOP count of ``forward()``
@@ -18,94 +18,18 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import tempfile
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from moa_depth_ros.engine.onnx_export import ACCURACY_BAR, accuracy_holds, depth_agreement
+from moa_depth_ros.bench.measure import machine_description, time_call
+from moa_depth_ros.engine.loader import BACKENDS
 from moa_depth_ros.errors import ConfigError, MoaDepthError
+from tools.bench.floors import count_flops, measure_matmul_rate
+from training.onnx_export import ACCURACY_BAR, accuracy_holds, depth_agreement
 
 DEFAULT_MODELS = ('moa_depthclip', 'space_clip', 'depthclip')
-DEFAULT_BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-
-
-def cpu_description() -> dict[str, Any]:
-    """CPU model, logical cores and the matrix-math ISA extensions present."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() == 'model name' and name in ('', platform.machine(), 'x86_64'):
-                    name = value.strip()
-                elif key.strip() == 'flags':
-                    flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')
-    return {
-        'cpu': name,
-        'logical_cores': os.cpu_count(),
-        'isa': [flag for flag in wanted if flag in flags],
-    }
-
-
-def measure_matmul_rate(dtype: str = 'fp32', n: int = 2048, min_seconds: float = 1.0) -> float:
-    """Return the measured dense matmul rate in FLOP/s (torch, n x n, current threads)."""
-    import torch
-
-    if dtype == 'int8':
-        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        matmul = torch._int_mm  # int8 x int8 -> int32, the kernel quantized GEMMs use
-    else:
-        torch_dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16}[dtype]
-        a = torch.randn(n, n).to(torch_dtype)
-        b = torch.randn(n, n).to(torch_dtype)
-        matmul = torch.matmul
-    for _ in range(2):
-        matmul(a, b)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < min_seconds:
-        matmul(a, b)
-        count += 1
-    return 2.0 * n**3 * count / (time.perf_counter() - start)
-
-
-def count_flops(model: Any, batch: int = 1) -> int:
-    """FLOPs of one ``forward()`` at the model's input size (a multiply-add counts 2)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    image = torch.rand(batch, 3, *model.input_hw)
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(image.to(device))
-    return int(counter.get_total_flops())
-
-
-def time_call(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, float]:
-    """Median / p90 / mean latency in ms and throughput (calls per second) of ``fn``."""
-    if warmup < 0 or iters < 1:
-        raise ConfigError(f'need warmup >= 0 and iters >= 1, got {warmup} and {iters}')
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times_ms = np.asarray(times) * 1e3
-    return {
-        'median_ms': float(np.median(times_ms)),
-        'p90_ms': float(np.percentile(times_ms, 90)),
-        'mean_ms': float(np.mean(times_ms)),
-        'throughput_fps': float(1e3 / np.mean(times_ms)),
-        'iters': iters,
-    }
 
 
 def _row(
@@ -132,7 +56,7 @@ def _row(
 def bench_model(
     model: Any,
     *,
-    backends: Sequence[str] = DEFAULT_BACKENDS,
+    backends: Sequence[str] = BACKENDS,
     variants: bool = True,
     warmup: int = 20,
     iters: int = 50,
@@ -143,12 +67,12 @@ def bench_model(
     """Benchmark one DepthModel object on every requested backend at batch 1."""
     from moa_depth_ros.engine.loader import load_engine
     from moa_depth_ros.engine.onnx_backend import OnnxRuntimeEngine
-    from moa_depth_ros.engine.onnx_export import export_onnx, parity_errors, quantize_int8
     from moa_depth_ros.engine.torch_backend import TorchEngine
+    from training.onnx_export import export_onnx, parity_errors, quantize_int8
 
-    unknown = sorted(set(backends) - set(DEFAULT_BACKENDS))
+    unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
-        raise ConfigError(f'unknown backends {unknown}; choose from {list(DEFAULT_BACKENDS)}')
+        raise ConfigError(f'unknown backends {unknown}; choose from {list(BACKENDS)}')
     rates = rates or {}
     model = model.eval()
     flops = count_flops(model)
@@ -165,7 +89,7 @@ def bench_model(
     reference = reference_engine.infer(image)
 
     def measure(engine, backend, precision, rate_key):
-        timing = time_call(lambda: engine.infer(image), warmup, iters)
+        timing = time_call(lambda: engine.infer(image), warmup=warmup, iters=iters)
         row = _row(backend, precision, timing, flops, rates, rate_key)
         got = engine.infer(image)
         row['parity'] = {**parity_errors(reference, got), **depth_agreement(reference[0], got[0])}
@@ -215,7 +139,7 @@ def bench_model(
 
 def bench_engines(
     models: Sequence[str] = DEFAULT_MODELS,
-    backends: Sequence[str] = DEFAULT_BACKENDS,
+    backends: Sequence[str] = BACKENDS,
     *,
     warmup: int = 20,
     iters: int = 50,
@@ -241,7 +165,7 @@ def bench_engines(
     if threads:
         torch.set_num_threads(int(threads))
     machine = {
-        **cpu_description(),
+        **machine_description(),
         'torch_threads': torch.get_num_threads(),
         'torch': torch.__version__,
         'onnxruntime': onnxruntime.__version__,
@@ -317,9 +241,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_MODELS),
         help='model presets (random weights) or .safetensors checkpoints',
     )
-    parser.add_argument(
-        '--backends', nargs='+', default=list(DEFAULT_BACKENDS), choices=DEFAULT_BACKENDS
-    )
+    parser.add_argument('--backends', nargs='+', default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument('--warmup', type=int, default=20, help='untimed runs per backend')
     parser.add_argument('--iters', type=int, default=50, help='timed runs per backend')
     parser.add_argument('--threads', type=int, help='CPU threads (torch and onnxruntime)')

@@ -1,4 +1,4 @@
-"""``moa-depth bench --quick`` and ``python -m training bench`` end to end on tiny models."""
+"""``python -m tools.bench all`` (``make bench``) end to end on tiny models."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from tiny_model import write_tiny_onnx
 import yaml
 
-from moa_depth_ros import cli
-from moa_depth_ros.bench import report
 from moa_depth_ros.errors import ConfigError
+from tools.bench import __main__ as cli
+from tools.bench import report, suite
 
 README_HEAD = '# Tool\n\nSome text.\n\n## Performance\n\n'
 README_TAIL = '\n\n## License\n\nApache-2.0.\n'
@@ -30,9 +30,9 @@ def test_quick_bench_runs_end_to_end_with_a_tiny_onnx_model(tmp_path, capsys):
     readme = _readme(tmp_path)
     out = tmp_path / 'out'
     rc = cli.main(
-        ['bench', '--quick', '--models', model, '--backends', 'onnxruntime', 'tensorrt',
+        ['all', '--quick', '--models', model, '--backends', 'onnxruntime', 'tensorrt',
          '--load-frames', '120', '--load-rate-hz', '400', '--out', str(out),
-         '--readme', str(readme), '--no-live']
+         '--readme', str(readme), '--no-live', '--no-train']
     )  # fmt: skip
     assert rc == 0
     results = json.loads((out / 'results.json').read_text())
@@ -59,7 +59,7 @@ def test_quick_bench_runs_end_to_end_with_a_tiny_onnx_model(tmp_path, capsys):
     if 'tensorrt' in whats:
         reasons = [s['reason'] for s in results['skipped'] if s['what'] == 'tensorrt']
         assert 'not installed' in reasons[0]
-    assert 'training throughput' in whats
+    assert 'training throughput' in whats and 'live ROS 2' in whats  # not asked for
     text = readme.read_text()
     assert text.startswith(README_HEAD + report.MARKER_START + '\n')
     assert text.endswith(report.MARKER_END + README_TAIL)
@@ -69,7 +69,7 @@ def test_quick_bench_runs_end_to_end_with_a_tiny_onnx_model(tmp_path, capsys):
 
 
 def test_a_run_over_its_time_limit_is_reported_with_its_frame_time(tmp_path):
-    from moa_depth_ros.bench import e2e
+    from tools.bench import e2e
 
     model = write_tiny_onnx(tmp_path / 'tiny.onnx')
     result = e2e.bench_end_to_end(
@@ -88,7 +88,7 @@ def test_from_results_regenerates_the_readme_section_without_measuring(tmp_path)
     json_path, _ = report.write_results(_results(), tmp_path / 'saved')
     readme = _readme(tmp_path)
     rc = cli.main(
-        ['bench', '--from-results', str(json_path), '--readme', str(readme),
+        ['all', '--from-results', str(json_path), '--readme', str(readme),
          '--out', str(tmp_path / 'out')]
     )  # fmt: skip
     assert rc == 0
@@ -97,14 +97,14 @@ def test_from_results_regenerates_the_readme_section_without_measuring(tmp_path)
     assert text.startswith(README_HEAD) and text.endswith(README_TAIL)
     bad = tmp_path / 'bad.json'
     bad.write_text('{"schema": "something else"}')
-    assert cli.main(['bench', '--from-results', str(bad), '--out', str(tmp_path / 'o')]) == 2
+    assert cli.main(['all', '--from-results', str(bad), '--out', str(tmp_path / 'o')]) == 2
 
 
 def test_bench_refuses_a_readme_without_markers_before_measuring(tmp_path, capsys):
     readme = tmp_path / 'README.md'
     readme.write_text('# no markers\n')
     rc = cli.main(
-        ['bench', '--quick', '--no-live', '--readme', str(readme), '--out', str(tmp_path / 'o')]
+        ['all', '--quick', '--no-live', '--readme', str(readme), '--out', str(tmp_path / 'o')]
     )
     assert rc == 2
     assert 'BENCH:START' in capsys.readouterr().err
@@ -112,17 +112,13 @@ def test_bench_refuses_a_readme_without_markers_before_measuring(tmp_path, capsy
 
 
 def test_bench_rejects_bad_counts(tmp_path):
-    from moa_depth_ros.bench import cli as bench_cli
-
-    args = cli.build_parser().parse_args(['bench', '--frames', '0', '--out', str(tmp_path)])
+    args = cli.build_parser().parse_args(['all', '--frames', '0', '--out', str(tmp_path)])
     with pytest.raises(ConfigError, match='--frames'):
-        bench_cli.collect(args, log=lambda message: None)
+        suite.collect(args, log=lambda message: None)
 
 
 @pytest.mark.slow
 def test_training_bench_reports_images_per_second_for_a_recipe_file(tmp_path):
-    from training import bench as training_bench
-
     recipe = tmp_path / 'tiny_recipe.yaml'
     overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_MOA.items()}
     recipe.write_text(
@@ -131,8 +127,8 @@ def test_training_bench_reports_images_per_second_for_a_recipe_file(tmp_path):
         )
     )
     out = tmp_path / 'out'
-    rc = training_bench.main(
-        ['--quick', '--no-e2e', '--no-load', '--no-live', '--no-readme', '--out', str(out),
+    rc = cli.main(
+        ['all', '--quick', '--no-e2e', '--no-load', '--no-live', '--out', str(out),
          '--train-recipes', str(recipe), '--train-batch', '2', '--train-steps', '2']
     )  # fmt: skip
     assert rc == 0
@@ -146,7 +142,7 @@ def test_training_bench_reports_images_per_second_for_a_recipe_file(tmp_path):
 
 
 def test_training_bench_rejects_an_unknown_recipe():
-    from training import bench as training_bench
+    from tools.bench import training
 
     with pytest.raises(ConfigError, match='not_a_recipe'):
-        training_bench.train_throughput('not_a_recipe')
+        training.train_throughput('not_a_recipe')

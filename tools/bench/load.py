@@ -10,10 +10,10 @@ capture-to-publish latency (median, p90, max) and the resident set size sampled 
 ``rss_every`` produced frames: memory is flat when the last sample minus the first is
 within ``rss_bound_mib``.
 
-The network is either a real model file on a backend (the default of ``moa-depth bench``)
+The network is either a real model file on a backend (the default of ``make bench``)
 or ``SleepNetwork``, a calibrated sleep that costs wall time but no CPU (the tests, and a
 way to separate the worker's behaviour from this machine's speed). A run can go in a
-child process (``python -m moa_depth_ros.bench.load SPEC_JSON``) so its memory is its own.
+child process (``python -m tools.bench.load SPEC_JSON``) so its memory is its own.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moa_depth_ros.bench.e2e import (
+from moa_depth_ros.bench.measure import (
     current_rss_mib,
     peak_rss_mib,
     rgb8_message,
@@ -134,7 +134,7 @@ def run_load_test(
         process_ms.append((now - start) * 1e3)
         publish_times.append(now)
 
-    worker = LatestFrameWorker(process, log=logging.getLogger('moa_depth_ros.bench.load'))
+    worker = LatestFrameWorker(process, log=logging.getLogger('tools.bench.load'))
     worker.start()
     for index in range(warmup):
         worker.submit(_Frame(-1 - index, time.monotonic(), rgb8_message(rgb)))
@@ -210,7 +210,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         description = f'calibrated sleep of {float(spec["network_ms"]):g} ms (no CPU used)'
         close = None
     elif network == 'model':
-        from moa_depth_ros.bench.e2e import load_pipeline
+        from moa_depth_ros.bench.measure import load_pipeline
 
         estimator, _ = load_pipeline(spec)
         description = f'real model: {estimator.describe()}'
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Child entry point: run the JSON spec in argv[0] and print the result as JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print('usage: python -m moa_depth_ros.bench.load SPEC_JSON', file=sys.stderr)
+        print('usage: python -m tools.bench.load SPEC_JSON', file=sys.stderr)
         return 2
     try:
         result = run_spec(json.loads(argv[0]))

@@ -1,4 +1,4 @@
-"""``moa-depth bench-frame``: time each per-frame stage of the pipeline, the network excluded.
+"""``python -m tools.bench frame-stages``: each per-frame stage, the network excluded.
 
 For a synthetic W x H rgb8 frame and depth map it times decode, resize to the network input,
 depth upsampling and range masking, back-projection, cloud packing, depth/confidence encoding
@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from moa_depth_ros.bench import measure
 from moa_depth_ros.runtime.memory import retain_freed_memory
 
 TARGET_MS = 3.0
@@ -42,23 +43,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help='ask glibc to keep freed memory (mallopt) instead of returning it to the OS; '
         'shows how much of the end-to-end time is page faults on fresh frame buffers',
     )
-
-
-class _RclpyLikeMessage:
-    """Stands in for an rclpy message: ``data`` holds an array.array('B') like rclpy's does."""
-
-    def __init__(self) -> None:
-        self.data = array.array('B')
-
-
-def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    result = fn()  # warm-up: caches, allocator, lazy OpenCV initialisation
-    samples = np.empty(repeats)
-    for i in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        samples[i] = time.perf_counter() - start
-    return float(np.median(samples) * 1e3), float(np.percentile(samples, 90) * 1e3), result
 
 
 def _yuyv(rgb: np.ndarray) -> np.ndarray:
@@ -116,22 +100,13 @@ def bench_frame_stages(
         cv2.setNumThreads(int(threads))
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    camera = geometry.CameraModel(
-        width=width,
-        height=height,
-        fx_px=0.82 * width,
-        fy_px=0.82 * width,
-        cx_px=(width - 1) / 2,
-        cy_px=(height - 1) / 2,
-        distortion_model='plumb_bob',
-        d=(-0.28, 0.07, 0.0005, -0.0003, 0.0),
-    )
+    camera = measure.synthetic_camera(width, height)
     ray_start = time.perf_counter()
     camera.ray_planes(decimation)
     ray_table_ms = (time.perf_counter() - ray_start) * 1e3
 
     def image_msg(encoding: str, data: np.ndarray, step: int) -> Any:
-        msg = _RclpyLikeMessage()
+        msg = measure.RclpyLikeMessage()
         msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step = (
             height,
             width,
@@ -194,14 +169,13 @@ def bench_frame_stages(
     ]
     results: dict[str, dict[str, Any]] = {}
     for name, fn, in_total in stages:
-        median_ms, p90_ms, out = _time(fn, repeats)
-        nbytes = _nbytes(out)
-        src = np.ones(max(nbytes, 1), dtype=np.uint8)
-        dst = np.empty_like(src)
-        floor_ms, _, _ = _time(lambda src=src, dst=dst: np.copyto(dst, src), repeats)
+        nbytes = _nbytes(fn())  # also the warm-up: caches, allocator, lazy OpenCV set-up
+        timing = measure.time_call(fn, warmup=0, iters=repeats)
+        floor_ms = measure.copy_ms(max(nbytes, 1), iters=repeats)['median_ms']
+        median_ms = timing['median_ms']
         results[name] = {
             'median_ms': median_ms,
-            'p90_ms': p90_ms,
+            'p90_ms': timing['p90_ms'],
             'bytes': nbytes,
             'floor_ms': floor_ms,
             'ratio': median_ms / floor_ms if floor_ms > 0 else float('inf'),
@@ -227,9 +201,9 @@ def bench_frame_stages(
 
     def end_to_end() -> None:
         result = runner.process_msg(rgb_msg, camera)
-        outputs.frame_outputs(result, header, settings, range_m)
+        outputs.frame_outputs(result, header, settings)
 
-    e2e_median, e2e_p90, _ = _time(end_to_end, repeats)
+    e2e = measure.time_call(end_to_end, warmup=1, iters=repeats)
     total = sum(s['median_ms'] for s in results.values() if s['in_total'])
     total_floor = sum(s['floor_ms'] for s in results.values() if s['in_total'])
     return {
@@ -242,8 +216,8 @@ def bench_frame_stages(
         'stages': results,
         'total_ms': total,
         'total_floor_ms': total_floor,
-        'end_to_end_median_ms': e2e_median,
-        'end_to_end_p90_ms': e2e_p90,
+        'end_to_end_median_ms': e2e['median_ms'],
+        'end_to_end_p90_ms': e2e['p90_ms'],
         'target_ms': TARGET_MS,
     }
 

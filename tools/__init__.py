@@ -1,0 +1,1 @@
+"""Development tools run from the repository (``python -m tools.<tool>``); never installed."""

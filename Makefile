@@ -22,7 +22,7 @@ RUNTIME_TESTS := $(ROS_TESTS) test/test_pipeline.py test/test_msgs.py test/test_
 	test/test_node_diagnostics.py test/test_fileio.py test/test_launch.py
 LANE_REQUIREMENTS := -r requirements-venv.txt -r requirements-test-runtime.txt
 
-.PHONY: all venv test test-kilted test-compat demo bench lint format clean
+.PHONY: all venv test test-kilted test-compat demo bench config lint format clean
 
 all: test
 
@@ -73,6 +73,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(ISOLATED) $(PY) -m tools.bench all --readme README.md $(BENCH_ARGS)
+
+# config/moa_depth.yaml is generated from the parameter specs (moa_depth_ros/runtime/params.py).
+config: $(STAMP)
+	$(PY) -m moa_depth_ros.runtime.params config/moa_depth.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -424,8 +424,10 @@ def test_clashing_outputs_need_another_namespace(tmp_path, model_path):
 
 def test_command_line_prints_the_summary_and_reports_errors(tmp_path, model_path, capsys):
     write_input_bag(tmp_path / 'in', 'mcap')
-    argv = ['bag', str(tmp_path / 'in'), str(tmp_path / 'out'), '--model', model_path]
-    assert cli.main([*argv, '--min-depth', '1.5', '--decimation', '2', '--no-progress']) == 0
+    argv = ['bag', str(tmp_path / 'in'), str(tmp_path / 'out'), '--model-path', model_path]
+    assert (
+        cli.main([*argv, '--min-depth-m', '1.5', '--cloud-decimation', '2', '--no-progress']) == 0
+    )
     printed = capsys.readouterr().out
     assert 'frames: 7 on /camera/image_raw, processed 6, skipped 1, dropped 0' in printed
     assert "skipped 1x: InvalidImageError: Image.encoding 'weird9'" in printed
@@ -436,7 +438,7 @@ def test_command_line_prints_the_summary_and_reports_errors(tmp_path, model_path
 
     assert cli.main(argv) == 2  # the output exists now
     assert 'exists; pass --overwrite' in capsys.readouterr().err
-    assert cli.main([*argv, '--overwrite', '--decimation', '0']) == 2
+    assert cli.main([*argv, '--overwrite', '--cloud-decimation', '0']) == 2
     assert 'cloud_decimation must be >= 1' in capsys.readouterr().err
 
 

@@ -148,7 +148,7 @@ def _refused(input_path, tmp_path, model_path, capsys, *phrases):
     """Check that the tool exits 2 with one line naming `ros2 bag reindex`, writing nothing."""
     with pytest.raises(BagError, match='ros2 bag reindex'):
         bag.process_bag(input_path, tmp_path / 'out', settings=_settings(model_path))
-    argv = ['bag', str(input_path), str(tmp_path / 'out'), '--model', model_path]
+    argv = ['bag', str(input_path), str(tmp_path / 'out'), '--model-path', model_path]
     assert cli.main([*argv, '--no-progress']) == 2
     captured = capsys.readouterr()
     assert captured.out == ''
@@ -278,8 +278,8 @@ def test_mcap_directory_without_metadata_reads_its_split_files_in_order(
     raw = second.read_bytes()
     end_of_third = raw.find(messages[3][2]) + len(messages[3][2])
     _cut(second, tmp_path / 'rec' / 'rec_1.mcap', end_of_third + 20)
-    argv = ['bag', str(tmp_path / 'rec'), str(tmp_path / 'out'), '--model', model_path]
-    assert cli.main([*argv, '--min-depth', '1.5', '--no-progress']) == 0
+    argv = ['bag', str(tmp_path / 'rec'), str(tmp_path / 'out'), '--model-path', model_path]
+    assert cli.main([*argv, '--min-depth-m', '1.5', '--no-progress']) == 0
     printed = capsys.readouterr().out
     line = next(x for x in printed.splitlines() if x.startswith('input recovered: '))
     assert 'metadata.yaml is missing' in line and 'rec_0.mcap' not in line
@@ -373,8 +373,8 @@ def test_a_recovered_run_prints_what_it_read_on_the_command_line(
     messages = _input_messages(recordings / 'mcap_unchunked')
     cut = raw.find(messages[10][2]) + 7
     damaged = _cut(source, tmp_path / 'in' / source.name, cut)
-    argv = ['bag', str(damaged.parent), str(tmp_path / 'out'), '--model', model_path]
-    assert cli.main([*argv, '--min-depth', '1.5', '--no-progress']) == 0
+    argv = ['bag', str(damaged.parent), str(tmp_path / 'out'), '--model-path', model_path]
+    assert cli.main([*argv, '--min-depth-m', '1.5', '--no-progress']) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == (
         'input recovered: metadata.yaml is missing (the recorder writes it when it stops); '
@@ -459,7 +459,7 @@ def test_directories_whose_metadata_does_not_match_their_files(
     shutil.copytree(recordings / 'mcap', tmp_path / 'renamed')
     source = _storage_file(tmp_path / 'renamed')
     source.rename(source.with_name('renamed.mcap'))
-    argv = ['bag', str(tmp_path / 'renamed'), str(tmp_path / 'out'), '--model', model_path]
+    argv = ['bag', str(tmp_path / 'renamed'), str(tmp_path / 'out'), '--model-path', model_path]
     assert cli.main(argv) == 2
     line = capsys.readouterr().err
     assert line.startswith('moa-depth bag: error: cannot read ') and line.count('\n') == 1

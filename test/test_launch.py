@@ -36,6 +36,7 @@ def test_parameter_file_documents_exactly_the_declared_parameters():
         assert type(value) is type(spec.default), name
         assert value == spec.default, name
     text = CONFIG_FILE.read_text()
+    assert text == params.render_yaml(), 'config/moa_depth.yaml is stale: run `make config`'
     for name in values:
         before = text[: text.index(f'    {name}:')].rstrip().splitlines()[-1]
         assert before.strip().startswith('#'), f'{name} has no comment above it'

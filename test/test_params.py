@@ -66,10 +66,66 @@ def test_read_only_parameters_change_only_at_start():
 
 
 def test_depth_limits_must_leave_a_range():
-    with pytest.raises(ConfigError, match=r'min_depth_m \(5\) must be below max_depth_m \(2\)'):
-        params.NodeSettings.from_values({'min_depth_m': 5.0, 'max_depth_m': 2.0})
+    # One check, where the model's own limits are known: the pipeline's depth range.
+    from test_pipeline import RowDepth
+
+    from moa_depth_ros.frame.pipeline import DepthPipeline
+
+    inverted = params.NodeSettings.from_values({'min_depth_m': 5.0, 'max_depth_m': 2.0})
+    with pytest.raises(
+        ConfigError,
+        match=r'depth range \[5, 2\] m is empty: min_depth_m must be below max_depth_m',
+    ):
+        DepthPipeline(RowDepth(), PipelineConfig(**inverted.pipeline_kwargs()))
     only_max = params.NodeSettings.from_values({'max_depth_m': 2.0})
     assert only_max.depth_limits_m() == (None, 2.0)
+    pipeline = DepthPipeline(RowDepth(), PipelineConfig(**only_max.pipeline_kwargs()))
+    with pytest.raises(ConfigError, match='min_depth_m must be below max_depth_m'):
+        pipeline.update_config(min_depth_m=2.5)  # set alone, against the other limit
+    with pytest.raises(ConfigError, match=r"unset limit, 0, is the model's"):
+        pipeline.update_config(max_depth_m=0.01)  # below the model's own minimum
+    assert pipeline.config.max_depth_m == 2.0  # a refused change leaves the config as it was
+
+
+def test_nodesettings_is_generated_from_the_specs_and_engine_arguments_follow_them():
+    settings = params.NodeSettings.from_values({'cpu_threads': 3, 'backend': 'onnxruntime'})
+    assert settings.engine_kwargs() == {
+        'backend': 'onnxruntime',
+        'device': 'auto',
+        'intra_op_threads': 3,
+        'spin_wait': False,
+    }
+    assert params.NodeSettings().engine_kwargs()['intra_op_threads'] is None  # 0: default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.cpu_threads = 1
+
+
+def test_the_bag_tools_options_are_the_offline_parameters():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    params.add_offline_arguments(parser)
+    flags = {action.dest: action.option_strings for action in parser._actions if action.dest}
+    for spec in params.SPECS:
+        assert (spec.name in flags) == spec.offline, spec.name
+    assert flags['publish_cloud'] == ['--publish-cloud', '--no-publish-cloud']
+    assert flags['cloud_decimation'] == ['--cloud-decimation']
+    args = parser.parse_args(
+        ['--model-path', '/m.onnx', '--no-publish-cloud', '--min-depth-m', '0.5', '--backend',
+         'torch', '--cpu-threads', '2']
+    )  # fmt: skip
+    settings = params.settings_from_args(args)
+    assert (settings.model_path, settings.publish_cloud, settings.min_depth_m) == (
+        '/m.onnx',
+        False,
+        0.5,
+    )
+    assert (settings.backend, settings.cpu_threads, settings.cloud_rgb) == ('torch', 2, True)
+    bad = parser.parse_args(['--model-path', '/m.onnx', '--cloud-decimation', '0'])
+    with pytest.raises(ConfigError, match='cloud_decimation must be >= 1'):
+        params.settings_from_args(bad)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--model-path', '/m', '--backend', 'gpu'])
 
 
 def test_pipeline_kwargs_build_a_pipeline_config():

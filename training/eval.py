@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from moa_depth_ros.engine.loader import BACKENDS
 from moa_depth_ros.errors import ConfigError, MoaDepthError
 
 # The list-file names of BTS / AdaBins / SPACE-CLIP (``train_test_inputs/``), looked for in
@@ -216,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--max-depth', type=float, help='upper depth cap in metres')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--device', default='cpu', help='torch device for --checkpoint')
-    parser.add_argument('--backend', default='auto', help='load_engine backend for --model')
+    parser.add_argument(
+        '--backend', default='auto', choices=('auto', *BACKENDS), help='backend for --model'
+    )
     parser.add_argument('--json', help='also write the metrics to this JSON file')
     return parser
 

@@ -5,7 +5,7 @@ Reads a rosbag2 (MCAP or sqlite3, with ``rosbags``), runs the same ``DepthPipeli
 topic unchanged plus the node's outputs next to the image::
 
     /camera/image_raw  ->  /camera/depth, /camera/depth/camera_info, /camera/depth/confidence,
-                           /camera/points, /camera/depth/colored (with --colored)
+                           /camera/points, /camera/depth/colored (with --publish-colored)
 
 Output messages carry the image's header stamp and frame_id and are logged at the image's
 bag time, as a node recording would have them (without the inference delay). CameraInfo is
@@ -47,10 +47,8 @@ class UndecodableMessageError(InvalidImageError):
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``bag`` arguments."""
-    defaults = params.NodeSettings()
     parser.add_argument('input', type=Path, help='input rosbag2 (directory, .mcap or .db3)')
     parser.add_argument('output', type=Path, help='output rosbag2 directory (must not exist)')
-    parser.add_argument('--model', required=True, help='model file (.onnx, .engine, ...)')
     parser.add_argument('--image-topic', help='image topic (default: the only image topic)')
     parser.add_argument(
         '--info-topic', help='CameraInfo topic (default: camera_info beside the image topic)'
@@ -59,24 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         '--output-namespace',
         help='namespace of the output topics (default: the image topic namespace)',
     )
-    parser.add_argument('--backend', default=defaults.backend, choices=params.BACKENDS)
-    parser.add_argument('--device', default=defaults.device, help='auto, cpu, cuda or cuda:N')
-    parser.add_argument(
-        '--depth-encoding', default=defaults.depth_encoding, choices=params.DEPTH_ENCODINGS
-    )
-    parser.add_argument('--min-depth', type=float, default=0.0, help='metres (0: model min)')
-    parser.add_argument('--max-depth', type=float, default=0.0, help='metres (0: model max)')
-    parser.add_argument(
-        '--no-focal-correction',
-        action='store_true',
-        help="depth for the model's canonical camera, not converted with the bag's camera_info",
-    )
-    parser.add_argument('--no-cloud', action='store_true', help='do not write points')
-    parser.add_argument('--no-cloud-rgb', action='store_true', help='points without colour')
-    parser.add_argument('--decimation', type=int, default=defaults.cloud_decimation)
-    parser.add_argument('--unorganized', action='store_true', help='only valid points')
-    parser.add_argument('--no-confidence', action='store_true', help='skip depth/confidence')
-    parser.add_argument('--colored', action='store_true', help='also write depth/colored')
+    # The node's parameters that apply offline, under their own names (params.SPECS).
+    params.add_offline_arguments(parser)
     parser.add_argument(
         '--storage', choices=STORAGES, help='output storage (default: same as the input)'
     )
@@ -87,27 +69,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
-def settings_from_args(args: argparse.Namespace) -> params.NodeSettings:
-    """Map the command line onto the node's parameters (same names, same validation)."""
-    return params.NodeSettings.from_values(
-        {
-            'model_path': str(args.model),
-            'backend': args.backend,
-            'device': args.device,
-            'depth_encoding': args.depth_encoding,
-            'min_depth_m': args.min_depth,
-            'max_depth_m': args.max_depth,
-            'focal_length_correction': not args.no_focal_correction,
-            'publish_cloud': not args.no_cloud,
-            'cloud_rgb': not args.no_cloud_rgb,
-            'cloud_decimation': args.decimation,
-            'cloud_organized': not args.unorganized,
-            'publish_confidence': not args.no_confidence,
-            'publish_colored': args.colored,
-        }
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``moa-depth bag``."""
     from moa_depth_ros.runtime.memory import retain_freed_memory
@@ -116,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     summary = process_bag(
         args.input,
         args.output,
-        settings=settings_from_args(args),
+        settings=params.settings_from_args(args),
         image_topic=args.image_topic,
         info_topic=args.info_topic,
         output_namespace=args.output_namespace,
@@ -286,11 +247,11 @@ def process_bag(
         model_file = params.resolve_model_path(
             str(Path(settings.model_path).expanduser().absolute()), None
         )
-        engine = load_engine(model_file, backend=settings.backend, device=settings.device)
+        engine = load_engine(model_file, **settings.engine_kwargs())
         model_description = engine.describe()
         try:
+            # min/max against the model range: ConfigError before anything is written
             pipeline = DepthPipeline(engine, PipelineConfig(**settings.pipeline_kwargs()))
-            pipeline.depth_range_m()  # min/max against the model range: ConfigError now
             if staging.exists():
                 shutil.rmtree(staging)  # the leftover of an interrupted run
             staging.mkdir(parents=True)
@@ -449,7 +410,7 @@ def _deserialize(typestore: Any, raw: bytes, msgtype: str) -> Any:
 _SCALE_WORDS = {
     'camera': "the camera's focal length over the model's canonical one",
     'assumed canonical': "assumed the model's canonical camera (no usable camera_info)",
-    'off': "not converted (--no-focal-correction): depth for the model's canonical camera",
+    'off': 'not converted (--no-focal-length-correction): depth for the canonical camera',
     'not recorded': 'as predicted (the model records no canonical camera)',
 }
 

@@ -91,9 +91,6 @@ class PipelineConfig:
                 raise ConfigError(f'{name} must be a number or None, got {value!r}')
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f'{name} must be finite and >= 0, got {value!r}')
-        lo, hi = self.min_depth_m, self.max_depth_m
-        if lo is not None and hi is not None and lo >= hi:
-            raise ConfigError(f'min_depth_m must be < max_depth_m, got {lo!r} >= {hi!r}')
         for name in ('cloud', 'cloud_rgb', 'organized', 'focal_correction'):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f'{name} must be true or false, got {getattr(self, name)!r}')
@@ -285,7 +282,9 @@ class DepthPipeline:
         self.model_range_m = (lo, hi)
         if config is not None and not isinstance(config, PipelineConfig):
             raise ConfigError(f'config must be a PipelineConfig, got {type(config).__name__}')
-        self.config = config or PipelineConfig()
+        config = config or PipelineConfig()
+        self.depth_range_m(config)
+        self.config = config
 
     def update_config(self, **changes: Any) -> PipelineConfig:
         """Replace config fields (validated; ConfigError leaves the old config in place)."""
@@ -296,24 +295,30 @@ class DepthPipeline:
                 f'unknown pipeline setting(s) {", ".join(unknown)}; '
                 f'known: {", ".join(sorted(known))}'
             )
+        config = dataclasses.replace(self.config, **changes)
+        self.depth_range_m(config)
         # One attribute assignment: a frame running concurrently sees the old or the new config.
-        self.config = dataclasses.replace(self.config, **changes)
-        return self.config
+        self.config = config
+        return config
 
     def depth_range_m(
         self, config: PipelineConfig | None = None, scale: float = 1.0
     ) -> tuple[float, float]:
         """Return the (min, max) depth kept in the output: the config's, else the model's.
 
-        ``scale`` converts the model's range like its depth (canonical to this camera).
+        ``scale`` converts the model's range like its depth (canonical to this camera). This
+        is the one check that the limits leave a range (ConfigError): the pipeline runs it on
+        every new config, the node on every parameter change, before applying it.
         """
         config = config or self.config
-        lo = self.model_range_m[0] * scale if config.min_depth_m is None else config.min_depth_m
-        hi = self.model_range_m[1] * scale if config.max_depth_m is None else config.max_depth_m
+        model_lo, model_hi = (v * scale for v in self.model_range_m)
+        lo = model_lo if config.min_depth_m is None else config.min_depth_m
+        hi = model_hi if config.max_depth_m is None else config.max_depth_m
         if lo >= hi:
             raise ConfigError(
-                f'depth range [{lo}, {hi}] is empty (config min/max against the model range '
-                f'{self.model_range_m})'
+                f'depth range [{lo:g}, {hi:g}] m is empty: min_depth_m must be below '
+                f"max_depth_m (an unset limit, 0, is the model's, here "
+                f'[{model_lo:g}, {model_hi:g}] m)'
             )
         return (float(lo), float(hi))
 

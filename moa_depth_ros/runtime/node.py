@@ -193,15 +193,9 @@ class DepthNode(Node):
         settings = params.NodeSettings.from_values(values)
 
         model_file = params.resolve_model_path(settings.model_path, params.find_package_share())
-        self._engine = load_engine(
-            model_file,
-            backend=settings.backend,
-            device=settings.device,
-            intra_op_threads=settings.cpu_threads or None,
-            spin_wait=settings.cpu_spin_wait,
-        )
+        self._engine = load_engine(model_file, **settings.engine_kwargs())
+        # min/max against the model range: ConfigError
         self._pipeline = DepthPipeline(self._engine, PipelineConfig(**settings.pipeline_kwargs()))
-        self._pipeline.depth_range_m()  # min/max against the model range: ConfigError
         # A frame reads this once; a parameter change replaces it in one assignment, so a
         # frame sees the old or the new settings whole and nothing waits for inference.
         self._snapshot = _Snapshot(settings, self._pipeline.config)

@@ -1,9 +1,13 @@
-"""The node's parameters: names, types, defaults, documentation and validation.
+"""The node's parameters, declared once: names, types, defaults, documentation, validation.
 
-Every runtime setting of ``depth_node`` is declared from ``SPECS`` (typed, with a
-description and constraints that ``ros2 param describe`` shows), checked here with a reason
-on reject, and documented again in ``config/moa_depth.yaml`` (a test keeps the two equal).
-The bag tool uses the same defaults, so offline output matches the node's.
+``SPECS`` is the only definition of a runtime setting. Everything else is derived from it:
+``NodeSettings`` (the typed, immutable values; a dataclass generated from ``SPECS``), the
+node's parameter declarations and descriptors (``ros2 param describe``), the flags of
+``moa-depth bag`` (``add_offline_arguments``, for the specs marked ``offline``) and the
+documented parameter file ``config/moa_depth.yaml`` (``render_yaml``; ``make config``
+rewrites it and a test fails when it is stale). Each value is checked here, once, with a
+reason on reject; the one check that needs the model (``min_depth_m`` below ``max_depth_m``,
+0 meaning the model's own limit) is ``DepthPipeline.depth_range_m``.
 
 Model paths come from a parameter or the package share directory, never from the working
 directory: a launch file started from another folder must find the same model.
@@ -13,17 +17,21 @@ Pure Python: the node (rclpy) and the bag tool (argparse) both build on it.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
 from pathlib import Path
 import re
-from typing import Any, Mapping
+import sys
+import textwrap
+from typing import Any, Mapping, Sequence
 
+from moa_depth_ros.engine.loader import BACKENDS as ENGINE_BACKENDS
 from moa_depth_ros.errors import ConfigError
 
 PACKAGE = 'moa_depth_ros'
-BACKENDS = ('auto', 'tensorrt', 'onnxruntime', 'torch')
+BACKENDS = ('auto', *ENGINE_BACKENDS)
 DEPTH_ENCODINGS = ('32FC1', '16UC1')
 RELIABILITIES = ('reliable', 'best_effort')
 INPUT_RELIABILITIES = ('auto', *RELIABILITIES)
@@ -34,20 +42,34 @@ _TYPE_WORDS = {
     'float': 'a number',
     'str': 'a string',
 }
+# The parameter file's sections, in order (ParamSpec.section).
+SECTIONS = {
+    'model': 'model (read-only: restart the node to change)',
+    'depth': 'depth output',
+    'cloud': 'point cloud (`points`, needs camera_info)',
+    'inputs': 'inputs, rate and QoS',
+    'diagnostics': 'diagnostics',
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
-    """One declared parameter: its default fixes the type (bool, int, float or str)."""
+    """One declared parameter: its default fixes the type (bool, int, float or str).
+
+    ``offline``: also an option of ``moa-depth bag`` (``--name-with-dashes``; booleans as
+    ``--name`` / ``--no-name``). ``section``: where ``config/moa_depth.yaml`` lists it.
+    """
 
     name: str
     default: bool | int | float | str
     description: str
+    section: str
     read_only: bool = False
     choices: tuple[str, ...] | None = None
     min_value: float | None = None
     max_value: float | None = None
     pattern: re.Pattern[str] | None = None
+    offline: bool = False
 
     @property
     def type_name(self) -> str:
@@ -55,8 +77,13 @@ class ParamSpec:
         return type(self.default).__name__
 
     @property
-    def constraints(self) -> str:
-        """Human-readable constraints (ParameterDescriptor.additional_constraints)."""
+    def flag(self) -> str:
+        """The ``moa-depth bag`` option of an offline parameter."""
+        return '--' + self.name.replace('_', '-')
+
+    @property
+    def value_constraints(self) -> str:
+        """The values it accepts, in words ('' when any value of its type)."""
         parts = []
         if self.choices:
             parts.append('one of ' + ', '.join(repr(c) for c in self.choices))
@@ -66,9 +93,21 @@ class ParamSpec:
             parts.append(f'>= {self.min_value:g}')
         if self.pattern is not None:
             parts.append(f'matches {self.pattern.pattern}')
+        return '; '.join(parts)
+
+    @property
+    def constraints(self) -> str:
+        """Human-readable constraints (ParameterDescriptor.additional_constraints)."""
+        parts = [self.value_constraints] if self.value_constraints else []
         if self.read_only:
             parts.append('read-only: restart the node to change it')
         return '; '.join(parts)
+
+    @property
+    def documentation(self) -> str:
+        """The description and the accepted values: the parameter file's and --help's text."""
+        values = self.value_constraints
+        return f'{self.description} Values: {values}.' if values else self.description
 
     def check(self, value: Any) -> str | None:
         """Return why ``value`` is not acceptable, or None if it is."""
@@ -97,32 +136,41 @@ SPECS: tuple[ParamSpec, ...] = (
         'model_path',
         '',
         'Depth model file: .onnx (ONNX Runtime), .engine/.plan (TensorRT) or .safetensors '
-        '(PyTorch). An absolute path, or a path relative to share/moa_depth_ros/models.',
+        '(PyTorch). An absolute path, or a path relative to share/moa_depth_ros/models (never '
+        "the working directory). The launch file's `model:=` argument sets it.",
+        'model',
         read_only=True,
+        offline=True,
     ),
     ParamSpec(
         'backend',
         'auto',
         "Inference backend; 'auto' picks it from the model file's extension.",
+        'model',
         read_only=True,
         choices=BACKENDS,
+        offline=True,
     ),
     ParamSpec(
         'device',
         'auto',
         "Where the network runs: 'auto' (GPU when the backend has one), 'cpu', 'cuda' "
         "or 'cuda:N'.",
+        'model',
         read_only=True,
         pattern=_DEVICE_RE,
+        offline=True,
     ),
     ParamSpec(
         'cpu_threads',
         0,
         'CPU threads the network may use on the CPU (ONNX Runtime intra-op threads); 0 = the '
         'backend default, one per physical core.',
+        'model',
         read_only=True,
         min_value=0,
         max_value=256,
+        offline=True,
     ),
     ParamSpec(
         'cpu_spin_wait',
@@ -130,6 +178,7 @@ SPECS: tuple[ParamSpec, ...] = (
         "Let ONNX Runtime's threads busy-wait for the next frame: 1-2 ms less latency per "
         'frame, paid with a CPU core kept busy between frames. Off leaves that CPU to the '
         'rest of the robot.',
+        'model',
         read_only=True,
     ),
     ParamSpec(
@@ -137,19 +186,25 @@ SPECS: tuple[ParamSpec, ...] = (
         '32FC1',
         "Encoding of `depth`: '32FC1' metres (NaN = invalid) or '16UC1' millimetres "
         '(0 = invalid), as depth_image_proc accepts both.',
+        'depth',
         choices=DEPTH_ENCODINGS,
+        offline=True,
     ),
     ParamSpec(
         'min_depth_m',
         0.0,
-        'Depth below this is published as invalid; 0 uses the model minimum.',
+        "Depth below this is published as invalid; 0 uses the model's minimum.",
+        'depth',
         min_value=0.0,
+        offline=True,
     ),
     ParamSpec(
         'max_depth_m',
         0.0,
-        'Depth above this is published as invalid; 0 uses the model maximum.',
+        "Depth above this is published as invalid; 0 uses the model's maximum.",
+        'depth',
         min_value=0.0,
+        offline=True,
     ),
     ParamSpec(
         'focal_length_correction',
@@ -158,28 +213,62 @@ SPECS: tuple[ParamSpec, ...] = (
         '(camera_info), so metric scale holds on cameras other than the training camera. '
         'Without a usable camera_info the canonical camera is assumed (said once on the log '
         'and on /diagnostics). Off: depth as the model predicts it.',
+        'depth',
+        offline=True,
     ),
-    ParamSpec('publish_cloud', True, 'Publish `points` (needs camera_info).'),
-    ParamSpec('cloud_rgb', True, 'Add the image colour (rgb field) to `points`.'),
+    ParamSpec(
+        'publish_confidence',
+        True,
+        'Publish `depth/confidence` (32FC1, 0..1, 0 where depth is invalid).',
+        'depth',
+        offline=True,
+    ),
+    ParamSpec(
+        'publish_colored',
+        False,
+        'Publish `depth/colored`, a bgr8 preview (near = red, far = blue, invalid = black).',
+        'depth',
+        offline=True,
+    ),
+    ParamSpec(
+        'publish_cloud', True, 'Publish `points` (needs camera_info).', 'cloud', offline=True
+    ),
+    ParamSpec(
+        'cloud_rgb',
+        True,
+        'Add the image colour to `points` as an rgb field (RViz: Color Transformer RGB8).',
+        'cloud',
+        offline=True,
+    ),
     ParamSpec(
         'cloud_decimation',
         1,
         'Keep every N-th pixel in both directions for `points` (depth stays full size).',
+        'cloud',
         min_value=1,
         max_value=16,
+        offline=True,
     ),
     ParamSpec(
         'cloud_organized',
         True,
-        'Publish `points` as an organized H x W cloud with NaN for invalid pixels; false '
-        'publishes only valid points (height 1).',
+        'Publish `points` as an organized H x W cloud with NaN for invalid pixels (is_dense '
+        'false, like depth_image_proc); false publishes only valid points (height 1).',
+        'cloud',
+        offline=True,
     ),
-    ParamSpec('publish_confidence', True, 'Publish `depth/confidence` (32FC1, 0..1).'),
-    ParamSpec('publish_colored', False, 'Publish `depth/colored`, a bgr8 preview.'),
+    ParamSpec(
+        'subscribe_compressed',
+        False,
+        'Also subscribe to `image/compressed` (sensor_msgs/CompressedImage, jpeg/png).',
+        'inputs',
+    ),
     ParamSpec(
         'max_rate_hz',
         0.0,
-        'Process at most this many frames per second (0 = as fast as frames come).',
+        'Process at most this many frames per second (0 = as fast as frames come). Frames '
+        'arriving while inference is busy are dropped (counted on /diagnostics), never queued.',
+        'inputs',
         min_value=0.0,
     ),
     ParamSpec(
@@ -187,6 +276,7 @@ SPECS: tuple[ParamSpec, ...] = (
         'reliable',
         "QoS reliability of the outputs: 'reliable' (RViz's default; matches every "
         "subscriber) or 'best_effort'.",
+        'inputs',
         choices=RELIABILITIES,
     ),
     ParamSpec(
@@ -194,7 +284,9 @@ SPECS: tuple[ParamSpec, ...] = (
         5,
         'Frames each output publisher keeps for a reliable subscriber that has not '
         'acknowledged them yet (KEEP_LAST depth). Fewer lose frames to a briefly slow '
-        'subscriber; each costs up to one frame of that output in memory.',
+        'subscriber; each costs up to one frame of that output in memory (~5 MB for a '
+        '640x480 cloud).',
+        'inputs',
         min_value=1,
         max_value=100,
     ),
@@ -205,17 +297,14 @@ SPECS: tuple[ParamSpec, ...] = (
         'publishers (reliable when every publisher offers it, as rosbag2 records), '
         "'reliable' or 'best_effort'. A best-effort reader loses large frames from a "
         'reliable camera under Fast DDS defaults.',
+        'inputs',
         choices=INPUT_RELIABILITIES,
-    ),
-    ParamSpec(
-        'subscribe_compressed',
-        False,
-        'Also subscribe to `image/compressed` (sensor_msgs/CompressedImage, jpeg/png).',
     ),
     ParamSpec(
         'diagnostics_period_s',
         1.0,
-        'Period of the /diagnostics status.',
+        'Period of the /diagnostics status, seconds.',
+        'diagnostics',
         min_value=0.1,
         max_value=60.0,
     ),
@@ -223,40 +312,18 @@ SPECS: tuple[ParamSpec, ...] = (
 
 SPEC_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SPECS}
 READ_ONLY: frozenset[str] = frozenset(spec.name for spec in SPECS if spec.read_only)
+OFFLINE: tuple[ParamSpec, ...] = tuple(spec for spec in SPECS if spec.offline)
 
 
-@dataclasses.dataclass(frozen=True)
-class NodeSettings:
-    """The values of every parameter (defaults = ``SPECS`` defaults)."""
-
-    model_path: str = ''
-    backend: str = 'auto'
-    device: str = 'auto'
-    cpu_threads: int = 0
-    cpu_spin_wait: bool = False
-    depth_encoding: str = '32FC1'
-    min_depth_m: float = 0.0
-    max_depth_m: float = 0.0
-    focal_length_correction: bool = True
-    publish_cloud: bool = True
-    cloud_rgb: bool = True
-    cloud_decimation: int = 1
-    cloud_organized: bool = True
-    publish_confidence: bool = True
-    publish_colored: bool = False
-    max_rate_hz: float = 0.0
-    output_reliability: str = 'reliable'
-    output_history_depth: int = 5
-    input_reliability: str = 'auto'
-    subscribe_compressed: bool = False
-    diagnostics_period_s: float = 1.0
+class _SettingsBehaviour:
+    """What ``NodeSettings`` does with its values; its fields are generated from ``SPECS``."""
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> NodeSettings:
+    def from_values(cls, values: Mapping[str, Any]) -> Any:
         """Validate a complete or partial name -> value mapping; raise ConfigError."""
         return cls().updated(values, runtime=False)
 
-    def updated(self, changes: Mapping[str, Any], *, runtime: bool = True) -> NodeSettings:
+    def updated(self, changes: Mapping[str, Any], *, runtime: bool = True) -> Any:
         """Return a copy with ``changes`` applied, or raise ConfigError with the reason.
 
         ``runtime`` rejects read-only parameters (they take effect only at start).
@@ -277,13 +344,7 @@ class NodeSettings:
             name: float(value) if SPEC_BY_NAME[name].type_name == 'float' else value
             for name, value in changes.items()
         }
-        new = dataclasses.replace(self, **typed)
-        if new.min_depth_m > 0.0 and new.max_depth_m > 0.0 and new.min_depth_m >= new.max_depth_m:
-            raise ConfigError(
-                f'min_depth_m ({new.min_depth_m:g}) must be below max_depth_m '
-                f'({new.max_depth_m:g}); 0 means the model range'
-            )
-        return new
+        return dataclasses.replace(self, **typed)
 
     def depth_limits_m(self) -> tuple[float | None, float | None]:
         """(min, max) depth in metres; None where the model's own limit applies."""
@@ -301,6 +362,119 @@ class NodeSettings:
             'organized': self.cloud_organized,
             'focal_correction': self.focal_length_correction,
         }
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Return the ``load_engine`` arguments (besides the path) these settings control."""
+        return {
+            'backend': self.backend,
+            'device': self.device,
+            'intra_op_threads': self.cpu_threads or None,
+            'spin_wait': self.cpu_spin_wait,
+        }
+
+
+NodeSettings = dataclasses.make_dataclass(
+    'NodeSettings',
+    [(spec.name, type(spec.default), dataclasses.field(default=spec.default)) for spec in SPECS],
+    bases=(_SettingsBehaviour,),
+    frozen=True,
+)
+NodeSettings.__module__ = __name__
+NodeSettings.__doc__ = (
+    """The value of every parameter (fields and defaults: ``SPECS``, in order)."""
+)
+
+
+# --------------------------------------------------------------- the bag tool's options
+
+
+def add_offline_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add an option for every ``offline`` parameter, named and checked like the parameter.
+
+    Defaults are the parameters' defaults; ``settings_from_args`` validates the values.
+    """
+    for spec in OFFLINE:
+        text = spec.documentation.replace('%', '%%')  # argparse formats help with %
+        if spec.type_name == 'bool':
+            parser.add_argument(
+                spec.flag, action=argparse.BooleanOptionalAction, default=spec.default, help=text
+            )
+            continue
+        kind = {'int': int, 'float': float, 'str': str}[spec.type_name]
+        parser.add_argument(
+            spec.flag,
+            type=kind,
+            default=spec.default,
+            choices=spec.choices,
+            required=spec.name == 'model_path',
+            metavar=spec.name.upper() if spec.choices is None else None,
+            help=text,
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """Return the ``NodeSettings`` of the offline options in ``args`` (ConfigError if bad)."""
+    return NodeSettings.from_values({spec.name: getattr(args, spec.name) for spec in OFFLINE})
+
+
+# ------------------------------------------------------------------ the parameter file
+
+_YAML_HEADER = """\
+# Parameters of depth_node (moa_depth_ros), with their defaults.
+# Generated from moa_depth_ros/runtime/params.py (SPECS) by `make config`: edit it there.
+#
+# `/**:` applies them to the node whatever its name or namespace. Types are strict (ROS 2
+# static parameter typing): write doubles with a decimal point (10.0, not 10).
+# Change a dynamic parameter while the node runs, e.g.
+#   ros2 param set /camera/moa_depth_node depth_encoding 16UC1
+# `ros2 param describe /camera/moa_depth_node <name>` shows each description and constraint.
+/**:
+  ros__parameters:
+"""
+
+
+def _yaml_value(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("'", "''") + "'"
+
+
+def render_yaml() -> str:
+    """Return ``config/moa_depth.yaml``: every parameter, its default and its description."""
+    lines = []
+    for section, title in SECTIONS.items():
+        specs = [spec for spec in SPECS if spec.section == section]
+        if lines:
+            lines.append('')
+        lines.append(f'    # --- {title} '.ljust(92, '-'))
+        for spec in specs:
+            lines += textwrap.wrap(
+                spec.description,
+                width=92,
+                initial_indent='    # ',
+                subsequent_indent='    # ',
+                break_on_hyphens=False,
+            )
+            if spec.value_constraints:
+                lines.append(f'    # Values: {spec.value_constraints}.')
+            lines.append(f'    {spec.name}: {_yaml_value(spec.default)}')
+    return _YAML_HEADER + '\n'.join(lines) + '\n'
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m moa_depth_ros.runtime.params PATH``: write the parameter file (atomically)."""
+    from moa_depth_ros.fileio import atomic_write_text
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print('usage: python -m moa_depth_ros.runtime.params config/moa_depth.yaml')
+        return 2
+    atomic_write_text(argv[0], render_yaml())
+    return 0
 
 
 def find_package_share(
@@ -343,3 +517,7 @@ def resolve_model_path(value: str, share_dir: Path | None) -> Path:
     if not path.is_file():
         raise ConfigError(f'model_path {value!r}: no such file {str(path)!r}')
     return path
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -68,3 +68,38 @@ def test_eval_without_test_data_says_what_is_missing(checkpoint, capsys, tmp_pat
     argv = ['eval', '--checkpoint', str(checkpoint), '--dataset', 'nyu']
     assert main([*argv, '--data-root', str(tmp_path)]) == 2
     assert '--list' in capsys.readouterr().err
+
+
+def test_eval_scores_what_the_node_publishes_for_full_size_images(checkpoint, capsys):
+    """Images larger than the network go through the node's resize, as on the robot.
+
+    Depth comes back at the ground truth's size, converted with each image's focal length.
+    """
+    from moa_depth_ros.engine.torch_backend import TorchEngine
+    from moa_depth_ros.errors import ConfigError
+    from training.config import build_data_config
+    from training.data import build_dataset
+    from training.eval import evaluate_pipeline, evaluation_pipeline
+    from training.metrics import MetricConfig
+
+    argv = ['eval', '--checkpoint', str(checkpoint), '--dataset', 'synthetic']
+    assert main([*argv, '--num-scenes', '2', '--synthetic-hw', '48', '64']) == 0
+    printed = [float(v) for v in _rows(capsys.readouterr().out)[1]]
+
+    values = {'dataset': 'synthetic', 'augment': False, 'synthetic_hw': (48, 64)}
+    dataset = build_dataset(build_data_config({**values, 'synthetic_sizes': {'test': 2}}), 'test')
+    engine = TorchEngine(str(checkpoint), device='cpu')
+    shapes = []
+    config = MetricConfig(min_depth_m=1e-3, max_depth_m=10.0, crop='none')
+    accumulator = evaluate_pipeline(
+        evaluation_pipeline(engine),
+        dataset,
+        metric_config=config,
+        on_sample=lambda sample, depth: shapes.append(tuple(depth.shape)),
+    )
+    assert shapes == [(1, 1, 48, 64)] * 2
+    assert accumulator.means()['abs_rel'] == pytest.approx(printed[3], abs=1e-4)
+
+    resized = dict(dataset[0], image=dataset[0]['image'][:, :32, :32])  # image != depth size
+    with pytest.raises(ConfigError, match='build the dataset without image_hw'):
+        evaluate_pipeline(evaluation_pipeline(engine), [resized], metric_config=config)

@@ -288,6 +288,26 @@ def test_nyu_sync_reader_gives_metres_rgb_and_intrinsics(tmp_path):
     assert sample['name'] == 'kitchen_0028b/rgb_00000.jpg'
 
 
+def test_images_reach_the_network_through_the_nodes_resize(tmp_path):
+    """Training data, training batches and the node share one resize (resize_to_input)."""
+    from moa_depth_ros.frame.pipeline import preprocess, resize_to_input
+    from training.data.base import resize_batch
+
+    list_file, _ = _write_nyu(tmp_path)
+    full = NYUDepthV2(list_file, str(tmp_path))[0]
+    small = NYUDepthV2(list_file, str(tmp_path), image_hw=(48, 64))[0]
+    frame = full['image'].permute(1, 2, 0).numpy()
+    expected = resize_to_input(frame, (48, 64))
+    np.testing.assert_allclose(small['image'].permute(1, 2, 0).numpy(), expected, atol=1e-6)
+    assert small['depth_m'].shape == full['depth_m'].shape  # labels keep their resolution
+    batch = resize_batch(full['image'][None], (48, 64))
+    np.testing.assert_allclose(batch[0].permute(1, 2, 0).numpy(), expected, atol=1e-6)
+    assert resize_batch(batch, (48, 64)) is batch  # already the input size: untouched
+    # The node: the same resize of the uint8 camera frame, to within 8-bit rounding per step.
+    node = preprocess(np.round(frame * 255).astype(np.uint8), (48, 64))[0].transpose(1, 2, 0)
+    np.testing.assert_allclose(node, expected, atol=2.0 / 255)
+
+
 def test_nyu_training_split_crops_border_and_random_crop(tmp_path):
     list_file, _ = _write_nyu(tmp_path)
     cfg = DataConfig(dataset='nyu', train_list=list_file, train_image_root=str(tmp_path))

@@ -9,9 +9,13 @@
 
 Prints the papers' table (``training/metrics.py``: d1 d2 d3 AbsRel SqRel RMSE RMSElog log10
 SILog, per-image means) under a header naming the depth caps, the crop and whether median
-scaling is on. ``--model`` evaluates any file ``load_engine`` opens (.onnx, .engine,
-.safetensors) through the runtime the robot uses, so an export can be checked against its
-checkpoint. The same ``evaluate_model`` scores the validation split during training.
+scaling is on. Both ``--checkpoint`` and ``--model`` (any file ``load_engine`` opens: .onnx,
+.engine, .safetensors) are scored through ``DepthPipeline``, exactly as the node publishes
+depth: the test image at its own resolution, the node's resize to the network input, the
+network, the conversion from the model's canonical camera with the image's focal length,
+upsampling to the ground truth and the model's depth range (``evaluate_pipeline``). So the
+numbers are what a robot gets, and an export is checked against its checkpoint. During
+training, ``evaluate_model`` scores the validation split in batches with the same resize.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 from moa_depth_ros.engine.loader import BACKENDS
 from moa_depth_ros.errors import ConfigError, MoaDepthError
@@ -67,15 +70,13 @@ def evaluate_predictor(
     camera and becomes metric with each sample's own focal length (``canonical_scale``), as the
     runtime does with CameraInfo. Returns the filled ``MetricAccumulator``.
     """
-    from training.data.base import canonical_scale
+    from training.data.base import canonical_scale, resize_batch
     from training.metrics import MetricAccumulator
 
     accumulator = MetricAccumulator(metric_config)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in loader:
-        image = batch['image'].to(device)
-        if tuple(image.shape[-2:]) != tuple(input_hw):
-            image = F.interpolate(image, size=tuple(input_hw), mode='bilinear', antialias=True)
+        image = resize_batch(batch['image'], tuple(input_hw)).to(device)  # the node's resize
         depth_m = predict(image)
         if canonical_focal_px is not None:
             scale = canonical_scale(batch, tuple(input_hw), canonical_focal_px)
@@ -132,12 +133,65 @@ def evaluate_model(
     return accumulator.means()
 
 
-def _engine_predictor(engine) -> Predictor:
-    def predict(image: torch.Tensor) -> torch.Tensor:
-        depth, _ = engine.infer(image.cpu().numpy().astype(np.float32))
-        return torch.from_numpy(np.asarray(depth, np.float32))
+def evaluate_pipeline(
+    pipeline,
+    dataset,
+    *,
+    metric_config,
+    on_sample: Callable[[dict, torch.Tensor], None] | None = None,
+):
+    """Score ``dataset`` through a ``DepthPipeline``: what the node publishes for each image.
 
-    return predict
+    Each sample's image (at its own resolution, as a camera sends it) goes through the
+    pipeline with a camera model made from the sample's ``K``, so depth is converted from the
+    canonical camera as the node converts it (unless the pipeline's config switches that
+    off), and comes out at the ground truth's size. Samples must hold image, depth and ``K``
+    at one resolution (datasets built without ``image_hw``). Returns the ``MetricAccumulator``.
+    """
+    import dataclasses
+
+    from moa_depth_ros.frame.geometry import CameraModel
+    from training.metrics import MetricAccumulator
+
+    accumulator = MetricAccumulator(metric_config)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        rgb = (sample['image'].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+        gt_m = sample['depth_m']
+        height, width = rgb.shape[:2]
+        if tuple(gt_m.shape[-2:]) != (height, width):
+            raise ConfigError(
+                f'{sample["name"]}: image {width}x{height} and depth '
+                f'{gt_m.shape[-1]}x{gt_m.shape[-2]} differ; build the dataset without image_hw'
+            )
+        K = sample['K'].numpy().astype(np.float64)
+        camera = CameraModel(
+            width=width,
+            height=height,
+            fx_px=K[0, 0],
+            fy_px=K[1, 1],
+            cx_px=K[0, 2],
+            cy_px=K[1, 2],
+        )
+        config = dataclasses.replace(pipeline.config, output_hw=(height, width))
+        result = pipeline.process_rgb(rgb, camera, config)
+        depth_m = torch.from_numpy(result.depth_m)[None, None]
+        accumulator.update(depth_m, gt_m[None])
+        if on_sample is not None:
+            on_sample(sample, depth_m)
+    return accumulator
+
+
+def evaluation_pipeline(engine, focal_correction: bool = True):
+    """Return the ``DepthPipeline`` that scores ``engine``: the node's, without the cloud.
+
+    Depth outside the model's range is clamped to it rather than blanked, as the papers'
+    evaluation clamps predictions (the metrics then apply the dataset's caps).
+    """
+    from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
+
+    config = PipelineConfig(cloud=False, out_of_range='clamp', focal_correction=focal_correction)
+    return DepthPipeline(engine, config)
 
 
 def _dataset_from_args(args: argparse.Namespace, input_hw: tuple[int, int]):
@@ -169,7 +223,7 @@ def _dataset_from_args(args: argparse.Namespace, input_hw: tuple[int, int]):
             eval_image_root=root,
             eval_depth_root=os.path.expanduser(args.depth_root or ''),
         )
-    values['image_hw'] = tuple(input_hw)
+    # No image_hw: each image reaches the pipeline at its own size, as a camera sends it.
     return build_dataset(build_data_config(values), args.split)
 
 
@@ -215,7 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('--min-depth', type=float, help='lower depth cap in metres')
     parser.add_argument('--max-depth', type=float, help='upper depth cap in metres')
-    parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--device', default='cpu', help='torch device for --checkpoint')
     parser.add_argument(
         '--backend', default='auto', choices=('auto', *BACKENDS), help='backend for --model'
@@ -229,47 +282,31 @@ def run(args: argparse.Namespace) -> dict:
     from training.data import DEPTH_RANGES_M
 
     if args.checkpoint:
-        from moa_depth_ros.model import load_model
+        from moa_depth_ros.engine.torch_backend import TorchEngine
 
-        model = load_model(args.checkpoint, map_location=args.device).eval()
-        input_hw = model.input_hw
-        canonical_focal_px = model.config.canonical_focal_px()
-
-        @torch.no_grad()
-        def predict(image: torch.Tensor) -> torch.Tensor:
-            return model(image)[0]
-
+        engine = TorchEngine(args.checkpoint, device=args.device)
         source = args.checkpoint
-        device = args.device
     else:
         from moa_depth_ros.engine import load_engine
 
         engine = load_engine(args.model, backend=args.backend)
-        input_hw = tuple(engine.input_hw)
-        canonical_focal_px = engine.canonical_focal_px
-        predict = _engine_predictor(engine)
         source = f'{args.model} ({engine.backend})'
-        device = 'cpu'
-    dataset = _dataset_from_args(args, input_hw)
-    if len(dataset) == 0:
-        raise ConfigError(f'the {args.dataset} {args.split} split is empty')
-    low, high = DEPTH_RANGES_M[args.dataset]
-    depth_range_m = (
-        args.min_depth if args.min_depth is not None else low,
-        args.max_depth if args.max_depth is not None else high,
-    )
-    metric_config = _metric_config(
-        args.dataset, dataset, depth_range_m, args.crop, args.median_scaling
-    )
-    accumulator = evaluate_predictor(
-        predict,
-        dataset,
-        input_hw=input_hw,
-        metric_config=metric_config,
-        batch_size=args.batch_size,
-        device=device,
-        canonical_focal_px=None if args.no_focal_correction else canonical_focal_px,
-    )
+    try:
+        dataset = _dataset_from_args(args, tuple(engine.input_hw))
+        if len(dataset) == 0:
+            raise ConfigError(f'the {args.dataset} {args.split} split is empty')
+        low, high = DEPTH_RANGES_M[args.dataset]
+        depth_range_m = (
+            args.min_depth if args.min_depth is not None else low,
+            args.max_depth if args.max_depth is not None else high,
+        )
+        metric_config = _metric_config(
+            args.dataset, dataset, depth_range_m, args.crop, args.median_scaling
+        )
+        pipeline = evaluation_pipeline(engine, focal_correction=not args.no_focal_correction)
+        accumulator = evaluate_pipeline(pipeline, dataset, metric_config=metric_config)
+    finally:
+        engine.close()
     header = f'{source} on {args.dataset} {args.split}: {accumulator.header()}'
     from training.metrics import format_table
 

@@ -8,7 +8,7 @@ Steps, each printed as it runs, every artefact in ``runs/quickstart/``:
 3. evaluate on the held-out test scenes next to a constant-depth baseline (the median
    training depth);
 4. export ONNX (verified against PyTorch by the exporter) and evaluate the ONNX file through
-   ``load_engine``, the runtime the robot uses;
+   ``DepthPipeline`` on ONNX Runtime, as the node runs it;
 5. cameras: held-out rooms seen through lenses of 45, 60, 75, 90 and 100 degrees (the
    recipe's training range is 50-95: two lie outside), each written as a camera rosbag2 with its
    CameraInfo and run through ``moa-depth bag`` (the node's pipeline) with the focal-length
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
     from moa_depth_ros.model import load_model
     from training.config import build_data_config, load_config
     from training.data import build_dataset
-    from training.eval import evaluate_predictor
+    from training.eval import evaluate_pipeline, evaluate_predictor, evaluation_pipeline
     from training.metrics import MetricConfig, format_table
     from training.train import train
 
@@ -211,18 +211,9 @@ def run(args: argparse.Namespace) -> dict:
     onnx_path = run_dir / 'model.onnx'
     report = export_onnx(model, onnx_path)
     engine = load_engine(onnx_path, backend='onnxruntime', device='cpu')
-    try:
-
-        def predict_onnx(image):
-            depth, _ = engine.infer(image.numpy().astype(np.float32))
-            return torch.from_numpy(np.asarray(depth, np.float32))
-
-        scored['onnx'] = evaluate_predictor(
-            predict_onnx,
-            test_set,
-            input_hw=model.input_hw,
-            metric_config=metric_config,
-            canonical_focal_px=engine.canonical_focal_px,
+    try:  # the exported model as the node runs it
+        scored['onnx'] = evaluate_pipeline(
+            evaluation_pipeline(engine), test_set, metric_config=metric_config
         )
     finally:
         engine.close()

@@ -43,7 +43,6 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 from moa_depth_ros.errors import ConfigError, MoaDepthError
 from training.config import (
@@ -52,6 +51,7 @@ from training.config import (
     build_data_config,
     load_config,
 )
+from training.data.base import resize_batch
 
 STATE_FILE = 'train_state.safetensors'
 MODEL_FILE = 'model.safetensors'
@@ -619,10 +619,7 @@ def train(
                     gt_depth_m = _to_canonical(
                         gt_depth_m, batch, model.input_hw, canonical_focal_px, depth_range_m
                     )
-                if tuple(image.shape[-2:]) != model.input_hw:
-                    image = F.interpolate(
-                        image, size=model.input_hw, mode='bilinear', antialias=True
-                    )
+                image = resize_batch(image, model.input_hw)  # the node's resize, if any
                 last_micro = micro_step == config.grad_accum_steps - 1
                 sync = contextlib.nullcontext()
                 if dist.enabled and not last_micro:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.frame.pipeline import resize_to_input
 from moa_depth_ros.frame.scale import focal_at_input_px
 
 # How many missing paths one error message names before it only counts the rest.
@@ -85,14 +86,17 @@ def shift_intrinsics(K: np.ndarray, dx_px: float, dy_px: float) -> np.ndarray:
     return out
 
 
-def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Resize an image (not depth) to ``hw`` = (height, width); area filter when shrinking."""
-    h, w = image.shape[:2]
-    if (h, w) == tuple(hw):
+def resize_batch(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Resize float images [N, 3, H, W] in [0, 1] to ``hw`` as the node does (``resize_to_input``).
+
+    Datasets already deliver the model's input size; this is for one that does not (a
+    synthetic set rendered at another size), so that the network never sees another resize.
+    """
+    if tuple(image.shape[-2:]) == tuple(hw):
         return image
-    shrinking = hw[0] < h and hw[1] < w
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(image, (int(hw[1]), int(hw[0])), interpolation=interp)
+    frames = image.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+    resized = np.stack([resize_to_input(frame, tuple(hw)) for frame in frames])
+    return torch.from_numpy(resized).permute(0, 3, 1, 2).contiguous().to(image.device)
 
 
 def make_sample(

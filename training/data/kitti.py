@@ -21,6 +21,7 @@ import os
 import numpy as np
 from torch.utils.data import Dataset
 
+from moa_depth_ros.frame.pipeline import resize_to_input
 from training.data.augment import AugmentConfig, augment
 from training.data.base import (
     DatasetError,
@@ -30,7 +31,6 @@ from training.data.base import (
     make_sample,
     read_depth_png,
     read_rgb,
-    resize_image,
     shift_intrinsics,
 )
 from training.data.splits import read_list_file
@@ -146,5 +146,5 @@ class KITTIEigen(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, depth, K = augment(image, depth, K, self.augment_cfg, rng)
         if self.image_hw is not None:
-            image = resize_image(image, self.image_hw)
+            image = resize_to_input(image, self.image_hw)
         return make_sample(image, depth, K, entry.image.lstrip('/'))

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from moa_depth_ros.frame.pipeline import resize_to_input
 from training.data.augment import AugmentConfig, augment
 from training.data.base import DatasetError, make_sample
 from training.data.splits import synthetic_scene_seeds
@@ -126,9 +127,8 @@ class SyntheticRooms(Dataset):
         x0 = int(rng.integers(0, big_w - win_w + 1))
         y0 = int(rng.integers(0, big_h - win_h + 1))
         rx, ry = w / win_w, h / win_h
-        image = cv2.resize(
-            image[y0 : y0 + win_h, x0 : x0 + win_w], (w, h), interpolation=cv2.INTER_AREA
-        )
+        # The image as a camera frame reaches the network: the node's resize.
+        image = resize_to_input(image[y0 : y0 + win_h, x0 : x0 + win_w], (h, w))
         depth = cv2.resize(
             depth[y0 : y0 + win_h, x0 : x0 + win_w],
             (w, h),

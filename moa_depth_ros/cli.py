@@ -24,15 +24,14 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
-        prog='moa-depth',
-        description='Offline tools of moa_depth_ros: metric depth from one camera.',
-    )
+def command_parser(
+    prog: str, description: str, commands: Sequence[tuple[str, str, str]]
+) -> argparse.ArgumentParser:
+    """Build a parser with one subcommand per (name, module, help) entry of ``commands``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument('--version', action='version', version=f'moa_depth_ros {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
-    for name, module_name, help_text in SUBCOMMANDS:
+    for name, module_name, help_text in commands:
         module = importlib.import_module(module_name)
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         module.configure(sub_parser)
@@ -40,9 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``moa-depth`` console script."""
-    parser = build_parser()
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; a package error is one line and exit 2."""
     args = parser.parse_args(argv)
     if getattr(args, '_run', None) is None:
         parser.print_help()
@@ -50,11 +48,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except MoaDepthError as e:
-        print(f'moa-depth {args.command}: error: {e}', file=sys.stderr)
+        print(f'{parser.prog} {args.command}: error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f'moa-depth {args.command}: interrupted', file=sys.stderr)
+        print(f'{parser.prog} {args.command}: interrupted', file=sys.stderr)
         return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``moa-depth`` parser with every registered subcommand."""
+    return command_parser(
+        'moa-depth', 'Tools of moa_depth_ros: metric depth from one camera.', SUBCOMMANDS
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``moa-depth`` console script."""
+    return run_command(build_parser(), argv)
 
 
 if __name__ == '__main__':

@@ -40,9 +40,15 @@ def opencv_project(cam: CameraModel, points: np.ndarray, model: str, d) -> np.nd
     return uv.reshape(points.shape[:-1] + (2,))
 
 
+def ray_table(cam: CameraModel) -> np.ndarray:
+    """Return the camera's rays as [H, W, 3] (x/z, y/z, 1), NaN where none exists."""
+    x, y, valid = cam.ray_planes()
+    return np.stack([x, y, np.ones_like(x) if valid is None else valid], axis=-1)
+
+
 def test_pinhole_rays_are_the_closed_form():
     cam = camera()
-    rays = cam.rays()
+    rays = ray_table(cam)
     u, v = pixel_grid()
     assert rays.shape == (H, W, 3) and rays.dtype == np.float32
     np.testing.assert_allclose(rays[..., 0], (u - 47.3) / 70.0, atol=1e-6)
@@ -81,8 +87,8 @@ def test_distorted_plane_at_known_distance_reprojects_onto_every_pixel(model):
     error_px = np.hypot(uv[:, 0] - u[valid], uv[:, 1] - v[valid])
     assert error_px.max() < 1e-3
     # And distortion really moved the rays away from the pinhole ones.
-    pinhole = camera().rays()
-    assert np.nanmax(np.abs(cam.rays()[..., 0] - pinhole[..., 0])) > 0.01
+    pinhole = ray_table(camera())
+    assert np.nanmax(np.abs(ray_table(cam)[..., 0] - pinhole[..., 0])) > 0.01
 
 
 def _opencv_4_calib3d(monkeypatch):
@@ -119,7 +125,7 @@ def test_distorted_rays_come_out_the_same_with_the_opencv_ros_installs(model, mo
     _opencv_4_calib3d(monkeypatch)
     d = DISTORTIONS[model]
     cam = camera(model, d, cx_px=47.19)  # a model no other test caches a ray table for
-    rays = cam.rays()
+    rays = ray_table(cam)
     valid = np.isfinite(rays[..., 0])
     assert valid.mean() > 0.95
     uv = opencv_project(cam, rays[valid], model, d)
@@ -146,7 +152,7 @@ def test_rays_beyond_the_lens_fold_are_nan_not_wrong():
         width=200, height=120, fx_px=100.0, fy_px=100.0, cx_px=99.5, cy_px=59.5,
         distortion_model='plumb_bob', d=(-0.5, 0.0, 0.0, 0.0, 0.0),
     )  # fmt: skip
-    rays = cam.rays()
+    rays = ray_table(cam)
     u, v = pixel_grid(200, 120)
     radius = np.hypot((u - 99.5) / 100.0, (v - 59.5) / 100.0)
     invalid = np.isnan(rays[..., 0])
@@ -174,8 +180,8 @@ def test_binning_and_roi_match_the_full_resolution_rays(model):
     assert cam.size == (100, 40)
     u, v = pixel_grid(100, 40)
     # Pixel (u, v) of the binned ROI image is pixel (2u + 40, 4v + 16) of the full image.
-    expected = cam_full.rays()[(4 * v + 16).astype(int), (2 * u + 40).astype(int)]
-    np.testing.assert_allclose(cam.rays(), expected, atol=2e-6)
+    expected = ray_table(cam_full)[(4 * v + 16).astype(int), (2 * u + 40).astype(int)]
+    np.testing.assert_allclose(ray_table(cam), expected, atol=2e-6)
     assert cam.p[0] == pytest.approx(130.0) and cam.p[2] == pytest.approx((161 - 40) / 2)
 
 
@@ -186,8 +192,8 @@ def test_scaled_model_follows_cv2_resize_pixel_centres():
     u, v = pixel_grid(48, 27)
     # cv2.resize: a pixel at x' in the small image samples x = (x' + 0.5) / s - 0.5.
     u_src, v_src = (u + 0.5) * 2 - 0.5, (v + 0.5) * 2 - 0.5
-    np.testing.assert_allclose(half.rays()[..., 0], (u_src - cam.cx_px) / cam.fx_px, atol=1e-6)
-    np.testing.assert_allclose(half.rays()[..., 1], (v_src - cam.cy_px) / cam.fy_px, atol=1e-6)
+    np.testing.assert_allclose(ray_table(half)[..., 0], (u_src - cam.cx_px) / cam.fx_px, atol=1e-6)
+    np.testing.assert_allclose(ray_table(half)[..., 1], (v_src - cam.cy_px) / cam.fy_px, atol=1e-6)
     assert half.p[5] == pytest.approx(cam.fy_px / 2) and half.d == cam.d
     assert cam.scaled(W, H) is cam
 
@@ -245,12 +251,12 @@ def test_size_mismatch_names_both_sizes():
 
 def test_ray_table_is_computed_once_and_shared():
     cam = camera('plumb_bob', DISTORTIONS['plumb_bob'])
-    rays = cam.rays()
-    assert cam.rays() is rays
+    planes = cam.ray_planes()
+    assert cam.ray_planes() is planes
     # An equal model (e.g. rebuilt from the next CameraInfo message) hits the same cache entry.
-    assert camera('plumb_bob', DISTORTIONS['plumb_bob']).rays() is rays
+    assert camera('plumb_bob', DISTORTIONS['plumb_bob']).ray_planes() is planes
     with pytest.raises(ValueError):
-        rays[0, 0, 0] = 1.0  # shared, so read-only
+        planes[0][0, 0] = 1.0  # shared, so read-only
 
 
 def test_decimated_organized_cloud_keeps_every_nth_pixel_on_a_non_square_image():
@@ -268,17 +274,17 @@ def test_decimated_organized_cloud_keeps_every_nth_pixel_on_a_non_square_image()
     np.testing.assert_array_equal(cloud.rgb[..., 1], v[::5, ::5])
 
 
-def test_range_limits_blank_points_and_compact_cloud_drops_them():
+def test_invalid_depth_blanks_points_and_compact_cloud_drops_them():
     cam = camera()
     u, _ = pixel_grid()
     depth = (0.5 + 5.0 * u / (W - 1)).astype(np.float32)  # 0.5 .. 5.5 m across the columns
     depth[3, 7] = np.nan
-    cloud = make_cloud(depth, cam, min_depth_m=1.0, max_depth_m=4.0)
-    z = cloud.xyz[..., 2]
     inside = (depth >= 1.0) & (depth <= 4.0)
+    depth[~inside] = np.nan  # what the pipeline's depth range leaves for the cloud
+    cloud = make_cloud(depth, cam)
+    z = cloud.xyz[..., 2]
     assert np.isnan(z[~inside]).all() and np.isfinite(z[inside]).all()
-    compact = make_cloud(depth, cam, rgb=np.zeros((H, W, 3), np.uint8), min_depth_m=1.0,
-                         max_depth_m=4.0, organized=False)  # fmt: skip
+    compact = make_cloud(depth, cam, rgb=np.zeros((H, W, 3), np.uint8), organized=False)
     assert not compact.organized and compact.xyz.shape == (int(inside.sum()), 3)
     assert compact.rgb.shape == (int(inside.sum()), 3)
     assert np.isfinite(compact.xyz).all()
@@ -287,3 +293,29 @@ def test_range_limits_blank_points_and_compact_cloud_drops_them():
 def test_bad_decimation_is_a_config_error():
     with pytest.raises(ConfigError, match='decimation'):
         make_cloud(np.ones((H, W), np.float32), camera(), decimation=0)
+
+
+def test_camera_model_cache_converts_each_calibration_once():
+    from types import SimpleNamespace
+
+    from moa_depth_ros.frame.geometry import CameraModelCache
+
+    def info(fx=70.0, **changes):
+        fields = {
+            'height': H, 'width': W, 'distortion_model': 'plumb_bob', 'd': [0.0] * 5,
+            'k': [fx, 0.0, 47.3, 0.0, 68.0, 26.1, 0.0, 0.0, 1.0], 'r': [], 'p': [0.0] * 12,
+            'binning_x': 0, 'binning_y': 0,
+            'roi': SimpleNamespace(x_offset=0, y_offset=0, height=0, width=0),
+        }  # fmt: skip
+        return SimpleNamespace(**{**fields, **changes})
+
+    cache = CameraModelCache()
+    assert cache.update(None) == (None, '')
+    model, error = cache.update(info())
+    assert error == '' and model.fx_px == 70.0
+    assert cache.update(info())[0] is model  # the same calibration, resent: not converted again
+    assert cache.update(info(fx=71.0))[0].fx_px == 71.0
+    bad = info(k=[0.0] * 9)
+    model, error = cache.update(bad)
+    assert model is None and 'not calibrated' in error and cache.error == error
+    assert cache.update(bad) == (None, '')  # the same bad calibration is reported once

@@ -395,15 +395,6 @@ def test_fill_image_msg_uses_the_rclpy_fast_path():
     assert isinstance(msg.is_bigendian, int)
 
 
-def test_fill_cloud_msg_builds_point_fields_with_given_factory():
-    msg = RclpyLikeImage()
-    fields = msgs.encode_cloud(PointCloud(xyz=np.ones((2, 3, 3), np.float32)))
-    msgs.fill_cloud_msg(msg, fields, point_field=lambda **kw: SimpleNamespace(**kw))
-    assert [f.name for f in msg.fields] == ['x', 'y', 'z']
-    assert msg.is_dense is False and msg.row_step == 36 and len(msg.data) == 72
-    assert not msg.slow_path_used
-
-
 # --------------------------------------------------------------------------- property tests
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from moa_depth_ros.frame import msgs
+from moa_depth_ros.frame import cdr, msgs
 from moa_depth_ros.frame.geometry import CameraModel, make_cloud
 
 STORES = [Stores.ROS2_HUMBLE, Stores.ROS2_JAZZY]
@@ -89,20 +89,10 @@ def test_organized_cloud_survives_cdr_on_a_non_square_image(store, with_rgb):
     depth[3, 5] = np.nan
     rgb = np.random.default_rng(5).integers(0, 256, (4, 6, 3), dtype=np.uint8)
     cloud = make_cloud(depth, camera, rgb=rgb if with_rgb else None)
-    PointCloud2 = store.types['sensor_msgs/msg/PointCloud2']
-    msg = PointCloud2(
-        header=header(store),
-        height=0,
-        width=0,
-        fields=[],
-        is_bigendian=False,
-        point_step=0,
-        row_step=0,
-        data=np.zeros(0, np.uint8),
-        is_dense=True,
-    )
-    msgs.fill_cloud_msg(msg, msgs.encode_cloud(cloud))
-    back = cdr_round_trip(store, msg)
+    # The bytes the node publishes, read by an independent CDR implementation.
+    raw = cdr.point_cloud(cdr.Header(12, 345, 'camera_optical_frame'), msgs.encode_cloud(cloud))
+    back = store.deserialize_cdr(raw, 'sensor_msgs/msg/PointCloud2')
+    assert back.header.frame_id == 'camera_optical_frame' and back.header.stamp.nanosec == 345
     assert (back.height, back.width, back.is_dense) == (4, 6, False)
     assert [f.name for f in back.fields] == ['x', 'y', 'z'] + (['rgb'] if with_rgb else [])
     points = msgs.decode_cloud(back)

@@ -12,7 +12,7 @@ import array
 import numpy as np
 import pytest
 
-from moa_depth_ros.frame import msgs
+from moa_depth_ros.frame import cdr, msgs
 from moa_depth_ros.frame.geometry import CameraModel, make_cloud
 
 
@@ -32,11 +32,14 @@ def test_images_fill_through_the_array_fast_path_and_decode_back(sensor_msgs):
     np.testing.assert_array_equal(msgs.decode_image(msg), rgb)
 
 
-def test_cloud_fills_point_fields_of_the_message_package(sensor_msgs):
+def test_the_published_cloud_bytes_are_a_point_cloud2_for_rclpy(sensor_msgs):
+    serialization = pytest.importorskip('rclpy.serialization', reason='rclpy not installed')
     camera = CameraModel(width=4, height=3, fx_px=3.0, fy_px=3.0, cx_px=1.5, cy_px=1.0)
     rgb = np.full((3, 4, 3), 200, np.uint8)
     cloud = make_cloud(np.full((3, 4), 1.5, np.float32), camera, rgb=rgb)
-    msg = msgs.fill_cloud_msg(sensor_msgs.PointCloud2(), msgs.encode_cloud(cloud))
+    raw = cdr.point_cloud(cdr.Header(1, 2, 'cam'), msgs.encode_cloud(cloud))
+    msg = serialization.deserialize_message(raw, sensor_msgs.PointCloud2)
+    assert msg.header.frame_id == 'cam' and msg.header.stamp.nanosec == 2
     assert all(isinstance(f, sensor_msgs.PointField) for f in msg.fields)
     assert [f.name for f in msg.fields] == ['x', 'y', 'z', 'rgb']
     assert isinstance(msg.data, array.array) and msg.is_dense is False

@@ -165,11 +165,13 @@ def test_compressed_images_go_through_the_same_pipeline():
     ok, png = cv2.imencode('.png', cv2.cvtColor(RED, cv2.COLOR_RGB2BGR))
     assert ok
     net = RowDepth()
-    result = DepthPipeline(net).process_compressed_msg(
+    result = DepthPipeline(net).process_msg(
         SimpleNamespace(format='png', data=png.tobytes()), pinhole()
     )
     np.testing.assert_array_equal(result.rgb, RED)
     np.testing.assert_allclose(net.inputs[0][0, 0], 1.0)
+    with pytest.raises(InvalidImageError, match='neither a sensor_msgs/Image'):
+        DepthPipeline(net).process_msg(SimpleNamespace(data=png.tobytes()), pinhole())
 
 
 def test_bad_frames_raise_typed_errors_and_the_next_frame_works():

@@ -211,8 +211,8 @@ def process_bag(
 
     from moa_depth_ros.bag.recovery import open_input
     from moa_depth_ros.engine import load_engine
+    from moa_depth_ros.frame.geometry import CameraModelCache
     from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
-    from moa_depth_ros.runtime.worker import CameraModelCache
 
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.exists():
@@ -349,10 +349,7 @@ def _run_frames(
                 camera_problems.append(camera_error)
             try:
                 msg = _deserialize(typestore, raw, conn.msgtype)
-                if conn.msgtype == COMPRESSED:
-                    result = pipeline.process_compressed_msg(msg, camera)
-                else:
-                    result = pipeline.process_msg(msg, camera)
+                result = pipeline.process_msg(msg, camera)  # Image or CompressedImage
                 start = time.perf_counter()
                 # The node's outputs, serialized as the node publishes them.
                 serialized = outputs.frame_outputs(result, cdr.Header.of(msg.header), settings)

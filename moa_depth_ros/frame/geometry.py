@@ -7,6 +7,8 @@ the optical axis is the point Z * ray(u, v), where ray = (x/z, y/z, 1) is the un
 direction of that pixel. The rays of a camera are computed once (OpenCV's iterative
 undistortion, then checked against the closed-form forward model) and cached, keyed by the
 camera model and decimation, so each frame costs two multiplies and an interleave.
+``CameraModelCache`` keeps the model of the newest CameraInfo, converted once per calibration,
+for the node's worker and the bag tool alike.
 
 Points are in the optical frame (REP 103): z forward, x right, y down, metres.
 """
@@ -52,12 +54,11 @@ def _floats(values: Any, field: str, length: int | None = None) -> tuple[float, 
 
 
 def _msg_field(msg: Any, name: str) -> Any:
-    """Read a CameraInfo matrix field: ``k`` in ROS 2, ``K`` in ROS 1 style messages."""
-    if hasattr(msg, name):
+    """Read a CameraInfo field (``k``, ``d``, ``r``, ``p``), or say which one is missing."""
+    try:
         return getattr(msg, name)
-    if hasattr(msg, name.upper()):
-        return getattr(msg, name.upper())
-    raise CameraInfoError(f'CameraInfo has no field {name!r}')
+    except AttributeError:
+        raise CameraInfoError(f'CameraInfo has no field {name!r}') from None
 
 
 def _pinhole_p(fx: float, fy: float, cx: float, cy: float) -> tuple[float, ...]:
@@ -308,10 +309,6 @@ class CameraModel:
         """
         return _ray_planes(self, _check_decimation(decimation))
 
-    def rays(self, decimation: int = 1) -> np.ndarray:
-        """Return cached float32 [H, W, 3] unit-z rays (x/z, y/z, 1); NaN where no ray exists."""
-        return _rays_xyz(self, _check_decimation(decimation))
-
     def to_camera_info_fields(self) -> dict[str, Any]:
         """Field values for a sensor_msgs/CameraInfo describing this (binned/cropped) image."""
         kind = self.distortion_kind
@@ -438,13 +435,58 @@ def _ray_planes(
     return planes  # type: ignore[return-value]
 
 
-@functools.lru_cache(maxsize=8)
-def _rays_xyz(camera: CameraModel, decimation: int) -> np.ndarray:
-    x, y, valid = _ray_planes(camera, decimation)
-    z = np.ones_like(x) if valid is None else valid
-    rays = cv2.merge([x, y, z])
-    rays.setflags(write=False)
-    return rays
+def camera_info_key(msg: Any) -> tuple:
+    """Return what makes two CameraInfo messages (rclpy or rosbags) describe the same camera."""
+    roi = msg.roi
+    return (
+        int(msg.height),
+        int(msg.width),
+        str(msg.distortion_model),
+        tuple(float(v) for v in msg.d),
+        tuple(float(v) for v in msg.k),
+        tuple(float(v) for v in msg.r),
+        tuple(float(v) for v in msg.p),
+        int(msg.binning_x),
+        int(msg.binning_y),
+        (int(roi.x_offset), int(roi.y_offset), int(roi.height), int(roi.width)),
+    )
+
+
+class CameraModelCache:
+    """The camera model of the newest CameraInfo, converted only when the calibration changes.
+
+    Drivers repeat the same CameraInfo with every frame; building the model (and its ray
+    table) once per calibration instead of once per frame is what keeps the cloud cheap.
+    Used from one thread (the worker, or the bag tool's loop).
+    """
+
+    def __init__(self) -> None:
+        self._source: Any = None
+        self._key: tuple | None = None
+        self._model: CameraModel | None = None
+        self.error = ''
+
+    def update(self, info: Any) -> tuple[CameraModel | None, str]:
+        """Return ``(model, new_error)`` for ``info`` (None: no camera).
+
+        ``new_error`` is the CameraInfoError text the first time a calibration fails (to log
+        once), else ''; ``model`` is None for a calibration that cannot be used.
+        """
+        if info is None or info is self._source:
+            return (None if info is None else self._model), ''
+        self._source = info
+        key = camera_info_key(info)
+        if key == self._key:
+            return self._model, ''
+        self._key = key
+        try:
+            self._model = CameraModel.from_camera_info(info)
+            self.error = ''
+        except CameraInfoError as e:
+            self._model = None
+            self.error = str(e)
+            return None, self.error
+        return self._model, ''
 
 
 # -------------------------------------------------------------------------------- back-projection
@@ -529,43 +571,21 @@ class PointCloud:
     organized: bool = True
     packed: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
-    @property
-    def num_points(self) -> int:
-        """Number of points, NaN points of an organized cloud included."""
-        return int(self.xyz.size // 3)
-
-
-def mask_depth_range(
-    depth_m: np.ndarray, min_depth_m: float | None, max_depth_m: float | None
-) -> np.ndarray:
-    """Return float32 depth with values outside [min, max] (and NaN) set to NaN."""
-    depth = np.ascontiguousarray(depth_m, dtype=np.float32)
-    if min_depth_m is None and max_depth_m is None:
-        return depth
-    lo = -np.inf if min_depth_m is None else float(min_depth_m)
-    hi = np.inf if max_depth_m is None else float(max_depth_m)
-    # inRange is False for NaN, so NaN stays NaN.
-    keep = cv2.inRange(depth, max(lo, -3.4e38), min(hi, 3.4e38))
-    out = np.full(depth.shape, np.nan, dtype=np.float32)
-    cv2.copyTo(depth, keep, out)
-    return out
-
 
 def make_cloud(
     depth_m: np.ndarray,
     camera: CameraModel,
     rgb: np.ndarray | None = None,
     decimation: int = 1,
-    min_depth_m: float | None = None,
-    max_depth_m: float | None = None,
     organized: bool = True,
 ) -> PointCloud:
     """Build a point cloud from a depth map aligned with ``camera``.
 
     Every ``decimation``-th pixel in both directions is kept (rows 0, n, 2n, ...), so an
-    organized cloud is ceil(H/n) x ceil(W/n). Depths outside [min_depth_m, max_depth_m] become
-    NaN points (organized) or are dropped (unorganized, which keeps finite points only).
-    ``rgb`` is uint8 [H, W, 3] aligned with the depth map.
+    organized cloud is ceil(H/n) x ceil(W/n). Invalid depth (NaN: the pipeline has already
+    blanked what lies outside the depth range) becomes NaN points (organized) or is dropped
+    (unorganized, which keeps finite points only). ``rgb`` is uint8 [H, W, 3] aligned with
+    the depth map.
     """
     n = _check_decimation(decimation)
     depth = _depth_plane(depth_m, camera)
@@ -580,7 +600,6 @@ def make_cloud(
         depth = np.ascontiguousarray(depth[::n, ::n])
         if rgb is not None:
             rgb = rgb[::n, ::n]
-    depth = mask_depth_range(depth, min_depth_m, max_depth_m)
     if rgb is None:
         xyz = _points(depth, camera, n)
         if organized:

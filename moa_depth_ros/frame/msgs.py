@@ -6,10 +6,12 @@ the same way, and ``data`` may be ``bytes``, ``array.array('B')`` or a numpy arr
 
 Reads are zero-copy (``np.frombuffer`` over the message buffer, honouring ``step`` and
 ``is_bigendian``); colour conversions go through OpenCV. Writes produce ``ImageFields`` /
-``CloudFields`` whose ``data`` is a flat uint8 view of the encoded array, and
-``fill_image_msg`` / ``fill_cloud_msg`` move it into a message with one memcpy (rclpy) or none
-(rosbags). cv_bridge is not used: ROS 2 Humble's cv_bridge breaks under NumPy 2
-(ros-perception/vision_opencv#535).
+``CloudFields`` whose ``data`` is a flat uint8 view of the encoded array: ``frame.cdr``
+serializes them into the bytes the node publishes, and ``fill_image_msg`` moves an image into
+a message object with one memcpy (rclpy) or none (rosbags). The message types read are
+``Protocol``s (``ImageMessage``, ``CompressedImageMessage``, ``PointCloudMessage``): the
+fields used, whichever library made the message. cv_bridge is not used: ROS 2 Humble's
+cv_bridge breaks under NumPy 2 (ros-perception/vision_opencv#535).
 
 Depth conventions (REP 118, REP 117): ``32FC1`` is metres along the optical axis with NaN for
 "no measurement"; ``16UC1`` is millimetres with 0 for "no measurement".
@@ -20,7 +22,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import sys
-from typing import Any, Callable
+from typing import Any, Protocol, Sequence, Union
 
 import cv2
 import numpy as np
@@ -33,6 +35,10 @@ __all__ = [
     'ImageFields',
     'SUPPORTED_ENCODINGS',
     'colorize_depth',
+    'CompressedImageMessage',
+    'ImageMessage',
+    'PointCloudMessage',
+    'decode_camera_image',
     'decode_cloud',
     'decode_compressed_image',
     'decode_depth',
@@ -42,7 +48,6 @@ __all__ = [
     'encode_confidence',
     'encode_depth',
     'encode_rgb',
-    'fill_cloud_msg',
     'fill_image_msg',
     'pack_rgb',
     'unpack_rgb',
@@ -62,6 +67,40 @@ _POINT_FIELD_DTYPES = {
 }
 
 _NATIVE_BIG_ENDIAN = sys.byteorder == 'big'
+
+
+class ImageMessage(Protocol):
+    """The sensor_msgs/Image fields the codec reads and writes."""
+
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: Any  # bytes, array.array('B') (rclpy) or a uint8 numpy array (rosbags)
+
+
+class CompressedImageMessage(Protocol):
+    """The sensor_msgs/CompressedImage fields the codec reads."""
+
+    format: str
+    data: Any
+
+
+class PointCloudMessage(Protocol):
+    """The sensor_msgs/PointCloud2 fields the codec reads."""
+
+    height: int
+    width: int
+    fields: Sequence[Any]  # PointField: name, offset, datatype, count
+    is_bigendian: bool
+    point_step: int
+    row_step: int
+    data: Any
+    is_dense: bool
+
+
+CameraImageMessage = Union[ImageMessage, CompressedImageMessage]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +227,22 @@ def _checked_view(msg: Any, bytes_per_pixel: int, dtype: np.dtype, channels: int
     return view
 
 
-def decode_image(msg: Any) -> np.ndarray:
+def decode_camera_image(msg: CameraImageMessage) -> np.ndarray:
+    """Decode a camera frame, raw (``decode_image``) or compressed (``decode_compressed_image``).
+
+    Told apart by their fields: an Image has ``encoding``, a CompressedImage ``format``.
+    """
+    if hasattr(msg, 'encoding'):
+        return decode_image(msg)
+    if hasattr(msg, 'format'):
+        return decode_compressed_image(msg)
+    raise InvalidImageError(
+        f'{type(msg).__name__} is neither a sensor_msgs/Image (encoding) nor a '
+        f'CompressedImage (format)'
+    )
+
+
+def decode_image(msg: ImageMessage) -> np.ndarray:
     """Decode a sensor_msgs/Image to uint8 RGB [H, W, 3].
 
     rgb8 is returned as a zero-copy (possibly read-only, possibly row-strided) view of the
@@ -229,7 +283,7 @@ def decode_image(msg: Any) -> np.ndarray:
     return cv2.cvtColor(samples, layout.to_rgb)
 
 
-def decode_compressed_image(msg: Any) -> np.ndarray:
+def decode_compressed_image(msg: CompressedImageMessage) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage (jpeg or png) to uint8 RGB [H, W, 3].
 
     image_transport's ``format`` reads like ``'rgb8; jpeg compressed bgr8'`` or just ``'jpeg'``;
@@ -257,7 +311,7 @@ def decode_compressed_image(msg: Any) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def decode_depth(msg: Any) -> np.ndarray:
+def decode_depth(msg: ImageMessage) -> np.ndarray:
     """Decode a 32FC1 (metres) or 16UC1 (millimetres) depth image to float32 metres, NaN invalid.
 
     The inverse of ``encode_depth``, for the bag tool and tests.
@@ -430,7 +484,7 @@ def encode_cloud(cloud: Any) -> CloudFields:
     )
 
 
-def decode_cloud(msg: Any) -> np.ndarray:
+def decode_cloud(msg: PointCloudMessage) -> np.ndarray:
     """View a PointCloud2 as a structured numpy array of shape (height, width).
 
     Field names, offsets, datatypes and counts come from ``msg.fields``; ``point_step``,
@@ -496,7 +550,7 @@ def _as_data(msg: Any, data: np.ndarray) -> Any:
     return data
 
 
-def fill_image_msg(msg: Any, fields: ImageFields) -> Any:
+def fill_image_msg(msg: ImageMessage, fields: ImageFields) -> ImageMessage:
     """Set the non-header fields of an rclpy or rosbags sensor_msgs/Image; returns ``msg``."""
     msg.height = int(fields.height)
     msg.width = int(fields.width)
@@ -504,45 +558,4 @@ def fill_image_msg(msg: Any, fields: ImageFields) -> Any:
     msg.is_bigendian = int(fields.is_bigendian)
     msg.step = int(fields.step)
     msg.data = _as_data(msg, fields.data)
-    return msg
-
-
-def _point_field_factory(msg: Any) -> Callable[..., Any]:
-    """Find the PointField class that belongs with ``msg``'s message implementation."""
-    existing = list(getattr(msg, 'fields', None) or [])
-    if existing:
-        return type(existing[0])
-    module = sys.modules.get(type(msg).__module__)
-    # rosbags keeps every generated class of a store in one module.
-    cls = getattr(module, 'sensor_msgs__msg__PointField', None)
-    if cls is None:
-        # rclpy: sensor_msgs.msg._point_cloud2 -> the already imported sensor_msgs.msg package.
-        package = sys.modules.get(type(msg).__module__.rpartition('.')[0])
-        cls = getattr(package, 'PointField', None)
-    if cls is None:
-        raise InvalidImageError(
-            f'cannot find the PointField type for {type(msg).__module__}.{type(msg).__name__};'
-            ' pass point_field=<PointField class>'
-        )
-    return cls
-
-
-def fill_cloud_msg(msg: Any, fields: CloudFields, point_field: Callable[..., Any] | None = None):
-    """Set the non-header fields of an rclpy or rosbags sensor_msgs/PointCloud2; returns ``msg``.
-
-    ``point_field`` constructs a PointField (keyword arguments name, offset, datatype, count);
-    by default it is found from the message's own package.
-    """
-    factory = point_field or _point_field_factory(msg)
-    msg.height = int(fields.height)
-    msg.width = int(fields.width)
-    msg.fields = [
-        factory(name=name, offset=int(offset), datatype=int(datatype), count=int(count))
-        for name, offset, datatype, count in fields.fields
-    ]
-    msg.is_bigendian = bool(fields.is_bigendian)
-    msg.point_step = int(fields.point_step)
-    msg.row_step = int(fields.row_step)
-    msg.data = _as_data(msg, fields.data)
-    msg.is_dense = bool(fields.is_dense)
     return msg

@@ -336,28 +336,17 @@ class DepthPipeline:
 
     def process_msg(
         self,
-        image_msg: Any,
+        image_msg: msgs.CameraImageMessage,
         camera: CameraSource = None,
         config: PipelineConfig | None = None,
     ) -> FrameResult:
-        """Decode a sensor_msgs/Image (rclpy or rosbags) and process it.
+        """Decode a sensor_msgs/Image or CompressedImage (rclpy or rosbags) and process it.
 
         ``config`` overrides ``self.config`` for this frame (a caller that keeps its own
         immutable snapshot of settings and config passes it here).
         """
         start = time.perf_counter()
-        rgb = msgs.decode_image(image_msg)
-        return self._process(rgb, camera, (time.perf_counter() - start) * 1e3, config)
-
-    def process_compressed_msg(
-        self,
-        msg: Any,
-        camera: CameraSource = None,
-        config: PipelineConfig | None = None,
-    ) -> FrameResult:
-        """Decode a sensor_msgs/CompressedImage (jpeg, png) and process it."""
-        start = time.perf_counter()
-        rgb = msgs.decode_compressed_image(msg)
+        rgb = msgs.decode_camera_image(image_msg)
         return self._process(rgb, camera, (time.perf_counter() - start) * 1e3, config)
 
     def process_rgb(

@@ -53,10 +53,11 @@ from std_msgs.msg import Header
 from moa_depth_ros.engine import load_engine
 from moa_depth_ros.errors import ConfigError, MoaDepthError
 from moa_depth_ros.frame import cdr, outputs
+from moa_depth_ros.frame.geometry import CameraModelCache
 from moa_depth_ros.frame.pipeline import DepthPipeline, FrameResult, PipelineConfig
 from moa_depth_ros.runtime import diagnostics, params
 from moa_depth_ros.runtime.memory import retain_freed_memory
-from moa_depth_ros.runtime.worker import CameraModelCache, LatestFrameWorker
+from moa_depth_ros.runtime.worker import LatestFrameWorker
 
 NODE_NAME = 'moa_depth_node'
 IMAGE_TOPIC = 'image'
@@ -122,14 +123,6 @@ def follow_publishers(offered: list[Any], current: str | None) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Frame:
-    """An image message as it waits for the worker."""
-
-    msg: Any
-    compressed: bool
-
-
-@dataclasses.dataclass(frozen=True)
 class _Snapshot:
     """Settings and the pipeline config they imply, swapped together in one assignment."""
 
@@ -176,7 +169,7 @@ class DepthNode(Node):
 
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
-        self._worker: LatestFrameWorker[_Frame] | None = None
+        self._worker: LatestFrameWorker[Any] | None = None  # Image or CompressedImage
         self._engine = None
         try:
             self._start()
@@ -344,7 +337,7 @@ class DepthNode(Node):
             return
         self._last_frame_key = key
         self._stats.input_frame()
-        self._worker.submit(_Frame(msg, compressed))
+        self._worker.submit(msg)
 
     def _on_message_lost(self, info: Any) -> None:
         if self._lost_in_transport is not None:
@@ -434,7 +427,7 @@ class DepthNode(Node):
 
     # -- worker thread ------------------------------------------------------------------
 
-    def _process_frame(self, frame: _Frame) -> None:
+    def _process_frame(self, msg: Any) -> None:
         snapshot = self._snapshot  # one consistent view of the settings for this frame
         settings = snapshot.settings
         used: list[Any] = [None]
@@ -442,7 +435,7 @@ class DepthNode(Node):
         def camera() -> Any:
             # Looked up once the network has run: the CameraInfo sent with this image has
             # arrived by then even when the executor handed over the image first.
-            used[0] = camera_info = self._camera_info_for(frame.msg.header)
+            used[0] = camera_info = self._camera_info_for(msg.header)
             model, error = self._cameras.update(camera_info)
             if error:
                 self.get_logger().warning(
@@ -451,10 +444,7 @@ class DepthNode(Node):
                 )
             return model
 
-        if frame.compressed:
-            result = self._pipeline.process_compressed_msg(frame.msg, camera, snapshot.config)
-        else:
-            result = self._pipeline.process_msg(frame.msg, camera, snapshot.config)
+        result = self._pipeline.process_msg(msg, camera, snapshot.config)
         camera_info = used[0]
         if result.camera_error:
             self.get_logger().warning(
@@ -477,7 +467,7 @@ class DepthNode(Node):
             self._stats.set_note('point cloud', '')
         start = time.perf_counter()
         try:
-            self._publish(result, frame.msg.header, settings)
+            self._publish(result, msg.header, settings)
         except Exception:
             # Ctrl-C shuts the context down from rclpy's signal thread while this frame may
             # still be in the network; its publishers then refuse it. That is shutdown, not a

@@ -12,9 +12,6 @@ traceback; the thread keeps running. Logging is throttled per reason, so a camer
 sends only bad frames does not flood the log. Should the thread end anyway (a logger or an
 interpreter failure), ``stats.stopped`` says why and the node reports it as an error.
 
-``CameraModelCache`` keeps the camera model of the newest CameraInfo, converted once per
-calibration, for the node's worker and the bag tool alike.
-
 Pure Python (threading); the node, the bag tool and the tests drive it.
 """
 
@@ -25,10 +22,9 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Callable, Generic, Protocol, TypeVar
 
-from moa_depth_ros.errors import CameraInfoError, ConfigError, MoaDepthError
-from moa_depth_ros.frame.geometry import CameraModel
+from moa_depth_ros.errors import ConfigError, MoaDepthError
 
 FrameT = TypeVar('FrameT')
 
@@ -267,57 +263,3 @@ def _fallback_log(severity: str, message: str, error: Exception) -> None:
         sys.stderr.write(f'[{severity}] [moa_depth_worker] {message} (logger failed: {error!r})\n')
     except Exception:  # stderr closed at interpreter shutdown: nothing left to tell
         pass
-
-
-def camera_info_key(msg: Any) -> tuple:
-    """Return what makes two CameraInfo messages (rclpy or rosbags) describe the same camera."""
-    roi = msg.roi
-    return (
-        int(msg.height),
-        int(msg.width),
-        str(msg.distortion_model),
-        tuple(float(v) for v in msg.d),
-        tuple(float(v) for v in msg.k),
-        tuple(float(v) for v in msg.r),
-        tuple(float(v) for v in msg.p),
-        int(msg.binning_x),
-        int(msg.binning_y),
-        (int(roi.x_offset), int(roi.y_offset), int(roi.height), int(roi.width)),
-    )
-
-
-class CameraModelCache:
-    """The camera model of the newest CameraInfo, converted only when the calibration changes.
-
-    Drivers repeat the same CameraInfo with every frame; building the model (and its ray
-    table) once per calibration instead of once per frame is what keeps the cloud cheap.
-    Used from one thread (the worker, or the bag tool's loop).
-    """
-
-    def __init__(self) -> None:
-        self._source: Any = None
-        self._key: tuple | None = None
-        self._model: CameraModel | None = None
-        self.error = ''
-
-    def update(self, info: Any) -> tuple[CameraModel | None, str]:
-        """Return ``(model, new_error)`` for ``info`` (None: no camera).
-
-        ``new_error`` is the CameraInfoError text the first time a calibration fails (to log
-        once), else ''; ``model`` is None for a calibration that cannot be used.
-        """
-        if info is None or info is self._source:
-            return (None if info is None else self._model), ''
-        self._source = info
-        key = camera_info_key(info)
-        if key == self._key:
-            return self._model, ''
-        self._key = key
-        try:
-            self._model = CameraModel.from_camera_info(info)
-            self.error = ''
-        except CameraInfoError as e:
-            self._model = None
-            self.error = str(e)
-            return None, self.error
-        return self._model, ''

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Sequence
 
-from moa_depth_ros.errors import MoaDepthError
+from moa_depth_ros.cli import command_parser, run_command
 
 # (name, module, one-line help); each module has configure(parser) and run(args) -> int.
 COMMANDS = [
@@ -19,24 +18,12 @@ COMMANDS = [
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser with every command."""
-    parser = argparse.ArgumentParser(prog='python -m tools.bench', description=__doc__)
-    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
-    for name, module_name, help_text in COMMANDS:
-        module = importlib.import_module(module_name)
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure(sub_parser)
-        sub_parser.set_defaults(_run=module.run)
-    return parser
+    return command_parser('python -m tools.bench', __doc__, COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a package error prints as one line and exits 2."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except MoaDepthError as e:
-        print(f'python -m tools.bench {args.command}: error: {e}', file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == '__main__':

@@ -25,7 +25,7 @@ import pathlib
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from moa_depth_ros.bench.measure import measure_model
 from moa_depth_ros.engine.loader import BACKENDS
@@ -292,19 +292,26 @@ def bench_end_to_end(
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Child entry point: measure the JSON spec in argv[0] and print the result as JSON."""
+def child_main(
+    measure: Callable[[dict[str, Any]], dict[str, Any]], module: str, argv: Sequence[str] | None
+) -> int:
+    """Entry point of a child measurement (``run_child``): the JSON spec in, JSON result out."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print('usage: python -m tools.bench.e2e SPEC_JSON', file=sys.stderr)
+        print(f'usage: python -m {module} SPEC_JSON', file=sys.stderr)
         return 2
     try:
-        result = measure_model(json.loads(argv[0]))
+        result = measure(json.loads(argv[0]))
     except MoaDepthError as e:
         print(f'{type(e).__name__}: {e}', file=sys.stderr)
         return 3
     print(json.dumps(result))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Child entry point: measure the JSON spec in argv[0] and print the result as JSON."""
+    return child_main(measure_model, 'tools.bench.e2e', argv)
 
 
 if __name__ == '__main__':

@@ -19,7 +19,6 @@ child process (``python -m tools.bench.load SPEC_JSON``) so its memory is its ow
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -35,7 +34,7 @@ from moa_depth_ros.bench.measure import (
     synthetic_camera,
     synthetic_rgb,
 )
-from moa_depth_ros.errors import ConfigError, MoaDepthError
+from moa_depth_ros.errors import ConfigError
 
 # Flat memory: the last RSS sample may exceed the first by at most this much. Allocator
 # noise (glibc arenas, numpy's cache of freed blocks) stays within a few MiB; a leak of even
@@ -237,17 +236,9 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Child entry point: run the JSON spec in argv[0] and print the result as JSON."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1:
-        print('usage: python -m tools.bench.load SPEC_JSON', file=sys.stderr)
-        return 2
-    try:
-        result = run_spec(json.loads(argv[0]))
-    except MoaDepthError as e:
-        print(f'{type(e).__name__}: {e}', file=sys.stderr)
-        return 3
-    print(json.dumps(result))
-    return 0
+    from tools.bench.e2e import child_main
+
+    return child_main(run_spec, 'tools.bench.load', argv)
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ ROS_TESTS := test/test_node.py test/test_node_live.py test/test_msgs_rclpy.py
 RUNTIME_TESTS := $(ROS_TESTS) test/test_pipeline.py test/test_msgs.py test/test_msgs_cdr.py \
 	test/test_geometry.py test/test_engine_onnxruntime.py test/test_engine_cache.py \
 	test/test_bag.py test/test_bag_recovery.py test/test_worker.py test/test_params.py \
-	test/test_node_diagnostics.py test/test_fileio.py test/test_launch.py
+	test/test_node_diagnostics.py test/test_fileio.py test/test_launch.py test/test_bench_measure.py
 LANE_REQUIREMENTS := -r requirements-venv.txt -r requirements-test-runtime.txt
 
 .PHONY: all venv test test-kilted test-compat demo bench config lint format clean

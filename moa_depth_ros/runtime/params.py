@@ -136,8 +136,9 @@ SPECS: tuple[ParamSpec, ...] = (
         'model_path',
         '',
         'Depth model file: .onnx (ONNX Runtime), .engine/.plan (TensorRT) or .safetensors '
-        '(PyTorch). An absolute path, or a path relative to share/moa_depth_ros/models (never '
-        "the working directory). The launch file's `model:=` argument sets it.",
+        '(PyTorch). The node takes an absolute path, or a path relative to '
+        "share/moa_depth_ros/models (never its working directory; the launch file's `model:=` "
+        'argument sets it); `moa-depth bag` takes the path as given.',
         'model',
         read_only=True,
         offline=True,

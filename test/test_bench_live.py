@@ -18,10 +18,17 @@ from tools.bench import report
 pytestmark = [pytest.mark.ros2, pytest.mark.slow]
 
 
-def test_live_run_measures_delivery_latency_and_node_cpu(tmp_path, ros_domain):
-    model = write_tiny_onnx(tmp_path / 'tiny.onnx')
+def test_live_run_measures_delivery_latency_and_node_cpu(tmp_path, ros_domain, monkeypatch):
+    write_tiny_onnx(tmp_path / 'tiny.onnx')
+    monkeypatch.chdir(tmp_path)  # a relative path, as `moa-depth bench runs/x.onnx --live` gets
     result = live.measure_live(
-        model, frames=30, warmup_frames=15, width=160, height=120, idle_s=1.0, domain_id=ros_domain
+        'tiny.onnx',
+        frames=30,
+        warmup_frames=15,
+        width=160,
+        height=120,
+        idle_s=1.0,
+        domain_id=ros_domain,
     )
     assert result['frames_sent'] == 30 and result['node_exit_status'] == 0
     # A network far faster than the 15 Hz camera: most frames come back even on a busy CI.

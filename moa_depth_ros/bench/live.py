@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from moa_depth_ros.bench import measure
+from moa_depth_ros.errors import MoaDepthError
 
 OUTPUT_TOPICS = ('depth', 'depth/camera_info', 'depth/confidence', 'points')
 NODE_NAME = 'moa_depth_node'
@@ -248,6 +249,10 @@ class _Child:
         return self.process.returncode
 
 
+class LiveRunError(MoaDepthError, RuntimeError):
+    """A process of the live run (node, camera or viewer) did not start or finish."""
+
+
 def _node_command(
     model_path: str, backend: str, threads: int | None, spin_wait: bool
 ) -> list[str]:
@@ -333,6 +338,9 @@ def measure_live(
     """
     if domain_id is None:
         domain_id = random.SystemRandom().randrange(1, 200)
+    # The node resolves a relative model_path against its share directory, not this
+    # process's working directory: hand it the file this process means.
+    model_path = os.path.abspath(model_path)
     env = _ros_env(domain_id)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix='moa_depth_live_'))
     spec = {
@@ -352,7 +360,7 @@ def measure_live(
     viewer = camera = None
     try:
         if not node.wait_line('depth from', 120.0):
-            raise RuntimeError(f'depth_node did not start:\n{node.output()}')
+            raise LiveRunError(f'depth_node did not start:\n{node.output()}')
         log(f'live: node idle for {idle_s:g} s ...')
         time.sleep(1.0)  # past the start-up work
         cpu0, t0 = process_cpu_s(node.process.pid), time.monotonic()
@@ -361,17 +369,17 @@ def measure_live(
 
         viewer = _Child([*role, 'viewer', json.dumps(spec), str(tmp / 'viewer.json')], env)
         if not viewer.wait_line('ready', 60.0):
-            raise RuntimeError(f'the viewer did not start:\n{viewer.output()}')
+            raise LiveRunError(f'the viewer did not start:\n{viewer.output()}')
         log(
             f'live: {warmup_frames} + {frames} frames of {width}x{height} at {rate_hz:g} Hz '
             f'(~{(warmup_frames + frames) / rate_hz:.0f} s) ...'
         )
         camera = _Child([*role, 'camera', json.dumps(spec), str(tmp / 'camera.json')], env)
         if not camera.wait_line('measure-start', 120.0):
-            raise RuntimeError(f'the camera did not start streaming:\n{camera.output()}')
+            raise LiveRunError(f'the camera did not start streaming:\n{camera.output()}')
         cpu_start, wall_start = process_cpu_s(node.process.pid), time.monotonic()
         if not camera.wait_line('measure-end', frames / rate_hz * 3 + 60.0):
-            raise RuntimeError(f'the camera did not finish:\n{camera.output()}')
+            raise LiveRunError(f'the camera did not finish:\n{camera.output()}')
         cpu_end, wall_end = process_cpu_s(node.process.pid), time.monotonic()
         camera.process.wait(30.0)
         time.sleep(1.0)

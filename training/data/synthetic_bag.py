@@ -135,6 +135,27 @@ def _header(types, stamp_ns: int, frame_id: str):
     return header_cls(stamp=stamp, frame_id=frame_id)
 
 
+def _image_msg(types, header, width: int, height: int, encoding: str, step: int, data):
+    return types['sensor_msgs/msg/Image'](
+        header=header,
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=0,
+        step=step,
+        data=data,
+    )
+
+
+def _depth_msg(types, header, depth_m: np.ndarray):
+    """Exact depth as 32FC1 metres, NaN where the renderer hit nothing."""
+    depth = np.where(depth_m > 0, depth_m, np.nan).astype('<f4')
+    height, width = depth.shape
+    return _image_msg(
+        types, header, width, height, '32FC1', 4 * width, depth.view(np.uint8).reshape(-1)
+    )
+
+
 def _camera_info_msg(types, header, spec: SceneSpec):
     info = types['sensor_msgs/msg/CameraInfo']
     roi = types['sensor_msgs/msg/RegionOfInterest'](
@@ -230,15 +251,7 @@ def write_synthetic_bag(
                 header = _header(types, stamp, frame_id)
                 encoding = encodings[i % len(encodings)]
                 data, step = encode_image(frame.rgb, encoding)
-                image = types['sensor_msgs/msg/Image'](
-                    header=header,
-                    height=height,
-                    width=width,
-                    encoding=encoding,
-                    is_bigendian=0,
-                    step=step,
-                    data=data,
-                )
+                image = _image_msg(types, header, width, height, encoding, step, data)
                 writer.write(
                     conns[image_topic],
                     stamp,
@@ -265,16 +278,7 @@ def write_synthetic_bag(
                         typestore.serialize_cdr(msg, 'sensor_msgs/msg/CompressedImage'),
                     )
                 if write_depth:
-                    depth = np.where(frame.depth_m > 0, frame.depth_m, np.nan).astype('<f4')
-                    msg = types['sensor_msgs/msg/Image'](
-                        header=header,
-                        height=height,
-                        width=width,
-                        encoding='32FC1',
-                        is_bigendian=0,
-                        step=4 * width,
-                        data=depth.view(np.uint8).reshape(-1),
-                    )
+                    msg = _depth_msg(types, header, frame.depth_m)
                     writer.write(
                         conns[depth_topic],
                         stamp,
@@ -348,25 +352,8 @@ def write_rooms_bag(
                 K = spec.K
                 header = _header(types, stamp, frame_id)
                 data, step = encode_image(frame.rgb, 'rgb8')
-                image = types['sensor_msgs/msg/Image'](
-                    header=header,
-                    height=height,
-                    width=width,
-                    encoding='rgb8',
-                    is_bigendian=0,
-                    step=step,
-                    data=data,
-                )
-                depth = np.where(frame.depth_m > 0, frame.depth_m, np.nan).astype('<f4')
-                truth = types['sensor_msgs/msg/Image'](
-                    header=header,
-                    height=height,
-                    width=width,
-                    encoding='32FC1',
-                    is_bigendian=0,
-                    step=4 * width,
-                    data=depth.view(np.uint8).reshape(-1),
-                )
+                image = _image_msg(types, header, width, height, 'rgb8', step, data)
+                truth = _depth_msg(types, header, frame.depth_m)
                 info = _camera_info_msg(types, header, spec)
                 for topic, msg, msgtype in (
                     (info_topic, info, 'sensor_msgs/msg/CameraInfo'),

@@ -470,11 +470,15 @@ def test_depth_takes_the_cameras_focal_length_and_says_how(graph, probe, tmp_pat
     assert status is not None
     from rclpy.parameter import Parameter as P
 
+    # A limit the model cannot reach on this camera: its 0.5 m minimum is 0.82 m here.
+    refused = node.set_parameters([P('max_depth_m', value=0.7)])[0]
+    assert not refused.successful and 'on this camera' in refused.reason, refused.reason
     assert node.set_parameters([P('focal_length_correction', value=False)])[0].successful
     probe.send('/image', image(grey=128, sec=3))
     depth = probe.out['depth'].wait_match(lambda m: m.header.stamp.sec == 3)
     np.testing.assert_allclose(msgs.decode_depth(depth), expected_depth_m(128), rtol=1e-5)
     assert len([m for m in probe.log_lines(WARN) if 'canonical camera' in m]) == 1  # once
+    assert node.set_parameters([P('max_depth_m', value=0.7)])[0].successful  # no conversion
 
 
 def test_startup_errors_name_the_parameter(make_node):

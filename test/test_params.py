@@ -82,7 +82,9 @@ def test_depth_limits_must_leave_a_range():
     pipeline = DepthPipeline(RowDepth(), PipelineConfig(**only_max.pipeline_kwargs()))
     with pytest.raises(ConfigError, match='min_depth_m must be below max_depth_m'):
         pipeline.update_config(min_depth_m=2.5)  # set alone, against the other limit
-    with pytest.raises(ConfigError, match=r"unset limit, 0, is the model's"):
+    with pytest.raises(
+        ConfigError, match=r"left unset \(0 as a node parameter\) is the model's: \[0.5, 10\] m$"
+    ):
         pipeline.update_config(max_depth_m=0.01)  # below the model's own minimum
     assert pipeline.config.max_depth_m == 2.0  # a refused change leaves the config as it was
 

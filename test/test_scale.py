@@ -38,6 +38,9 @@ def test_canonical_camera_from_a_field_of_view_and_its_validation():
         CanonicalCamera('x', 0.0, 1.0, 64, 48)
     with pytest.raises(ConfigError, match='missing'):
         CanonicalCamera.from_dict({'name': 'x', 'fx_px': 1.0})
+    for hfov in (0.0, 180.0, -10.0):
+        with pytest.raises(ConfigError, match='field of view'):
+            CanonicalCamera.from_hfov('x', hfov, 64, 48)
 
 
 class CanonicalDepth:
@@ -77,6 +80,19 @@ def test_the_model_range_scales_with_the_depth_but_configured_limits_do_not():
     assert np.isnan(tele.depth_m).all()
     pipe = DepthPipeline(CanonicalDepth())
     assert pipe.depth_range_m(scale=2.0) == (1.0, 20.0)
+
+
+def test_a_limit_beyond_what_the_model_predicts_on_this_camera_is_said_per_camera():
+    # min_depth_m 6 m: fine for the canonical camera (model range 0.5-10 m) ...
+    pipe = DepthPipeline(CanonicalDepth(), PipelineConfig(min_depth_m=6.0))
+    assert pipe.camera_depth_range_m(pipe.config, None) == (6.0, 10.0)
+    assert pipe.camera_depth_range_m(pipe.config, camera(50.0)) == (6.0, 10.0)
+    # ... but a lens of half the focal length halves what the model can reach (5 m).
+    with pytest.raises(ConfigError, match=r'\[0\.25, 5\] m on this camera .*x0\.5'):
+        pipe.camera_depth_range_m(pipe.config, camera(25.0))
+    with pytest.raises(ConfigError, match='on this camera'):  # a frame of it: that frame only
+        pipe.process_rgb(RGB, camera(25.0))
+    np.testing.assert_allclose(pipe.process_rgb(RGB, camera(100.0)).depth_m, np.nan)  # 4 m < 6
 
 
 def test_without_a_camera_the_canonical_camera_is_assumed_and_said():

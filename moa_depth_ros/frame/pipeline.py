@@ -319,20 +319,36 @@ class DepthPipeline:
         """Return the (min, max) depth kept in the output: the config's, else the model's.
 
         ``scale`` converts the model's range like its depth (canonical to this camera). This
-        is the one check that the limits leave a range (ConfigError): the pipeline runs it on
-        every new config, the node on every parameter change, before applying it.
+        is the one check that the limits leave a range (ConfigError). The pipeline runs it
+        at scale 1 on every new config, and the node on every parameter change with the scale
+        of the camera it has. One limit set beyond what the model can predict on a camera
+        (say min_depth_m 5 where the model reaches 3 m) empties the range only for frames of
+        that camera: each such frame is then this error, before its outputs.
         """
         config = config or self.config
         model_lo, model_hi = (v * scale for v in self.model_range_m)
         lo = model_lo if config.min_depth_m is None else config.min_depth_m
         hi = model_hi if config.max_depth_m is None else config.max_depth_m
         if lo >= hi:
+            model = f'[{model_lo:g}, {model_hi:g}] m'
+            if scale != 1.0:
+                native_lo, native_hi = self.model_range_m
+                model += (
+                    f' on this camera (its [{native_lo:g}, {native_hi:g}] m converted with the '
+                    f'focal length, x{scale:.4g})'
+                )
             raise ConfigError(
                 f'depth range [{lo:g}, {hi:g}] m is empty: min_depth_m must be below '
-                f"max_depth_m (an unset limit, 0, is the model's, here "
-                f'[{model_lo:g}, {model_hi:g}] m)'
+                f'max_depth_m, and a limit left unset (0 as a node parameter) is the '
+                f"model's: {model}"
             )
         return (float(lo), float(hi))
+
+    def camera_depth_range_m(
+        self, config: PipelineConfig, camera: geometry.CameraModel | None
+    ) -> tuple[float, float]:
+        """``depth_range_m`` for frames of ``camera`` (None: the canonical camera is assumed)."""
+        return self.depth_range_m(config, self._depth_scale(camera, config)[0])
 
     def process_msg(
         self,
@@ -377,7 +393,7 @@ class DepthPipeline:
         timings['decode'] = decode_ms
         rgb = check_rgb(rgb)
         height, width = rgb.shape[:2]
-        self.depth_range_m(config)  # an empty configured range: ConfigError before the network
+        self.depth_range_m(config)  # limits that cross whatever the camera: before the network
         output_hw = config.output_hw or (height, width)
 
         start = time.perf_counter()
@@ -394,7 +410,7 @@ class DepthPipeline:
                 f'estimator infer() must return (depth, confidence), got {type(outputs).__name__}'
             ) from e
 
-        camera, camera_error = _resolve_camera(camera, width, height)
+        camera, camera_error = _resolve_camera(camera, width, height)  # may arrive late
         scale, scale_source = self._depth_scale(camera, config)
         range_m = self.depth_range_m(config, scale)
         start = time.perf_counter()

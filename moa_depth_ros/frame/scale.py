@@ -72,6 +72,8 @@ class CanonicalCamera:
     @classmethod
     def from_hfov(cls, name: str, hfov_deg: float, width: int, height: int) -> CanonicalCamera:
         """Build a pinhole camera with square pixels and this horizontal field of view."""
+        if not 0.0 < float(hfov_deg) < 180.0:
+            raise ConfigError(f'field of view must be in (0, 180) degrees, got {hfov_deg!r}')
         fx = 0.5 * width / math.tan(math.radians(hfov_deg) / 2.0)
         return cls(name=name, fx_px=fx, fy_px=fx, width=width, height=height)
 

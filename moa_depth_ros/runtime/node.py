@@ -51,9 +51,9 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
 from moa_depth_ros.engine import load_engine
-from moa_depth_ros.errors import ConfigError, MoaDepthError
+from moa_depth_ros.errors import CameraInfoError, ConfigError, MoaDepthError
 from moa_depth_ros.frame import cdr, outputs
-from moa_depth_ros.frame.geometry import CameraModelCache
+from moa_depth_ros.frame.geometry import CameraModel, CameraModelCache
 from moa_depth_ros.frame.pipeline import DepthPipeline, FrameResult, PipelineConfig
 from moa_depth_ros.runtime import diagnostics, params
 from moa_depth_ros.runtime.memory import retain_freed_memory
@@ -359,6 +359,15 @@ class DepthNode(Node):
                 f'{msg.distortion_model or "no distortion model"})'
             )
 
+    def _current_camera(self) -> CameraModel | None:
+        """Return the newest CameraInfo as a camera model (None: none yet, or not usable)."""
+        with self._camera_infos_lock:
+            info = self._camera_info_msg
+        try:
+            return None if info is None else CameraModel.from_camera_info(info)
+        except CameraInfoError:
+            return None
+
     def _camera_info_for(self, image_header: Any) -> Any:
         """Return the CameraInfo stamped like the image, else the newest (None: none yet)."""
         key = (image_header.stamp.sec, image_header.stamp.nanosec)
@@ -372,7 +381,9 @@ class DepthNode(Node):
         try:
             new = old.settings.updated(changes)
             config = dataclasses.replace(old.config, **new.pipeline_kwargs())
-            self._pipeline.depth_range_m(config)
+            # Checked with the camera streaming now: a limit beyond what the model predicts
+            # on it would empty every frame's range.
+            self._pipeline.camera_depth_range_m(config, self._current_camera())
         except ConfigError as e:
             return SetParametersResult(successful=False, reason=str(e))
         # Humble has no post-set callbacks: apply here, after every check has passed.

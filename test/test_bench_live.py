@@ -52,3 +52,9 @@ def test_process_cpu_counts_every_thread_of_a_process():
     start = live.process_cpu_s(os.getpid())
     sum(i * i for i in range(2_000_000))
     assert live.process_cpu_s(os.getpid()) > start
+
+
+def test_the_live_run_names_the_node_as_the_node_does():
+    from moa_depth_ros.runtime import node
+
+    assert live.NODE_NAME == node.NODE_NAME

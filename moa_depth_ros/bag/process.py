@@ -1,4 +1,4 @@
-"""``moa-depth bag IN OUT --model M``: the node's depth pipeline over a recorded rosbag2.
+"""``moa-depth bag IN OUT --model-path M``: the node's depth pipeline over a recorded rosbag2.
 
 Reads a rosbag2 (MCAP or sqlite3, with ``rosbags``), runs the same ``DepthPipeline`` as
 ``depth_node`` on every image of one camera, and writes a new rosbag2 holding every input
@@ -8,15 +8,16 @@ topic unchanged plus the node's outputs next to the image::
                            /camera/points, /camera/depth/colored (with --publish-colored)
 
 Output messages carry the image's header stamp and frame_id and are logged at the image's
-bag time, as a node recording would have them (without the inference delay). CameraInfo is
-matched like the node does it: the newest one logged before the image.
+bag time, as a node recording would have them (without the inference delay). Each image
+uses the newest CameraInfo logged before it (the node prefers the one stamped like the image,
+else the newest: the same one for a camera whose driver publishes CameraInfo first).
 
 The output is written to ``OUT.partial/`` and moved to ``OUT`` only when complete, so an
 interrupted or crashed run never leaves a bag at ``OUT`` that looks finished. A frame that
 cannot be processed (bad encoding, size mismatch) is skipped and counted, never fatal.
 
 An input whose recorder died (MCAP without footer, no metadata.yaml, a ``.db3`` cut short) is
-read as far as it goes (``bag_recovery``); the summary says so and how much was read. One with
+read as far as it goes (``bag.recovery``); the summary says so and how much was read. One with
 nothing readable raises ``BagError``.
 """
 

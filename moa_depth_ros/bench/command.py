@@ -23,8 +23,8 @@ import json
 from typing import Any
 
 from moa_depth_ros.bench import measure
-from moa_depth_ros.engine.loader import BACKENDS
 from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.runtime.params import BACKENDS
 
 # What the live section is held to (the README's performance targets for a VGA camera).
 LIVE_TARGETS = {'delivered_ratio': 0.99, 'complete_ratio': 0.99, 'beyond_ms': 12.0, 'idle': 2.0}
@@ -33,7 +33,7 @@ LIVE_TARGETS = {'delivered_ratio': 0.99, 'complete_ratio': 0.99, 'beyond_ms': 12
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's arguments."""
     parser.add_argument('model', help='model file: .onnx, .engine/.plan or .safetensors')
-    parser.add_argument('--backend', default='auto', choices=('auto', *BACKENDS))
+    parser.add_argument('--backend', default='auto', choices=BACKENDS)
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--threads', type=int, default=0, help='network CPU threads (0: default)')
     parser.add_argument(
@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         results['live'] = live.measure_live(
             args.model,
             backend=frames['backend'],
+            device=args.device,
             threads=args.threads or None,
             spin_wait=args.spin_wait,
             frames=args.live_frames,

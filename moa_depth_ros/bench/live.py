@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,9 +40,13 @@ import numpy as np
 
 from moa_depth_ros.bench import measure
 from moa_depth_ros.errors import MoaDepthError
+from moa_depth_ros.frame.outputs import CAMERA_INFO, IMAGE, OUTPUTS, POINT_CLOUD
 
-OUTPUT_TOPICS = ('depth', 'depth/camera_info', 'depth/confidence', 'points')
-NODE_NAME = 'moa_depth_node'
+# What the viewer subscribes to, and their types: the node's default outputs (not the
+# colour preview).
+OUTPUT_TYPES = {output.topic: output.msgtype for output in OUTPUTS if output.key != 'colored'}
+OUTPUT_TOPICS = tuple(OUTPUT_TYPES)
+NODE_NAME = 'moa_depth_node'  # runtime.node.NODE_NAME (a test holds them equal: no rclpy here)
 CLK_TCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
 
 
@@ -155,9 +160,10 @@ def _viewer(spec: dict[str, Any]) -> dict[str, Any]:
 
         return callback
 
+    classes = {IMAGE: Image, CAMERA_INFO: CameraInfo, POINT_CLOUD: PointCloud2}
     subscriptions = [
-        node.create_subscription(msg_type, topic, record(topic), qos)
-        for topic, msg_type in zip(OUTPUT_TOPICS, (Image, CameraInfo, Image, PointCloud2))
+        node.create_subscription(classes[msgtype], topic, record(topic), qos)
+        for topic, msgtype in OUTPUT_TYPES.items()
     ]
     deadline = time.monotonic() + spec['ready_timeout_s']
     while not all(s.get_publisher_count() >= 1 for s in subscriptions):  # discovery done
@@ -254,15 +260,24 @@ class LiveRunError(MoaDepthError, RuntimeError):
 
 
 def _node_command(
-    model_path: str, backend: str, threads: int | None, spin_wait: bool
+    model_path: str, backend: str, device: str, threads: int | None, spin_wait: bool
 ) -> list[str]:
     launcher = 'import sys; from moa_depth_ros.runtime.node import main; sys.exit(main(sys.argv))'
     cmd = [sys.executable, '-c', launcher, '--ros-args', '-p', f'model_path:={model_path}']
-    cmd += ['-p', f'backend:={backend}', '-p', 'diagnostics_period_s:=0.5']
+    cmd += ['-p', f'backend:={backend}', '-p', f'device:={device}']
+    cmd += ['-p', 'diagnostics_period_s:=0.5']
     cmd += ['-p', f'cpu_spin_wait:={str(spin_wait).lower()}']
     if threads:
         cmd += ['-p', f'cpu_threads:={int(threads)}']
     return cmd
+
+
+def _read_result(path: pathlib.Path, child: _Child) -> dict[str, Any]:
+    """Read what a camera or viewer process wrote; a missing or broken file is LiveRunError."""
+    try:
+        return json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e:
+        raise LiveRunError(f'{path.stem} left no results ({e}):\n{child.output()}') from None
 
 
 def output_bytes_per_frame(width: int, height: int) -> int:
@@ -279,15 +294,22 @@ def pipeline_cpu(
     frames: int = 45,
     rate_hz: float = 15.0,
     spin_wait: bool = False,
+    device: str = 'auto',
 ) -> dict[str, float]:
     """CPU and wall ms per frame of the pipeline alone, in this process, paced like a camera.
 
-    The same model, backend, threads and frame as the live run, and no ROS: what the node's
+    The same model, backend, device, threads and frame as the live run, and no ROS: what the node's
     process would spend if publishing cost nothing. Process CPU covers every thread (ONNX
     Runtime's pool too), so a multi-threaded network counts in full.
     """
     engine, pipeline = measure.load_pipeline(
-        {'model_path': model_path, 'backend': backend, 'threads': threads, 'spin_wait': spin_wait}
+        {
+            'model_path': model_path,
+            'backend': backend,
+            'device': device,
+            'threads': threads,
+            'spin_wait': spin_wait,
+        }
     )
     try:
         msg = measure.rgb8_message(measure.synthetic_rgb(width, height))
@@ -320,6 +342,7 @@ def measure_live(
     model_path: str,
     *,
     backend: str = 'onnxruntime',
+    device: str = 'auto',
     threads: int | None = None,
     spin_wait: bool = False,
     frames: int = 300,
@@ -354,9 +377,16 @@ def measure_live(
     role = [sys.executable, '-m', 'moa_depth_ros.bench.live']
     log('live: the pipeline alone, in this process, for comparison ...')
     alone = pipeline_cpu(
-        model_path, backend, threads, width, height, rate_hz=rate_hz, spin_wait=spin_wait
+        model_path,
+        backend,
+        threads,
+        width,
+        height,
+        rate_hz=rate_hz,
+        spin_wait=spin_wait,
+        device=device,
     )
-    node = _Child(_node_command(model_path, backend, threads, spin_wait), env)
+    node = _Child(_node_command(model_path, backend, device, threads, spin_wait), env)
     viewer = camera = None
     try:
         if not node.wait_line('depth from', 120.0):
@@ -381,16 +411,20 @@ def measure_live(
         if not camera.wait_line('measure-end', frames / rate_hz * 3 + 60.0):
             raise LiveRunError(f'the camera did not finish:\n{camera.output()}')
         cpu_end, wall_end = process_cpu_s(node.process.pid), time.monotonic()
-        camera.process.wait(30.0)
+        try:
+            camera.process.wait(30.0)
+        except subprocess.TimeoutExpired:
+            raise LiveRunError(f'the camera did not exit:\n{camera.output()}') from None
         time.sleep(1.0)
         viewer.stop()
         node_status = node.stop()
-        seen = json.loads((tmp / 'viewer.json').read_text(encoding='utf-8'))
-        sent = json.loads((tmp / 'camera.json').read_text(encoding='utf-8'))['sent']
+        seen = _read_result(tmp / 'viewer.json', viewer)
+        sent = _read_result(tmp / 'camera.json', camera)['sent']
     finally:
         for child in (camera, viewer, node):
             if child is not None:
                 child.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     stamps = [f'{sec}.{nanosec:09d}' for sec, nanosec in sent]
     arrivals = seen['arrivals']
     depth = arrivals['depth']

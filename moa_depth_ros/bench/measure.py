@@ -23,9 +23,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from moa_depth_ros.errors import ConfigError
+from moa_depth_ros.frame.pipeline import STAGES as PIPELINE_STAGES
 
 # The stages of one frame, in order: the pipeline's own timings, then serializing the outputs.
-STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud', 'serialize')
+STAGES = (*PIPELINE_STAGES, 'serialize')
 
 
 def stats_ms(values_ms: Sequence[float]) -> dict[str, float]:
@@ -204,11 +205,15 @@ def load_pipeline(spec: dict[str, Any]) -> tuple[Any, Any]:
         spin_wait=bool(spec.get('spin_wait', False)),
         cache_dir=spec.get('cache_dir'),
     )
-    if engine.backend == 'torch' and spec.get('threads'):
-        import torch
+    try:
+        if engine.backend == 'torch' and spec.get('threads'):
+            import torch
 
-        torch.set_num_threads(int(spec['threads']))
-    return engine, DepthPipeline(engine, PipelineConfig())
+            torch.set_num_threads(int(spec['threads']))
+        return engine, DepthPipeline(engine, PipelineConfig())
+    except BaseException:
+        engine.close()  # the caller's cleanup starts only once this returns
+        raise
 
 
 def engine_device(engine: Any) -> str:

@@ -283,7 +283,9 @@ class DepthPipeline:
         if not callable(getattr(estimator, 'infer', None)):
             raise EngineError(f'estimator {type(estimator).__name__} has no infer() method')
         canonical = getattr(estimator, 'canonical_focal_px', None)
-        if canonical is not None and not (math.isfinite(canonical) and canonical > 0):
+        if canonical is not None and not (
+            isinstance(canonical, (int, float)) and math.isfinite(canonical) and canonical > 0
+        ):
             raise EngineError(
                 f'estimator {type(estimator).__name__} has canonical_focal_px {canonical!r}; '
                 f'need a positive focal length or None'

@@ -122,7 +122,7 @@ class ParamSpec:
             return f'{self.name} must be finite, got {value!r}'
         if self.choices is not None and value not in self.choices:
             return f'{self.name} must be one of {", ".join(self.choices)}; got {value!r}'
-        if self.pattern is not None and not self.pattern.match(value):
+        if self.pattern is not None and not self.pattern.fullmatch(value):
             return f'{self.name} must match {self.pattern.pattern}, got {value!r}'
         if self.min_value is not None and value < self.min_value:
             return f'{self.name} must be >= {self.min_value:g}, got {value!r}'

@@ -49,8 +49,22 @@ def test_quickstart_smoke_runs_every_step(tmp_path, capsys):
             assert row['corrected']['abs_rel'] != row['uncorrected']['abs_rel']
     assert set(targets['d1_each']) == {'45.0', '60.0', '75.0', '90.0', '100.0'}
     assert '45 deg, corrected' in table and '100 deg, as predicted' in table
+    assert summary['cameras']['rooms'] == 'target' and 'held-out target rooms' in table
 
     # Preview: four labelled panels side by side.
     preview = cv2.imread(str(run_dir / 'preview.png'))
     assert preview is not None
     assert preview.shape[1] > 4 * preview.shape[0]  # four 4:3 panels in a row
+
+
+def test_the_camera_sweep_keeps_tuning_and_target_rooms_apart():
+    from training.data import SYNTHETIC_SEED_RANGES
+    from training.quickstart import TARGET_ROOMS, TUNING_ROOMS, CameraSweep
+
+    start, stop = SYNTHETIC_SEED_RANGES['test']
+
+    def seeds(first_room):
+        return set(CameraSweep(first_room=first_room).room_seeds())
+
+    assert not seeds(TARGET_ROOMS) & seeds(TUNING_ROOMS)
+    assert all(start <= s < stop for s in seeds(TARGET_ROOMS) | seeds(TUNING_ROOMS))

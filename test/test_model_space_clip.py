@@ -261,3 +261,13 @@ def test_mismatched_official_checkpoint_is_a_checkpoint_error(tmp_path):
     (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
     with pytest.raises(CheckpointError, match='junk.pt'):
         load_official_checkpoint(tmp_path / 'junk.pt', **TINY_SPACE)
+
+
+def test_the_converter_command_reports_a_bad_file_in_one_line(tmp_path, capsys):
+    from training.convert_space_clip import main
+
+    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
+    assert main([str(tmp_path / 'junk.pt'), str(tmp_path / 'out.safetensors')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('convert-space-clip: error: ') and 'junk.pt' in err
+    assert 'Traceback' not in err and not (tmp_path / 'out.safetensors').exists()

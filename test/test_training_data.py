@@ -95,6 +95,14 @@ def test_camera_height_range_is_respected_and_validated():
             sample_scene(0, 16, 12, camera_height_m=bad)
 
 
+def test_lens_settings_are_validated_whatever_the_field_of_view():
+    with pytest.raises(ConfigError, match='lens_sampling'):
+        sample_scene(0, 16, 12, hfov_deg=60.0, lens_sampling='angel')  # fixed lens: still checked
+    for bad in ([50.0], (40.0, 60.0, 80.0)):
+        with pytest.raises(ConfigError, match=r'\[low, high\]'):
+            sample_scene(0, 16, 12, hfov_deg=bad)
+
+
 def test_render_is_deterministic_by_seed_and_varies_across_seeds():
     a, b, c = render_scene(7, 96, 64), render_scene(7, 96, 64), render_scene(8, 96, 64)
     np.testing.assert_array_equal(a.rgb, b.rgb)

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'synthetic-bag': ('training.data.synthetic_bag', 'write a synthetic camera rosbag2'),
     'convert-space-clip': (
         'training.convert_space_clip',
-        "official SPACE-CLIP checkpoint -> this package's safetensors (no pickle)",
+        "official SPACE-CLIP checkpoint -> this package's safetensors (weights-only load)",
     ),
 }
 

@@ -16,7 +16,8 @@ map onto open_clip's VisionTransformer (``backbone.``) like this:
     encoder.layers.i.mlp.fc1 / fc2         -> transformer.resblocks.i.mlp.c_fc / c_proj
 
 Usage: ``python -m training convert-space-clip best_checkpoint.pt out.safetensors``.
-The file is read with ``torch.load(weights_only=True)``: nothing is unpickled.
+The file is read with ``torch.load(weights_only=True)``: PyTorch's restricted unpickler, which
+rebuilds tensors and plain containers only and refuses anything else (no code runs).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
+import sys
 from typing import Mapping, Sequence
 
 import torch
 
-from moa_depth_ros.errors import CheckpointError
+from moa_depth_ros.errors import CheckpointError, MoaDepthError
 from moa_depth_ros.model.checkpoint import save_checkpoint
 from moa_depth_ros.model.factory import create_model
 from moa_depth_ros.model.space_clip import SpaceCLIP
@@ -136,9 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('output', help='our .safetensors checkpoint to write')
     parser.add_argument('--preset', default='space_clip', help='space_clip or space_clip_kitti')
     args = parser.parse_args(argv)
-    model = load_official_checkpoint(args.official, preset=args.preset)
-    extra = {'converted_from': pathlib.Path(args.official).name}
-    print(save_checkpoint(model, args.output, extra=extra))
+    try:
+        model = load_official_checkpoint(args.official, preset=args.preset)
+        extra = {'converted_from': pathlib.Path(args.official).name}
+        print(save_checkpoint(model, args.output, extra=extra))
+    except MoaDepthError as e:
+        print(f'convert-space-clip: error: {e}', file=sys.stderr)
+        return 2
     return 0
 
 

@@ -13,8 +13,10 @@ scaling is on. Both ``--checkpoint`` and ``--model`` (any file ``load_engine`` o
 .engine, .safetensors) are scored through ``DepthPipeline``, exactly as the node publishes
 depth: the test image at its own resolution, the node's resize to the network input, the
 network, the conversion from the model's canonical camera with the image's focal length,
-upsampling to the ground truth and the model's depth range (``evaluate_pipeline``). So the
-numbers are what a robot gets, and an export is checked against its checkpoint. During
+upsampling to the ground truth and the model's depth range (``evaluate_pipeline``), with one
+difference: depth outside that range is clamped to it, where the node blanks it (NaN), so that
+every ground-truth pixel is scored as the papers do. So the numbers are what a robot gets, and
+an export is checked against its checkpoint. During
 training, ``evaluate_model`` scores the validation split in batches with the same resize.
 """
 
@@ -239,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         '--dataset',
         required=True,
         choices=('nyu', 'kitti', 'synthetic', 'nyu_labeled'),
-        help='test set',
+        help="test set ('synthetic': the generator's default rooms, 56-66 degree lenses, no "
+        "anti-aliasing; the quickstart scores its own cameras itself)",
     )
     parser.add_argument('--data-root', help='NYU/KITTI image root of the test list')
     parser.add_argument('--depth-root', help='ground-truth root when not under --data-root')

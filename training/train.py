@@ -613,13 +613,14 @@ def train(
                 virtual_rank = dist.rank * config.grad_accum_steps + micro_step
                 torch.manual_seed(_step_seed(config.seed, step, virtual_rank))
                 batch = next(batches)
-                image = batch['image'].to(dist.device, non_blocking=True)
+                # The node's resize (on the CPU, as the node does it), then to the device.
+                image = resize_batch(batch['image'], model.input_hw)
+                image = image.to(dist.device, non_blocking=True)
                 gt_depth_m = batch['depth_m'].to(dist.device, non_blocking=True)
                 if canonical_focal_px is not None:
                     gt_depth_m = _to_canonical(
                         gt_depth_m, batch, model.input_hw, canonical_focal_px, depth_range_m
                     )
-                image = resize_batch(image, model.input_hw)  # the node's resize, if any
                 last_micro = micro_step == config.grad_accum_steps - 1
                 sync = contextlib.nullcontext()
                 if dist.enabled and not last_micro:

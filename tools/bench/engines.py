@@ -26,7 +26,7 @@ import numpy as np
 from moa_depth_ros.bench.measure import machine_description, time_call
 from moa_depth_ros.engine.loader import BACKENDS
 from moa_depth_ros.errors import ConfigError, MoaDepthError
-from tools.bench.floors import count_flops, measure_matmul_rate
+from tools.bench.floors import count_flops, measure_matmul_rate, network_floor_ms, ratio
 from training.onnx_export import ACCURACY_BAR, accuracy_holds, depth_agreement
 
 DEFAULT_MODELS = ('moa_depthclip', 'space_clip', 'depthclip')
@@ -40,16 +40,18 @@ def _row(
     rates: dict[str, float],
     rate_key: str,
 ) -> dict[str, Any]:
-    median_s = timing['median_ms'] / 1e3
-    floor_s = flops / rates[rate_key] if rates.get(rate_key) else float('nan')
+    median_ms = timing['median_ms']
+    rate = rates.get(rate_key)
+    floor_ms = network_floor_ms(flops, rate / 1e12 if rate else None)
+    to_floor = ratio(median_ms, floor_ms)
     return {
         'backend': backend,
         'precision': precision,
         **timing,
-        'achieved_gflops': flops / median_s / 1e9,
-        'compute_floor_ms': floor_s * 1e3,
+        'achieved_gflops': flops / (median_ms / 1e3) / 1e9,
+        'compute_floor_ms': float('nan') if floor_ms is None else floor_ms,
         'floor_rate': rate_key,
-        'ratio_to_floor': median_s / floor_s if floor_s == floor_s else float('nan'),
+        'ratio_to_floor': float('nan') if to_floor is None else to_floor,
     }
 
 
@@ -89,9 +91,13 @@ def bench_model(
     reference = reference_engine.infer(image)
 
     def measure(engine, backend, precision, rate_key):
-        timing = time_call(lambda: engine.infer(image), warmup=warmup, iters=iters)
+        try:
+            timing = time_call(lambda: engine.infer(image), warmup=warmup, iters=iters)
+            got = engine.infer(image)
+        finally:
+            if engine is not reference_engine:
+                engine.close()
         row = _row(backend, precision, timing, flops, rates, rate_key)
-        got = engine.infer(image)
         row['parity'] = {**parity_errors(reference, got), **depth_agreement(reference[0], got[0])}
         row['accuracy_holds'] = accuracy_holds(row['parity'])
         result['rows'].append(row)
@@ -131,9 +137,8 @@ def bench_model(
             except MoaDepthError as e:
                 result['skipped']['tensorrt'] = str(e).split(';')[0]
             else:
-                precision = engine.sidecar.precision
-                measure(engine, 'tensorrt', precision, 'gpu')
-                engine.close()
+                measure(engine, 'tensorrt', engine.sidecar.precision, 'gpu')
+    reference_engine.close()
     return result
 
 

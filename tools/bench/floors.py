@@ -9,7 +9,8 @@ A latency means little without what the machine could do at best. Two floors:
   network: a model of F FLOPs cannot run faster than F / rate (``count_flops``, torch's
   flop counter).
 
-``ratio(time, floor)`` is how every report prints them: time / floor, 1.0 = at the floor.
+``network_floor_ms`` and ``ratio(time, floor)`` (time / floor, 1.0 = at the floor) are how the
+reports compute a network's distance to its floor.
 Times come from ``moa_depth_ros.bench.measure.time_call``, the one timer.
 """
 
@@ -39,11 +40,6 @@ def copy_bandwidth(
         'median_ms': timing['median_ms'],
         'copy_gbps': nbytes / (timing['median_ms'] / 1e3) / 1e9,
     }
-
-
-def copy_floor_ms(nbytes: int, copy_gbps: float) -> float:
-    """Time (ms) to copy ``nbytes`` at the measured rate: the floor of a stage writing them."""
-    return nbytes / (copy_gbps * 1e9) * 1e3
 
 
 def torch_available() -> bool:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from moa_depth_ros.bench.measure import STAGES
 from moa_depth_ros.errors import ConfigError
 from moa_depth_ros.fileio import atomic_write_bytes, atomic_write_text
+from tools.bench.floors import network_floor_ms, ratio
 
 SCHEMA = 'moa_depth_ros.bench/1'
 MARKER_START = '<!-- BENCH:START -->'
@@ -250,10 +251,8 @@ def _e2e_lines(results: dict[str, Any], h: str) -> list[str]:
             if row.get('device', 'cpu') != 'cpu':
                 ratios.append('GPU')
                 continue
-            floor_ms = (
-                flops / (tflops[dtype] * 1e12) * 1e3 if flops and tflops.get(dtype) else None
-            )
-            ratios.append(_f(network_ms / floor_ms if floor_ms else None, 1))
+            floor_ms = network_floor_ms(flops, tflops.get(dtype))
+            ratios.append(_f(ratio(network_ms, floor_ms), 1))
         rows.append(
             [
                 row['model'],

@@ -372,20 +372,22 @@ def sample_scene(
     roll = math.radians(rng.uniform(-3.0, 3.0))
     # A pendant lamp below the ceiling, so the ceiling is lit too.
     light = (rng.uniform(0.3, 0.7) * w, h - rng.uniform(0.4, 0.8), rng.uniform(0.3, 0.7) * d)
+    if lens_sampling not in ('angle', 'focal'):
+        raise ConfigError(f"lens_sampling must be 'angle' or 'focal', got {lens_sampling!r}")
     if hfov_deg is None or isinstance(hfov_deg, (tuple, list)):
+        if hfov_deg is not None and len(hfov_deg) != 2:
+            raise ConfigError(f'hfov_deg range must be [low, high] degrees, got {hfov_deg!r}')
         low_deg, high_deg = (56.0, 66.0) if hfov_deg is None else (float(v) for v in hfov_deg)
         if not 10.0 <= low_deg <= high_deg <= 160.0:
             raise ConfigError(f'hfov_deg range must lie in [10, 160] degrees, got {hfov_deg!r}')
         if lens_sampling == 'angle':
             hfov = math.radians(rng.uniform(low_deg, high_deg))
-        elif lens_sampling == 'focal':  # focal length in units of the half width
+        else:  # 'focal': focal length in units of the half width
             f = rng.uniform(
                 1.0 / math.tan(math.radians(high_deg) / 2.0),
                 1.0 / math.tan(math.radians(low_deg) / 2.0),
             )
             hfov = 2.0 * math.atan(1.0 / f)
-        else:
-            raise ConfigError(f"lens_sampling must be 'angle' or 'focal', got {lens_sampling!r}")
     else:
         if not 10.0 <= float(hfov_deg) <= 160.0:
             raise ConfigError(f'hfov_deg must lie in [10, 160] degrees, got {hfov_deg!r}')

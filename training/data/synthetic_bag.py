@@ -34,7 +34,6 @@ from training.data.synthetic import (
     CAMERA_HEIGHT_RANGE_M,
     SceneSpec,
     render,
-    render_scene,
     sample_scene,
 )
 
@@ -54,7 +53,7 @@ class SyntheticBagInfo:
     n_frames: int
     width: int
     height: int
-    K: np.ndarray
+    K: np.ndarray | None  # the camera matrix of every frame (None: each frame has its own)
     topics: dict[str, str] = field(default_factory=dict)  # topic -> message type
     stamps_ns: list[int] = field(default_factory=list)
 
@@ -197,14 +196,15 @@ def write_synthetic_bag(
     info_topic: str = '/camera/camera_info',
     depth_topic: str = '/camera/depth_gt',
     jpeg_quality: int = 90,
-    hfov_deg: float | None = None,
+    hfov_deg: float | tuple[float, float] | None = None,
 ) -> SyntheticBagInfo:
     """Write a rosbag2 directory at ``path`` (which must not exist yet).
 
     With several ``encodings`` frame ``i`` uses ``encodings[i % len(encodings)]`` on the
     same topic, as a stream whose driver changes format would. The bag is assembled in a
     temporary sibling directory and moved into place, so ``path`` is never half-written.
-    ``hfov_deg`` fixes the camera's horizontal field of view (None: drawn from the seed).
+    ``hfov_deg``: the camera's horizontal field of view, fixed or a (low, high) range the
+    seed draws one from (None: the generator's default range).
     """
     path = Path(path)
     if path.exists():
@@ -335,7 +335,6 @@ def write_rooms_bag(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent))
-    K = None
     try:
         with Writer(staging / path.name, version=8, storage_plugin=STORAGES['mcap']) as writer:
             conns = {
@@ -346,10 +345,7 @@ def write_rooms_bag(
                 spec = sample_scene(
                     int(seed), width, height, hfov_deg=hfov_deg, camera_height_m=camera_height_m
                 )
-                frame = render_scene(
-                    int(seed), width, height, hfov_deg=hfov_deg, camera_height_m=camera_height_m
-                )
-                K = spec.K
+                frame = render(spec)
                 header = _header(types, stamp, frame_id)
                 data, step = encode_image(frame.rgb, 'rgb8')
                 image = _image_msg(types, header, width, height, 'rgb8', step, data)
@@ -369,7 +365,7 @@ def write_rooms_bag(
         n_frames=len(seeds),
         width=width,
         height=height,
-        K=K,
+        K=None,  # the principal point differs from room to room: each CameraInfo has its own
         topics=topics,
         stamps_ns=stamps,
     )

@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         choices=('nyu', 'kitti', 'synthetic', 'nyu_labeled'),
         help="test set ('synthetic': the generator's default rooms, 56-66 degree lenses, no "
-        "anti-aliasing; the quickstart scores its own cameras itself)",
+        'anti-aliasing; the quickstart scores its own cameras itself)',
     )
     parser.add_argument('--data-root', help='NYU/KITTI image root of the test list')
     parser.add_argument('--depth-root', help='ground-truth root when not under --data-root')

@@ -244,6 +244,31 @@ def test_unusable_camera_info_costs_the_cloud_not_the_depth(
     assert level != ERROR  # depth flows: a warning at most
 
 
+def test_a_frame_waits_for_the_camera_info_stamped_like_it(make_node, probe, monkeypatch):
+    # The executor can hand over an image before the CameraInfo sent with it, and a small
+    # network finishes before that CameraInfo is taken: the frame must not get the previous
+    # calibration. A generous wait here keeps the test independent of this machine's speed.
+    from moa_depth_ros.runtime import node as node_module
+
+    monkeypatch.setattr(node_module, '_CAMERA_INFO_WAIT_S', 5.0)
+    node = make_node()
+    connected(probe, node)
+    probe.send('/camera_info', camera_info_msg(W, H, FX, FY, CX, CY, sec=1))
+    probe.send('/image', image(sec=1))
+    assert probe.out['points'].wait(1)  # paired by stamp: this camera stamps both alike
+    probe.send('/image', image(sec=2))
+    time.sleep(0.3)  # its CameraInfo comes late, and it does not fit
+    probe.send('/camera_info', camera_info_msg(64, 48, FX, FY, CX, CY, sec=2))
+    (_, depth) = probe.out['depth'].wait(2)
+    assert depth.header.stamp.sec == 2
+    assert probe.wait_log('64x48 image but the image is 40x30', WARN)
+    assert [m.header.stamp.sec for m in probe.out['points'].messages] == [1]
+    # A good calibration again (on time): the cloud is back.
+    probe.send('/camera_info', camera_info_msg(W, H, FX, FY, CX, CY, sec=3))
+    probe.send('/image', image(sec=3))
+    assert wait_for(lambda: [m.header.stamp.sec for m in probe.out['points'].messages] == [1, 3])
+
+
 def test_parameter_changes_apply_at_run_time(make_node, probe):
     from rclpy.qos import ReliabilityPolicy
     from sensor_msgs.msg import CompressedImage

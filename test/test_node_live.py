@@ -149,7 +149,7 @@ def send_frame(live, sec, grey=128, info=None, reliable=True, frame_id='cam_opti
     """Publish a CameraInfo and an image with the same stamp, as a camera driver does."""
     live.probe.send(
         f'{NS}/camera_info',
-        info or camera_info_msg(W, H, FX, FY, CX, CY, sec=sec, frame_id=frame_id),
+        info or camera_info_msg(W, H, FX, FY, CX, CY, sec=sec, nanosec=500, frame_id=frame_id),
         reliable=reliable,
     )
     live.probe.send(
@@ -254,8 +254,8 @@ def test_malformed_frames_and_unusable_camera_info_cost_a_frame_or_the_cloud(out
 
     # CameraInfo for another size, then one with K all zeros: depth, no cloud.
     for sec, info, problem in [
-        (105, camera_info_msg(2 * W, 2 * H, FX, FY, CX, CY, sec=105), '128x96 image'),
-        (106, camera_info_msg(W, H, 0.0, 0.0, 0.0, 0.0, sec=106), 'focal'),
+        (105, camera_info_msg(2 * W, 2 * H, FX, FY, CX, CY, sec=105, nanosec=500), '128x96 image'),
+        (106, camera_info_msg(W, H, 0.0, 0.0, 0.0, 0.0, sec=106, nanosec=500), 'focal'),
     ]:
         send_frame(live, sec=sec, info=info)
         assert of_stamp(live.out['depth'], sec)

@@ -85,6 +85,10 @@ _NO_CAMERA_INFO_LOG_PERIOD_S = 30.0
 # CameraInfo messages kept by stamp, so a frame gets the one stamped like itself even when
 # the executor hands over the image before the CameraInfo that came with it.
 _CAMERA_INFOS_KEPT = 8
+# A camera that stamps CameraInfo like its images has its frame wait this long for the one
+# stamped like it (a small network can finish before the executor takes the CameraInfo);
+# one that does not arrive in time is taken as lost, and the newest serves.
+_CAMERA_INFO_WAIT_S = 0.1
 _CAMERA_MISFIT_LOG_PERIOD_S = 30.0
 # How often input_reliability 'auto' looks at the publishers again (a graph query, cheap).
 _GRAPH_POLL_S = 1.0
@@ -197,6 +201,10 @@ class DepthNode(Node):
         self._camera_info_msg = None  # the newest
         self._camera_infos: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self._camera_infos_lock = threading.Lock()
+        # Notified when a CameraInfo arrives; a frame may be waiting for its own.
+        self._camera_info_arrived = threading.Condition(self._camera_infos_lock)
+        # Whether the last frame found a CameraInfo stamped like itself (worker thread only).
+        self._camera_info_paired = False
         self._cameras = CameraModelCache()  # used on the worker thread only
         self._stats = diagnostics.NodeStatistics(
             backend=self._engine.backend, model=self._engine.describe()
@@ -352,6 +360,7 @@ class DepthNode(Node):
             while len(self._camera_infos) > _CAMERA_INFOS_KEPT:
                 self._camera_infos.popitem(last=False)
             self._camera_info_msg = msg
+            self._camera_info_arrived.notify_all()
         if first:
             self._stats.camera_info_received()
             self.get_logger().info(
@@ -369,10 +378,20 @@ class DepthNode(Node):
             return None
 
     def _camera_info_for(self, image_header: Any) -> Any:
-        """Return the CameraInfo stamped like the image, else the newest (None: none yet)."""
+        """Return the CameraInfo stamped like the image, else the newest (None: none yet).
+
+        Where the previous frame found its own, this one waits up to _CAMERA_INFO_WAIT_S
+        for its own: an image can reach the node before the CameraInfo sent with it.
+        """
         key = (image_header.stamp.sec, image_header.stamp.nanosec)
-        with self._camera_infos_lock:
-            return self._camera_infos.get(key, self._camera_info_msg)
+        with self._camera_info_arrived:
+            if self._camera_info_paired:
+                self._camera_info_arrived.wait_for(
+                    lambda: key in self._camera_infos, timeout=_CAMERA_INFO_WAIT_S
+                )
+            info = self._camera_infos.get(key)
+            self._camera_info_paired = info is not None
+            return self._camera_info_msg if info is None else info
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         # Parameters this node does not own (use_sim_time, ...) are not ours to reject.

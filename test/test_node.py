@@ -254,6 +254,7 @@ def test_a_frame_waits_for_the_camera_info_stamped_like_it(make_node, probe, mon
     node = make_node()
     connected(probe, node)
     probe.send('/camera_info', camera_info_msg(W, H, FX, FY, CX, CY, sec=1))
+    assert wait_for(lambda: node._camera_info_msg is not None)  # the first waits for none
     probe.send('/image', image(sec=1))
     assert probe.out['points'].wait(1)  # paired by stamp: this camera stamps both alike
     probe.send('/image', image(sec=2))

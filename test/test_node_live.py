@@ -45,6 +45,7 @@ NS = '/cam'
 NODE = f'{NS}/moa_depth_node'
 W, H = 64, 48
 FX, FY, CX, CY = 60.0, 61.0, 31.5, 23.5
+NANOSEC = 500  # every test frame and its CameraInfo: sec varies, nanosec is this
 START_TIMEOUT_S = 30.0  # first start of a process imports numpy, OpenCV, ONNX Runtime
 
 
@@ -149,12 +150,12 @@ def send_frame(live, sec, grey=128, info=None, reliable=True, frame_id='cam_opti
     """Publish a CameraInfo and an image with the same stamp, as a camera driver does."""
     live.probe.send(
         f'{NS}/camera_info',
-        info or camera_info_msg(W, H, FX, FY, CX, CY, sec=sec, nanosec=500, frame_id=frame_id),
+        info or camera_info_msg(W, H, FX, FY, CX, CY, sec=sec, nanosec=NANOSEC, frame_id=frame_id),
         reliable=reliable,
     )
     live.probe.send(
         f'{NS}/image_raw',
-        grey_image_msg(W, H, grey, sec=sec, nanosec=500, frame_id=frame_id),
+        grey_image_msg(W, H, grey, sec=sec, nanosec=NANOSEC, frame_id=frame_id),
         reliable=reliable,
     )
 
@@ -169,7 +170,7 @@ def test_every_output_carries_the_image_header_and_the_right_values(outputs):
     got = {name: of_stamp(inbox, 100) for name, inbox in live.out.items()}
     assert all(got.values()), {k: v is not None for k, v in got.items()}
     for name, msg in got.items():
-        assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (100, 500), name
+        assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (100, NANOSEC), name
         assert msg.header.frame_id == 'cam_optical', name
     depth_m = msgs.decode_depth(got['depth'])
     assert (got['depth'].encoding, depth_m.shape) == ('32FC1', (H, W))
@@ -254,8 +255,12 @@ def test_malformed_frames_and_unusable_camera_info_cost_a_frame_or_the_cloud(out
 
     # CameraInfo for another size, then one with K all zeros: depth, no cloud.
     for sec, info, problem in [
-        (105, camera_info_msg(2 * W, 2 * H, FX, FY, CX, CY, sec=105, nanosec=500), '128x96 image'),
-        (106, camera_info_msg(W, H, 0.0, 0.0, 0.0, 0.0, sec=106, nanosec=500), 'focal'),
+        (
+            105,
+            camera_info_msg(2 * W, 2 * H, FX, FY, CX, CY, sec=105, nanosec=NANOSEC),
+            '128x96 image',
+        ),
+        (106, camera_info_msg(W, H, 0.0, 0.0, 0.0, 0.0, sec=106, nanosec=NANOSEC), 'focal'),
     ]:
         send_frame(live, sec=sec, info=info)
         assert of_stamp(live.out['depth'], sec)

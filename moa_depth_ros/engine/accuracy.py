@@ -1,0 +1,76 @@
+"""How closely a runtime's outputs follow a reference run of the same network.
+
+``parity_errors`` bounds an equivalent run (ONNX Runtime vs PyTorch, an engine vs ONNX
+Runtime FP32) by the largest error relative to each output's scale. ``depth_agreement`` and
+``ACCURACY_BAR`` judge a reduced-precision variant (int8 ONNX, bf16 torch, an OpenVINO or
+TensorRT FP16/BF16 build) against FP32 on the same input: it is used only where it meets the
+bar. Pure NumPy, so the runtime (OpenVINO precision hints, TensorRT builds) and the training
+tools apply the same bar.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from moa_depth_ros.engine.base import OUTPUT_NAMES
+from moa_depth_ros.errors import EngineError
+
+# Error scale of each output: depth is relative to the reference's peak (metres);
+# confidence is a [0, 1] quantity, so its full scale is 1. (Relative to its own peak, the
+# confidence of a near-uniform bin distribution, about 1e-3, would turn float32 rounding
+# of 1 - entropy / log(bins) into a large "relative" error.)
+_FULL_SCALE = {'depth': 0.0, 'confidence': 1.0}
+
+
+def parity_errors(
+    reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray]
+) -> dict[str, float]:
+    """Compare (depth, confidence) pairs: max abs error, and that error relative to scale.
+
+    ``depth_rel`` = max |error| / max |reference depth|; ``confidence_rel`` = max |error|
+    / max(max |reference confidence|, 1), since confidence lives in [0, 1].
+    """
+    out = {}
+    for name, ref, got in zip(OUTPUT_NAMES, reference, candidate):
+        ref = np.asarray(ref, dtype=np.float64)
+        got = np.asarray(got, dtype=np.float64)
+        if ref.shape != got.shape:
+            raise EngineError(f'{name}: shapes differ, {list(ref.shape)} vs {list(got.shape)}')
+        max_abs = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+        peak = float(np.max(np.abs(ref))) if ref.size else 0.0
+        out[f'{name}_max_abs'] = max_abs
+        out[f'{name}_rel'] = max_abs / max(peak, _FULL_SCALE[name], 1e-12)
+    return out
+
+
+# A reduced-precision variant (int8 ONNX, bf16 torch) is offered only if, against FP32 on
+# the same input, mean relative depth error <= 1 % and >= 99 % of pixels stay within
+# delta < 1.25 of FP32 (the delta1 criterion of depth benchmarks, applied to FP32 as truth).
+ACCURACY_BAR = {'mean_rel_err': 0.01, 'delta1_agreement': 0.99}
+
+
+def depth_agreement(reference: np.ndarray, depth: np.ndarray) -> dict[str, float]:
+    """How closely ``depth`` follows ``reference`` (metres; pixels with reference > 0)."""
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    got = np.asarray(depth, dtype=np.float64).ravel()
+    valid = (ref > 0) & np.isfinite(ref) & np.isfinite(got)
+    if not valid.any():
+        return {'mean_rel_err': float('nan'), 'max_rel_err': float('nan'), 'delta1_agreement': 0.0}
+    ref, got = ref[valid], got[valid]
+    rel = np.abs(got - ref) / ref
+    ratio = np.maximum(got / ref, ref / np.maximum(got, 1e-12))
+    return {
+        'mean_rel_err': float(rel.mean()),
+        'max_rel_err': float(rel.max()),
+        'delta1_agreement': float(np.mean(ratio < 1.25)),
+    }
+
+
+def accuracy_holds(agreement: Mapping[str, float]) -> bool:
+    """Tell whether a reduced-precision variant meets ``ACCURACY_BAR``."""
+    return bool(
+        agreement['mean_rel_err'] <= ACCURACY_BAR['mean_rel_err']
+        and agreement['delta1_agreement'] >= ACCURACY_BAR['delta1_agreement']
+    )

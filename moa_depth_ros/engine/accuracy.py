@@ -74,3 +74,19 @@ def accuracy_holds(agreement: Mapping[str, float]) -> bool:
         agreement['mean_rel_err'] <= ACCURACY_BAR['mean_rel_err']
         and agreement['delta1_agreement'] >= ACCURACY_BAR['delta1_agreement']
     )
+
+
+def reference_inputs(input_hw: tuple[int, int], batch: int = 1) -> list[np.ndarray]:
+    """Return the fixed inputs a reduced-precision build is judged on.
+
+    Random (seed 0), all-zero and saturated (all ones) images, float32 [batch, 3, H, W] in
+    [0, 1]: the saturated image drives activations to their largest values, where FP16
+    overflows first; the zero image is the other end of the input range.
+    """
+    h, w = input_hw
+    rng = np.random.default_rng(0)
+    return [
+        rng.random((batch, 3, h, w), dtype=np.float32),
+        np.zeros((batch, 3, h, w), np.float32),
+        np.ones((batch, 3, h, w), np.float32),
+    ]

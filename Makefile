@@ -27,7 +27,8 @@ LANE_REQUIREMENTS := -r requirements-venv.txt -r requirements-test-runtime.txt
 all: test
 
 $(STAMP): requirements.txt requirements-venv.txt requirements-train.txt requirements-test.txt \
-		requirements-test-runtime.txt requirements-ros-jazzy.txt constraints/*.txt setup.py
+		requirements-openvino.txt requirements-test-runtime.txt requirements-ros-jazzy.txt \
+		constraints/*.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-test.txt $(CURRENT)

@@ -17,11 +17,14 @@ node left over from one test can never answer another.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.util
 import itertools
 import os
 import random
+import shutil
+import tempfile
 
 import pytest
 
@@ -30,6 +33,12 @@ os.environ.setdefault('OMP_NUM_THREADS', '2')
 # Second guard behind the namespace: ROS 2 discovery stays on this host (Jazzy and later).
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.pop('ROS_STATIC_PEERS', None)
+# Engine caches (TensorRT engines, OpenVINO compiled models, the auto backend choice) go to a
+# directory of this run, never the user's ~/.cache: a verdict measured by one run must not
+# decide the next, and tests must not leave files behind. Child processes inherit it.
+_ENGINE_CACHE = tempfile.mkdtemp(prefix='moa-depth-test-cache-')
+os.environ['MOA_DEPTH_ENGINE_CACHE'] = _ENGINE_CACHE
+atexit.register(shutil.rmtree, _ENGINE_CACHE, ignore_errors=True)
 
 
 def _importable(module: str) -> bool:

@@ -37,11 +37,12 @@ def exported(request, tmp_path_factory):
     return name, model, checkpoint, onnx_path
 
 
-def test_torch_and_onnxruntime_agree(exported):
+@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
+def test_torch_and_the_cpu_runtimes_agree(exported, backend):
     name, _, checkpoint, onnx_path = exported
     reference = load_engine(checkpoint, device='cpu')
-    candidate = load_engine(onnx_path)
-    assert (reference.backend, candidate.backend) == ('torch', 'onnxruntime')
+    candidate = load_engine(onnx_path, backend=backend)
+    assert (reference.backend, candidate.backend) == ('torch', backend)
     assert reference.metadata.model_name == candidate.metadata.model_name == name
     assert reference.input_hw == candidate.input_hw
     assert reference.depth_range_m == candidate.depth_range_m
@@ -73,7 +74,8 @@ def test_round_trip_through_the_tensorrt_path(exported, tmp_path, monkeypatch):
     assert np.isfinite(depth).all() and depth.shape == (1, 1, *engine.input_hw)
     lo, hi = engine.depth_range_m
     assert (depth >= lo * (1 - 1e-3)).all() and (depth <= hi * (1 + 1e-3)).all()
-    errors = export.parity_errors(load_engine(onnx_path).infer(image), (depth, confidence))
+    reference = load_engine(onnx_path, backend='onnxruntime')
+    errors = export.parity_errors(reference.infer(image), (depth, confidence))
     assert errors['depth_rel'] < 2e-3 and errors['confidence_rel'] < 2e-3
     assert engine.sidecar.fp32_layers >= 1 or exported[0] == 'depthclip'
 

@@ -200,6 +200,8 @@ class DepthEngine(abc.ABC):
 
     #: Backend name, e.g. ``'onnxruntime'``; also reported on /diagnostics.
     backend: str = ''
+    #: Why this backend runs the model when ``backend='auto'`` chose it ('' otherwise).
+    selection: str = ''
 
     def __init__(self, metadata: ModelMetadata) -> None:
         self.metadata = metadata
@@ -257,4 +259,5 @@ class DepthEngine(abc.ABC):
         """One line for logs and diagnostics."""
         h, w = self.input_hw
         lo, hi = self.depth_range_m
-        return f'{self.model_name} via {self.backend} ({w}x{h}, {lo:g}-{hi:g} m)'
+        chosen = f', {self.selection}' if self.selection else ''
+        return f'{self.model_name} via {self.backend} ({w}x{h}, {lo:g}-{hi:g} m{chosen})'

@@ -1,9 +1,10 @@
 """``load_engine``: choose and construct a backend for a model file.
 
-The file type decides by default: ``.engine`` / ``.plan`` TensorRT, ``.onnx`` ONNX Runtime,
-``.safetensors`` PyTorch. ``backend='tensorrt'`` with an ``.onnx`` file builds (once) and
-caches an engine for this GPU. Each backend module is imported only when chosen, so
-choosing ONNX Runtime or TensorRT never imports torch.
+The file type decides by default: ``.engine`` / ``.plan`` TensorRT, ``.safetensors`` PyTorch,
+``.onnx`` ONNX Runtime or OpenVINO (``engine.choice``: the faster of the two on this machine,
+measured once). ``backend='tensorrt'`` with an ``.onnx`` file builds (once) and caches an
+engine for this GPU. Each backend module is imported only when chosen, so choosing ONNX
+Runtime, OpenVINO or TensorRT never imports torch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pathlib
 from moa_depth_ros.engine.base import DepthEngine
 from moa_depth_ros.errors import ConfigError, EngineError
 
-BACKENDS = ('tensorrt', 'onnxruntime', 'torch')
+BACKENDS = ('tensorrt', 'onnxruntime', 'openvino', 'torch')
 SUFFIX_BACKENDS = {
     '.engine': 'tensorrt',
     '.plan': 'tensorrt',
@@ -52,14 +53,18 @@ def load_engine(
 ) -> DepthEngine:
     """Load a depth model file behind the ``DepthEngine`` interface.
 
-    ``backend``: 'auto' (by file type), 'tensorrt', 'onnxruntime' or 'torch'.
-    ``device``: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+    ``backend``: 'auto' (by file type; for .onnx the faster of onnxruntime and openvino),
+    'tensorrt', 'onnxruntime', 'openvino' or 'torch'.
+    ``device``: 'auto', 'cpu', 'cuda' or 'cuda:N'; OpenVINO also 'gpu', 'gpu:N', 'npu'.
     ``precision``: torch 'fp32'/'bf16'/'fp16'; TensorRT-from-ONNX 'fp16'/'fp32' (default
-    fp16); ONNX Runtime runs the file as exported (an int8 model is its own file).
-    ``intra_op_threads``: ONNX Runtime CPU threads (None = its default).
+    fp16); OpenVINO 'fp32' (default), 'bf16', 'fp16', kept only if the depth meets the
+    accuracy bar against fp32; ONNX Runtime runs the file as exported (an int8 model is its
+    own file).
+    ``intra_op_threads``: ONNX Runtime / OpenVINO CPU threads (None = its default).
     ``spin_wait``: let ONNX Runtime's threads busy-wait between runs (lower latency, a core
     kept busy); off by default.
-    ``cache_dir``: engine cache for TensorRT-from-ONNX (default ~/.cache/moa_depth_ros/engines).
+    ``cache_dir``: engine cache for TensorRT-from-ONNX, OpenVINO's compiled models and the
+    auto backend choice (default ~/.cache/moa_depth_ros/engines).
     """
     if backend not in ('auto', *BACKENDS):
         raise ConfigError(f'backend must be auto or one of {list(BACKENDS)}, got {backend!r}')
@@ -68,6 +73,23 @@ def load_engine(
     if not path.is_file():
         raise EngineError(f'model file {os.fspath(path)!r} does not exist')
     chosen = file_backend if backend == 'auto' else backend
+    if backend == 'auto' and file_backend == 'onnxruntime':
+        choice = _backend_module('choice')
+        chosen = choice.rule_based_choice(device, precision, spin_wait) or 'measure'
+        if chosen == 'measure':
+            return choice.choose(
+                path,
+                lambda name: load_engine(
+                    path,
+                    name,
+                    device,
+                    precision=precision,
+                    intra_op_threads=intra_op_threads,
+                    cache_dir=cache_dir,
+                ),
+                threads=intra_op_threads,
+                cache_dir=cache_dir,
+            )
 
     if chosen == 'tensorrt':
         tensorrt_backend = _backend_module('tensorrt_backend')
@@ -98,6 +120,24 @@ def load_engine(
         onnx_backend = _backend_module('onnx_backend')
         return onnx_backend.OnnxRuntimeEngine(
             path, device=device, intra_op_threads=intra_op_threads, spin_wait=spin_wait
+        )
+
+    if chosen == 'openvino':
+        if file_backend != 'onnxruntime':
+            raise EngineError(
+                f'{path}: the openvino backend runs .onnx files; got a {path.suffix} file'
+            )
+        if spin_wait:
+            raise ConfigError(
+                'spin_wait is an ONNX Runtime setting; OpenVINO manages its own threads'
+            )
+        openvino_backend = _backend_module('openvino_backend')
+        return openvino_backend.OpenVinoEngine(
+            path,
+            device=device,
+            precision=precision,
+            intra_op_threads=intra_op_threads,
+            cache_dir=cache_dir,
         )
 
     if file_backend != 'torch':

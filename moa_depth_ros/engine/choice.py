@@ -1,0 +1,215 @@
+"""``backend='auto'`` for an ``.onnx`` file: ONNX Runtime or OpenVINO, whichever is faster here.
+
+Rules first, measurement last:
+
+1. a CUDA device, or ONNX Runtime with its CUDA provider and ``device='auto'``: ONNX Runtime
+   (OpenVINO has no NVIDIA path);
+2. an Intel GPU or NPU (``gpu``, ``gpu:N``, ``npu``), or a reduced precision (``bf16``,
+   ``fp16``, which only OpenVINO offers for an ONNX file): OpenVINO;
+3. OpenVINO not installed, or ``spin_wait`` (an ONNX Runtime setting): ONNX Runtime;
+4. otherwise both are loaded and timed on the same input, alternating runs, and OpenVINO is
+   chosen only if its outputs match ONNX Runtime's (``PARITY_REL``) and its median is at
+   least ``MARGIN`` faster. The verdict is cached (a JSON file per model file, machine and
+   runtime versions), so only the first start measures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import platform
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from moa_depth_ros.engine.accuracy import parity_errors
+from moa_depth_ros.engine.base import DepthEngine
+from moa_depth_ros.engine.cache import default_cache_dir
+from moa_depth_ros.fileio import atomic_write_text
+
+_LOG = logging.getLogger(__name__)
+
+#: OpenVINO must be this much faster (median) to be chosen: near-equal timings would flip
+#: the choice from one start to the next on timing noise.
+MARGIN = 1.1
+#: Both runtimes execute the same FP32 graph; their outputs must agree to this relative bound.
+PARITY_REL = 1e-3
+WARMUP_RUNS = 2
+TIMED_RUNS = 7
+CHOICE_FORMAT = 'moa_depth_ros.backend_choice'
+
+Loader = Callable[[str], DepthEngine]
+
+
+def openvino_installed() -> bool:
+    """Tell whether the openvino package can be imported here (without importing it)."""
+    return importlib.util.find_spec('openvino') is not None
+
+
+def _cuda_provider_available() -> bool:
+    import onnxruntime as ort
+
+    return 'CUDAExecutionProvider' in ort.get_available_providers()
+
+
+def rule_based_choice(device: str, precision: str | None, spin_wait: bool) -> str | None:
+    """Return the backend the rules decide, or None when it takes a measurement."""
+    if device.startswith('cuda'):
+        return 'onnxruntime'
+    if device.startswith(('gpu', 'npu')) or precision in ('bf16', 'fp16'):
+        return 'openvino'
+    if not openvino_installed() or spin_wait:
+        return 'onnxruntime'
+    if device == 'auto' and _cuda_provider_available():
+        return 'onnxruntime'
+    return None
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import openvino
+
+    return {'onnxruntime': onnxruntime.__version__, 'openvino': openvino.__version__}
+
+
+def choice_path(model: pathlib.Path, threads: int | None, cache_dir: Any) -> pathlib.Path:
+    """Where the verdict for this model file, machine, thread count and runtimes is kept.
+
+    The key covers the file (resolved path, size, modification time: a replaced model is
+    measured again), the CPU, the thread setting and both runtimes' versions.
+    """
+    stat = model.stat()
+    key = json.dumps(
+        {
+            'model': os.fspath(model.resolve()),
+            'size': stat.st_size,
+            'mtime_ns': stat.st_mtime_ns,
+            'cpu': _cpu_name(),
+            'cores': os.cpu_count(),
+            'threads': threads or 0,
+            **_versions(),
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    directory = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return directory / 'backend-choice' / f'{model.stem}-{digest}.json'
+
+
+def _cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def read_choice(path: pathlib.Path) -> dict[str, Any] | None:
+    """Return a cached verdict, or None if there is none or it is unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get('format') != CHOICE_FORMAT
+        or data.get('backend') not in ('onnxruntime', 'openvino')
+    ):
+        return None
+    return data
+
+
+def _run_ms(engine: DepthEngine, image: np.ndarray) -> float:
+    started = time.perf_counter()
+    engine.infer(image)
+    return (time.perf_counter() - started) * 1e3
+
+
+def measure(ort: DepthEngine, openvino: DepthEngine) -> dict[str, Any]:
+    """Time both engines on the same input (alternating runs) and compare their outputs."""
+    h, w = ort.input_hw
+    image = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    for _ in range(WARMUP_RUNS):
+        ort.infer(image)
+        openvino.infer(image)
+    times: dict[str, list[float]] = {'onnxruntime': [], 'openvino': []}
+    for _ in range(TIMED_RUNS):
+        times['onnxruntime'].append(_run_ms(ort, image))
+        times['openvino'].append(_run_ms(openvino, image))
+    parity = parity_errors(ort.infer(image), openvino.infer(image))
+    ort_ms = float(np.median(times['onnxruntime']))
+    ov_ms = float(np.median(times['openvino']))
+    agrees = parity['depth_rel'] <= PARITY_REL and parity['confidence_rel'] <= PARITY_REL
+    faster = ov_ms * MARGIN <= ort_ms
+    if agrees and faster:
+        backend, reason = 'openvino', f'{ort_ms / ov_ms:.2f}x faster than ONNX Runtime'
+    elif not agrees:
+        backend = 'onnxruntime'
+        reason = (
+            f'OpenVINO outputs differ from ONNX Runtime (depth rel {parity["depth_rel"]:.2g}, '
+            f'confidence rel {parity["confidence_rel"]:.2g} > {PARITY_REL:g})'
+        )
+    else:
+        backend = 'onnxruntime'
+        reason = f'OpenVINO not {MARGIN:g}x faster ({ov_ms:.1f} vs {ort_ms:.1f} ms)'
+    return {
+        'format': CHOICE_FORMAT,
+        'backend': backend,
+        'reason': reason,
+        'onnxruntime_ms': ort_ms,
+        'openvino_ms': ov_ms,
+        'parity': parity,
+        'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+        'runs': TIMED_RUNS,
+    }
+
+
+def choose(
+    model: pathlib.Path,
+    load: Callable[[str], DepthEngine],
+    *,
+    threads: int | None,
+    cache_dir: Any,
+) -> DepthEngine:
+    """Load the faster of ONNX Runtime and OpenVINO for ``model`` (rule 4 above).
+
+    ``load(backend)`` constructs one engine. A cached verdict loads only its backend; else
+    both are loaded and measured, the verdict is written (atomically; an unwritable cache
+    only costs the next start another measurement) and the loser is closed.
+    """
+    path = choice_path(model, threads, cache_dir)
+    cached = read_choice(path)
+    if cached is not None:
+        engine = load(cached['backend'])
+        engine.selection = f'auto: {cached["reason"]} (measured {cached["measured_at"]})'
+        return engine
+    ort = load('onnxruntime')
+    try:
+        openvino = load('openvino')
+    except Exception:
+        ort.close()
+        raise
+    try:
+        verdict = measure(ort, openvino)
+    except Exception:
+        ort.close()
+        openvino.close()
+        raise
+    chosen, other = (openvino, ort) if verdict['backend'] == 'openvino' else (ort, openvino)
+    other.close()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(verdict, indent=2, sort_keys=True) + '\n')
+    except OSError as e:
+        _LOG.warning('cannot cache the backend choice in %s: %s', path, e)
+    chosen.selection = f'auto: {verdict["reason"]} (measured now)'
+    _LOG.info('%s: %s', model, chosen.selection)
+    return chosen

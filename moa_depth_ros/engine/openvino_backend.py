@@ -1,0 +1,272 @@
+"""The OpenVINO backend: an exported ``.onnx`` model on an Intel CPU, integrated GPU or NPU.
+
+OpenVINO reads the same ONNX file ONNX Runtime runs (no conversion step, no second file to
+keep in step) and compiles it for one device. What this module adds around it:
+
+- device names: the node's ``device`` values map onto OpenVINO's (``auto``/``cpu`` -> CPU,
+  ``gpu``/``gpu:N`` -> GPU/GPU.N, ``npu`` -> NPU); a device this machine lacks is an
+  ``EngineError`` that lists the ones it has;
+- compiled-model caching (OpenVINO's ``CACHE_DIR``): the first start compiles, later starts
+  load the compiled blob (``compile_s`` says how long it took);
+- precision: ``fp32`` unless asked. A reduced precision hint (``bf16``, ``fp16``) is kept only
+  if, on fixed inputs (random, all-zero, saturated), its depth meets the same accuracy bar as
+  the int8 ONNX variant against FP32 (``moa_depth_ros.engine.accuracy``); otherwise the
+  engine runs FP32 and says why (``precision_note``, the node's log and /diagnostics).
+
+The graph is checked against its metadata (tensor names, [N,3,H,W] float32 in, two
+[N,1,H,W] float32 out) before the first frame, as the ONNX Runtime backend does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import re
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from moa_depth_ros.engine.accuracy import (
+    ACCURACY_BAR,
+    accuracy_holds,
+    depth_agreement,
+    reference_inputs,
+)
+from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES, DepthEngine
+from moa_depth_ros.engine.cache import default_cache_dir
+from moa_depth_ros.engine.onnx_backend import read_onnx_metadata
+from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
+
+_LOG = logging.getLogger(__name__)
+
+#: Precision hints this backend offers, and OpenVINO's element type names for them.
+PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16'}  # the hint's string form
+#: The capability a device reports (OPTIMIZATION_CAPABILITIES) for each precision.
+_CAPABILITY = {'fp32': 'FP32', 'bf16': 'BF16', 'fp16': 'FP16'}
+_DEVICE_RE = re.compile(r'^(auto|cpu|gpu([:.]\d+)?|npu)$')
+
+
+def openvino_device(device: str, available: Sequence[str]) -> str:
+    """Map a node ``device`` value onto an OpenVINO device this machine has.
+
+    ``auto`` and ``cpu`` run on the CPU: an integrated GPU or NPU is used only when asked
+    for, since which is faster depends on the chip and the network (measure with
+    ``moa-depth bench MODEL --backend openvino --device gpu``).
+    """
+    if device.startswith('cuda'):
+        raise ConfigError(
+            f'device {device!r} is an NVIDIA GPU; OpenVINO runs on cpu, gpu[:N] (Intel) or '
+            f'npu. Use backend:=tensorrt or onnxruntime for CUDA'
+        )
+    if not _DEVICE_RE.match(device):
+        raise ConfigError(
+            f'device for OpenVINO must be auto, cpu, gpu, gpu:N or npu, got {device!r}'
+        )
+    if device in ('auto', 'cpu'):
+        name = 'CPU'
+    else:
+        name = device.upper().replace(':', '.')
+    names = list(available)
+    # 'GPU' alone is GPU.0 where a machine has several (OpenVINO lists GPU.0, GPU.1).
+    if name in names or (name == 'GPU' and any(n.startswith('GPU.') for n in names)):
+        return name
+    raise EngineError(
+        f'OpenVINO has no {name} device on this machine (it has {names or "none"}); for an '
+        f'Intel GPU or NPU install its driver (intel-opencl-icd / the NPU driver)'
+    )
+
+
+def _check_io(model: Any, path: pathlib.Path, input_hw: tuple[int, int]) -> None:
+    """Check names, ranks, sizes and element types against the metadata."""
+    import openvino as ov
+
+    in_names = [port.get_any_name() for port in model.inputs]
+    out_names = [port.get_any_name() for port in model.outputs]
+    if in_names != [INPUT_NAME] or out_names != list(OUTPUT_NAMES):
+        raise ModelMetadataError(
+            f'{path}: the graph must have input {INPUT_NAME!r} and outputs '
+            f'{list(OUTPUT_NAMES)} in that order, got inputs {in_names} and outputs {out_names}; '
+            f're-export it with `python -m training export`'
+        )
+    h, w = input_hw
+    ports = [(model.inputs[0], 3), (model.outputs[0], 1), (model.outputs[1], 1)]
+    for port, channels in ports:
+        shape = port.get_partial_shape()
+        dims = (
+            [d.get_length() if d.is_static else None for d in shape]
+            if shape.rank.is_static
+            else []
+        )
+        if len(dims) != 4 or any(
+            d is not None and d != e for d, e in zip(dims[1:], (channels, h, w))
+        ):
+            raise ModelMetadataError(
+                f'{path}: tensor {port.get_any_name()!r} has shape {shape}, but the metadata '
+                f'says the model is [N, {channels}, {h}, {w}]'
+            )
+        if port.get_element_type() != ov.Type.f32:
+            raise ModelMetadataError(
+                f'{path}: tensor {port.get_any_name()!r} must be float32, got '
+                f'{port.get_element_type()}'
+            )
+
+
+class OpenVinoEngine(DepthEngine):
+    """An exported ``.onnx`` depth model compiled and run by OpenVINO."""
+
+    backend = 'openvino'
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        device: str = 'auto',
+        precision: str | None = None,
+        intra_op_threads: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise EngineError(
+                'backend openvino needs the openvino package: pip install -r '
+                'requirements-openvino.txt (or choose backend:=onnxruntime)'
+            ) from e
+        self.path = pathlib.Path(path)
+        precision = precision or 'fp32'
+        if precision not in PRECISIONS:
+            raise ConfigError(
+                f'OpenVINO precision must be one of {list(PRECISIONS)}, got {precision!r}'
+            )
+        if intra_op_threads is not None and intra_op_threads < 0:
+            raise ConfigError(f'intra_op_threads must be >= 0, got {intra_op_threads}')
+        # The metadata comes from our own protobuf reader, so a file without it is refused
+        # before OpenVINO spends a second reading the graph.
+        super().__init__(read_onnx_metadata(self.path))
+        self._core = ov.Core()
+        self.device = openvino_device(device, self._core.available_devices)
+        capabilities = self._capabilities()
+        if capabilities and _CAPABILITY[precision] not in capabilities:
+            raise ConfigError(
+                f'OpenVINO {self.device} cannot run {precision} (it offers '
+                f'{sorted(c for c in capabilities if c in _CAPABILITY.values())}); '
+                f'use precision:=fp32'
+            )
+        self.cache_dir = (
+            pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        ) / 'openvino'
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._core.set_property({'CACHE_DIR': os.fspath(self.cache_dir)})
+        except OSError as e:
+            # A read-only home (some robots) costs the cache, not the engine.
+            _LOG.warning('OpenVINO model cache disabled: cannot create %s: %s', self.cache_dir, e)
+        try:
+            model = self._core.read_model(os.fspath(self.path))
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
+            raise EngineError(
+                f'{self.path}: OpenVINO cannot read the model (corrupt, truncated or not '
+                f'ONNX): {type(e).__name__}: {e}'
+            ) from e
+        _check_io(model, self.path, self.input_hw)
+        self._model = model
+        self._threads = int(intra_op_threads or 0)
+        started = time.perf_counter()
+        self.precision = precision
+        self.precision_note = ''
+        self.precision_check: dict[str, float] = {}
+        self._compiled, self._request = self._compile(precision)
+        if precision != 'fp32':
+            self._verify_precision(precision)
+        self.compile_s = time.perf_counter() - started
+        self._model = None  # the compiled model keeps what it needs
+
+    def _capabilities(self) -> list[str]:
+        try:
+            return list(self._core.get_property(self.device, 'OPTIMIZATION_CAPABILITIES'))
+        except Exception:  # a plugin that does not report them: let compilation decide
+            return []
+
+    def _compile(self, precision: str) -> tuple[Any, Any]:
+
+        config: dict[str, Any] = {
+            'PERFORMANCE_HINT': 'LATENCY',
+            'INFERENCE_PRECISION_HINT': PRECISIONS[precision],
+        }
+        if self._threads and self.device == 'CPU':
+            config['INFERENCE_NUM_THREADS'] = self._threads
+        try:
+            compiled = self._core.compile_model(self._model, self.device, config)
+        except Exception as e:
+            raise EngineError(
+                f'{self.path}: OpenVINO cannot compile the model for {self.device} '
+                f'({precision}): {type(e).__name__}: {e}'
+            ) from e
+        return compiled, compiled.create_infer_request()
+
+    def _verify_precision(self, precision: str) -> None:
+        """Keep a reduced precision only if its depth meets the accuracy bar against FP32."""
+        reference, request = self._compile('fp32')
+        batch = self._static_batch(reference) or 1
+        results = [
+            depth_agreement(self._run(request, image)[0], self._run(self._request, image)[0])
+            for image in reference_inputs(self.input_hw, batch)
+        ]
+        failing = [numbers for numbers in results if not accuracy_holds(numbers)]
+        worst = failing[0] if failing else max(results, key=lambda n: n['mean_rel_err'])
+        self.precision_check = worst
+        if not failing:
+            return
+        self.precision_note = (
+            f'{precision} refused: its depth differs from fp32 by {worst["mean_rel_err"]:.2%} on '
+            f'average and {1 - worst["delta1_agreement"]:.2%} of pixels are off by more than '
+            f'1.25x (allowed: {ACCURACY_BAR["mean_rel_err"]:.0%} and '
+            f'{1 - ACCURACY_BAR["delta1_agreement"]:.0%}); running fp32'
+        )
+        _LOG.warning('%s: %s', self.path, self.precision_note)
+        self._compiled, self._request = reference, request
+        self.precision = 'fp32'
+
+    @staticmethod
+    def _static_batch(compiled: Any) -> int | None:
+        dim = compiled.inputs[0].get_partial_shape()[0]
+        return dim.get_length() if dim.is_static else None
+
+    def _run(self, request: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # share_inputs: OpenVINO reads the caller's contiguous array in place; outputs are
+        # copied, since the request reuses its buffers on the next run.
+        results = request.infer({INPUT_NAME: x}, share_inputs=True)
+        return (
+            np.array(results[OUTPUT_NAMES[0]], dtype=np.float32),
+            np.array(results[OUTPUT_NAMES[1]], dtype=np.float32),
+        )
+
+    def infer(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the model; a static-batch model gets a larger batch one chunk at a time."""
+        if self._request is None:
+            raise EngineError(f'{self.path}: engine is closed')
+        x = self.check_input(image)
+        batch = self._static_batch(self._compiled)
+        if batch is None or x.shape[0] == batch:
+            return self._run(self._request, x)
+        if x.shape[0] % batch:
+            raise EngineError(
+                f'{self.path}: model has a static batch of {batch}; got a batch of {x.shape[0]}'
+            )
+        parts = [self._run(self._request, x[i : i + batch]) for i in range(0, x.shape[0], batch)]
+        return (
+            np.concatenate([p[0] for p in parts], axis=0),
+            np.concatenate([p[1] for p in parts], axis=0),
+        )
+
+    def close(self) -> None:
+        """Release the compiled model and its request. Idempotent."""
+        self._request = None
+        self._compiled = None
+
+    def describe(self) -> str:
+        """One line for logs: model, OpenVINO device and the precision actually run."""
+        note = f'; {self.precision_note}' if self.precision_note else ''
+        return f'{super().describe()} [OpenVINO {self.device} {self.precision}{note}]'

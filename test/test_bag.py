@@ -216,6 +216,42 @@ def test_bag_gets_the_node_outputs_with_image_stamps_frames_and_rays(
         _check_with_the_mcap_reader(tmp_path / 'out', stamps)
 
 
+def test_openvino_backend_writes_what_onnx_runtime_writes(tmp_path, model_path):
+    write_input_bag(tmp_path / 'in', 'mcap')
+    outputs = {}
+    for backend in ('onnxruntime', 'openvino'):
+        summary = bag.process_bag(
+            tmp_path / 'in',
+            tmp_path / backend,
+            settings=_settings(model_path, backend=backend),
+            progress=False,
+        )
+        assert f'via {backend}' in summary['model']
+        assert (summary['processed'], summary['skipped']) == (6, 1)
+        outputs[backend] = _read_rosbags(tmp_path / backend)
+    ort, ov = outputs['onnxruntime'], outputs['openvino']
+    assert {t: len(v) for t, v in ort.items()} == {t: len(v) for t, v in ov.items()}
+    for topic in ('/camera/depth', '/camera/depth/confidence'):
+        for (t_a, a), (t_b, b) in zip(ort[topic], ov[topic]):
+            assert t_a == t_b and a.header == b.header
+            np.testing.assert_allclose(
+                msgs.decode_depth(b), msgs.decode_depth(a), rtol=1e-5, equal_nan=True
+            )
+    for (_, a), (_, b) in zip(ort['/camera/points'], ov['/camera/points']):
+        for field in ('x', 'y', 'z'):
+            np.testing.assert_allclose(
+                msgs.decode_cloud(b)[field],
+                msgs.decode_cloud(a)[field],
+                rtol=1e-5,
+                atol=1e-6,
+                equal_nan=True,
+            )
+    for (_, depth), (_, cloud), (_, confidence) in zip(
+        ov['/camera/depth'], ov['/camera/points'], ov['/camera/depth/confidence']
+    ):
+        _check_depth_and_cloud(depth, cloud, confidence)
+
+
 def _check_with_the_mcap_reader(bag_dir, stamps):
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory

@@ -15,7 +15,14 @@ from moa_depth_ros.runtime import params
 def test_settings_fields_are_exactly_the_declared_parameters_with_their_defaults():
     fields = {f.name: f.default for f in dataclasses.fields(params.NodeSettings)}
     assert fields == {spec.name: spec.default for spec in params.SPECS}
-    assert params.READ_ONLY == {'model_path', 'backend', 'device', 'cpu_threads', 'cpu_spin_wait'}
+    assert params.READ_ONLY == {
+        'model_path',
+        'backend',
+        'device',
+        'precision',
+        'cpu_threads',
+        'cpu_spin_wait',
+    }
     for spec in params.SPECS:
         assert spec.description.endswith('.'), spec.name
         assert spec.check(spec.default) is None or spec.name == 'model_path', spec.name
@@ -32,7 +39,7 @@ def test_settings_fields_are_exactly_the_declared_parameters_with_their_defaults
         ('min_depth_m', -0.1, 'min_depth_m must be >= 0'),
         ('cloud_decimation', 17, 'cloud_decimation must be <= 16'),
         ('diagnostics_period_s', 0.05, 'diagnostics_period_s must be >= 0.1'),
-        ('backend', 'cuda', 'backend must be one of auto, tensorrt, onnxruntime, torch'),
+        ('backend', 'cuda', 'backend must be one of auto, tensorrt, onnxruntime, openvino, torch'),
         ('device', 'gpu0', 'device must match'),
         ('output_reliability', 'RELIABLE', 'output_reliability must be one of'),
     ],
@@ -94,9 +101,11 @@ def test_nodesettings_is_generated_from_the_specs_and_engine_arguments_follow_th
     assert settings.engine_kwargs() == {
         'backend': 'onnxruntime',
         'device': 'auto',
+        'precision': None,  # 'auto': each backend's own default
         'intra_op_threads': 3,
         'spin_wait': False,
     }
+    assert params.NodeSettings(precision='bf16').engine_kwargs()['precision'] == 'bf16'
     assert params.NodeSettings().engine_kwargs()['intra_op_threads'] is None  # 0: default
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.cpu_threads = 1

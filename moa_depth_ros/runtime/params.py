@@ -35,7 +35,8 @@ BACKENDS = ('auto', *ENGINE_BACKENDS)
 DEPTH_ENCODINGS = ('32FC1', '16UC1')
 RELIABILITIES = ('reliable', 'best_effort')
 INPUT_RELIABILITIES = ('auto', *RELIABILITIES)
-_DEVICE_RE = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
+_DEVICE_RE = re.compile(r'^(auto|cpu|cuda(:\d+)?|gpu(:\d+)?|npu)$')
+PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16')
 _TYPE_WORDS = {
     'bool': 'true or false',
     'int': 'an integer',
@@ -135,8 +136,8 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'model_path',
         '',
-        'Depth model file: .onnx (ONNX Runtime), .engine/.plan (TensorRT) or .safetensors '
-        '(PyTorch). The node takes an absolute path, or a path relative to '
+        'Depth model file: .onnx (ONNX Runtime or OpenVINO), .engine/.plan (TensorRT) or '
+        '.safetensors (PyTorch). The node takes an absolute path, or a path relative to '
         "share/moa_depth_ros/models (never its working directory; the launch file's `model:=` "
         'argument sets it); `moa-depth bag` takes the path as given.',
         'model',
@@ -146,7 +147,9 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'backend',
         'auto',
-        "Inference backend; 'auto' picks it from the model file's extension.",
+        "Inference backend; 'auto' picks it from the model file's extension, and for an .onnx "
+        'file the faster of ONNX Runtime and OpenVINO on this machine (measured at the first '
+        'start, then cached).',
         'model',
         read_only=True,
         choices=BACKENDS,
@@ -155,18 +158,32 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'device',
         'auto',
-        "Where the network runs: 'auto' (GPU when the backend has one), 'cpu', 'cuda' "
-        "or 'cuda:N'.",
+        "Where the network runs: 'auto' (an NVIDIA GPU when the backend has one, else the "
+        "CPU), 'cpu', 'cuda' or 'cuda:N' (NVIDIA); with OpenVINO also 'gpu', 'gpu:N' (Intel) "
+        "or 'npu'.",
         'model',
         read_only=True,
         pattern=_DEVICE_RE,
         offline=True,
     ),
     ParamSpec(
+        'precision',
+        'auto',
+        "Arithmetic of the network: 'auto' is the backend's default (fp32, except a TensorRT "
+        'engine built from ONNX: fp16, verified against fp32 after the build). OpenVINO takes bf16 or fp16 as a hint and '
+        'keeps it only if its depth stays within 1 % of fp32 on fixed inputs, else runs fp32 '
+        'and logs why; with backend auto, bf16 or fp16 on an .onnx file selects OpenVINO. '
+        'ONNX Runtime runs a file as exported (int8: export an int8 file).',
+        'model',
+        read_only=True,
+        choices=PRECISIONS,
+        offline=True,
+    ),
+    ParamSpec(
         'cpu_threads',
         0,
-        'CPU threads the network may use on the CPU (ONNX Runtime intra-op threads); 0 = the '
-        'backend default, one per physical core.',
+        'CPU threads the network may use on the CPU (ONNX Runtime intra-op threads, OpenVINO '
+        'inference threads); 0 = the backend default, one per physical core.',
         'model',
         read_only=True,
         min_value=0,
@@ -369,6 +386,7 @@ class _SettingsBehaviour:
         return {
             'backend': self.backend,
             'device': self.device,
+            'precision': None if self.precision == 'auto' else self.precision,
             'intra_op_threads': self.cpu_threads or None,
             'spin_wait': self.cpu_spin_wait,
         }

@@ -104,7 +104,7 @@ def test_moa_depth_bench_times_a_model_file_as_the_node_runs_it(tmp_path, capsys
     model = write_tiny_onnx(tmp_path / 'tiny.onnx')
     out = tmp_path / 'bench.json'
     args = ['bench', model, '--frames', '5', '--warmup', '1', '--width', '64', '--height', '48']
-    assert cli.main([*args, '--json', str(out)]) == 0
+    assert cli.main([*args, '--backend', 'onnxruntime', '--json', str(out)]) == 0
     text = capsys.readouterr().out
     assert 'tiny_test_model via onnxruntime' in text and 'frames/s' in text
     for stage in measure.STAGES:
@@ -114,7 +114,43 @@ def test_moa_depth_bench_times_a_model_file_as_the_node_runs_it(tmp_path, capsys
     assert frames['frames'] == 5 and frames['backend'] == 'onnxruntime'
     assert frames['device'] == 'cpu' and frames['peak_rss_mib'] > 0
     assert set(frames['stages']) == set(measure.STAGES) and 'live' not in results
+    assert 'compared' not in results and 'side by side' not in text
     assert results['machine']['cores_available'] >= 1
+
+
+def test_moa_depth_bench_times_other_backends_and_peers_beside_the_model(tmp_path, capsys):
+    import json
+
+    from tiny_model import write_tiny_onnx
+
+    from moa_depth_ros import cli
+
+    model = write_tiny_onnx(tmp_path / 'tiny.onnx')
+    peer = write_tiny_onnx(tmp_path / 'peer.onnx', model_name='tiny_peer')
+    out = tmp_path / 'bench.json'
+    args = ['bench', model, '--backend', 'onnxruntime', '--compare', 'openvino']
+    args += ['--peer', peer, '--frames', '4', '--warmup', '1', '--width', '64', '--height', '48']
+    assert cli.main([*args, '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    table = text[text.index('side by side') :].splitlines()[2:]
+    rows = [line.split() for line in table if line.startswith('  ')]
+    # The first row is the reference (ratio 1.00); then the other backend, then the peer
+    # on both backends, each with its network and frame ratios to the first row.
+    assert [row[:2] for row in rows] == [
+        ['tiny_test_model', 'onnxruntime'],
+        ['tiny_test_model', 'openvino'],
+        ['tiny_peer', 'onnxruntime'],
+        ['tiny_peer', 'openvino'],
+    ]
+    assert rows[0][3] == rows[0][5] == '1.00'
+    compared = json.loads(out.read_text())['compared']
+    assert [(c['model_name'], c['backend']) for c in compared] == [
+        (row[0], row[1]) for row in rows[1:]
+    ]
+    first = json.loads(out.read_text())['frames']['stages']['network']['median_ms']
+    for row, run in zip(rows[1:], compared):
+        net = run['stages']['network']['median_ms']
+        assert float(row[3]) == pytest.approx(net / first, abs=0.006)
 
 
 def test_moa_depth_bench_refuses_bad_counts_and_missing_files(tmp_path, capsys):

@@ -255,3 +255,38 @@ def test_floors_are_positive_and_ratios_divide():
     assert floors.ratio(50.0, 0.0) is None and floors.network_floor_ms(None, 0.1) is None
     with pytest.raises(ConfigError):
         floors.copy_bandwidth(0)
+
+
+def test_markdown_puts_the_cpu_runtimes_and_peers_side_by_side_with_ratios():
+    results = _results()
+    rows = results['end_to_end']['rows']
+    template = rows[0]
+
+    def row(model, backend, network_ms):
+        stages = {**template['stages'], 'network': _stats(network_ms)}
+        return {
+            **template,
+            'model': model,
+            'backend': backend,
+            'stages': stages,
+            'total': _stats(network_ms + 2.0),
+        }
+
+    peer = 'depth_anything_v2_small@392x518'
+    rows += [
+        row('moa_depthclip', 'openvino', 100.0),
+        row(peer, 'onnxruntime', 400.0),
+        row(peer, 'openvino', 300.0),
+    ]
+    text = report.render_markdown(results)
+    section = text[text.index('CPU runtimes and peers side by side') :]
+    table = [line for line in section.splitlines() if line.startswith('| ')][2:]
+    cells = [[c.strip() for c in line.strip('|').split('|')] for line in table]
+    assert [c[0] for c in cells[:2]] == ['moa_depthclip', f'{peer} (peer)']
+    # ONNX Runtime, OpenVINO, speed-up, frames, then network time / moa_depthclip's.
+    assert cells[0][1:] == ['250.0', '100.0', '2.50', '252.0', '102.0', '1.00', '1.00']
+    assert cells[1][1:] == ['400.0', '300.0', '1.33', '402.0', '302.0', '1.60', '3.00']
+
+
+def test_markdown_has_no_side_by_side_table_without_openvino():
+    assert 'side by side' not in report.render_markdown(_results())

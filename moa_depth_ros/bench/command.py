@@ -11,6 +11,11 @@ rate, the output bytes and the process's peak memory, with the machine it ran on
 frame beside the pipeline's, and its idle CPU. It needs rclpy and creates DDS participants:
 run it where the robot's ROS 2 network may carry them.
 
+``--compare BACKEND`` (repeatable) times the same model file on another backend too, and
+``--peer FILE`` (repeatable) another network's exported ``.onnx`` (e.g. Depth-Anything-V2-Small:
+``python -m tools.bench export-peer`` in the repository), each through the same pipeline and
+frame; a last table prints every run beside the first with the ratio of their times.
+
 ``--json`` also writes every number to a file. The development suite (``make bench`` in the
 repository) measures the same way across model presets and backends.
 """
@@ -24,7 +29,7 @@ from typing import Any
 
 from moa_depth_ros.bench import measure
 from moa_depth_ros.errors import ConfigError
-from moa_depth_ros.runtime.params import BACKENDS
+from moa_depth_ros.runtime.params import BACKENDS, PRECISIONS
 
 # What the live section is held to (the README's performance targets for a VGA camera).
 LIVE_TARGETS = {'delivered_ratio': 0.99, 'complete_ratio': 0.99, 'beyond_ms': 12.0, 'idle': 2.0}
@@ -34,7 +39,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's arguments."""
     parser.add_argument('model', help='model file: .onnx, .engine/.plan or .safetensors')
     parser.add_argument('--backend', default='auto', choices=BACKENDS)
-    parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument(
+        '--device',
+        default='auto',
+        help="'auto', 'cpu', 'cuda' or 'cuda:N'; OpenVINO also 'gpu', 'gpu:N' or 'npu'",
+    )
+    parser.add_argument(
+        '--precision', default='auto', choices=PRECISIONS, help='as the precision parameter'
+    )
+    parser.add_argument(
+        '--compare',
+        action='append',
+        default=[],
+        choices=[b for b in BACKENDS if b != 'auto'],
+        metavar='BACKEND',
+        help='also time the model on this backend (repeatable)',
+    )
+    parser.add_argument(
+        '--peer',
+        action='append',
+        default=[],
+        metavar='FILE',
+        help='also time this exported .onnx network on the same backend(s) (repeatable)',
+    )
     parser.add_argument('--threads', type=int, default=0, help='network CPU threads (0: default)')
     parser.add_argument(
         '--spin-wait', action='store_true', help="ONNX Runtime's threads busy-wait (node: off)"
@@ -85,6 +112,25 @@ def format_frames(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def format_comparison(runs: list[dict[str, Any]]) -> list[str]:
+    """Format every run beside the first: network and frame medians and their ratios."""
+    first = runs[0]
+    base_net = first['stages']['network']['median_ms']
+    base_frame = first['total']['median_ms']
+    lines = [
+        "side by side (ratio = time / the first row's time; below 1 is faster):",
+        f'  {"model":<34}{"backend":<13}{"network ms":>11}{"x":>7}{"frame ms":>10}{"x":>7}',
+    ]
+    for run in runs:
+        net = run['stages']['network']['median_ms']
+        frame = run['total']['median_ms']
+        lines.append(
+            f'  {run["model_name"][:33]:<34}{run["backend"]:<13}{net:>11.1f}'
+            f'{net / base_net:>7.2f}{frame:>10.1f}{frame / base_frame:>7.2f}'
+        )
+    return lines
+
+
 def format_live(live: dict[str, Any]) -> list[str]:
     """Format the live ROS 2 section of ``live.measure_live`` against its targets."""
 
@@ -118,6 +164,14 @@ def _ms(value: float | None) -> str:
     return '-' if value is None else f'{value:.1f} ms'
 
 
+def _comparisons(args: argparse.Namespace, backend: str) -> list[tuple[str, str]]:
+    """(model file, backend) runs after the first: other backends, then each peer on all."""
+    backends = [backend, *(b for b in dict.fromkeys(args.compare) if b != backend)]
+    runs = [(args.model, b) for b in backends[1:]]
+    runs += [(peer, b) for peer in args.peer for b in backends]
+    return runs
+
+
 def run(args: argparse.Namespace) -> int:
     """Time the model, print the results (and write them with --json)."""
     _check(args)
@@ -133,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         'model_path': args.model,
         'backend': args.backend,
         'device': args.device,
+        'precision': None if args.precision == 'auto' else args.precision,
         'threads': args.threads or None,
         'spin_wait': args.spin_wait,
         'frames': args.frames,
@@ -143,6 +198,15 @@ def run(args: argparse.Namespace) -> int:
     frames = measure.measure_model(spec)
     print('\n'.join(format_frames(frames)), flush=True)
     results: dict[str, Any] = {'machine': machine, 'frames': frames}
+    runs = [frames]
+    for model, backend in _comparisons(args, frames['backend']):
+        print(f'\n{model} on {backend}:', flush=True)
+        other = measure.measure_model({**spec, 'model_path': model, 'backend': backend})
+        print('\n'.join(format_frames(other)), flush=True)
+        runs.append(other)
+    if len(runs) > 1:
+        results['compared'] = runs[1:]
+        print('\n' + '\n'.join(format_comparison(runs)), flush=True)
     if args.live:
         from moa_depth_ros.bench import live
 

@@ -191,7 +191,8 @@ def time_frames(
 def load_pipeline(spec: dict[str, Any]) -> tuple[Any, Any]:
     """Load the spec's model file on its backend; return (engine, DepthPipeline).
 
-    ``spec``: 'model_path', 'backend', optional 'device', 'threads', 'spin_wait', 'cache_dir'.
+    ``spec``: 'model_path', 'backend', optional 'device', 'precision', 'threads',
+    'spin_wait', 'cache_dir'.
     """
     from moa_depth_ros.engine import load_engine
     from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
@@ -201,6 +202,7 @@ def load_pipeline(spec: dict[str, Any]) -> tuple[Any, Any]:
         spec['model_path'],
         backend=backend,
         device=spec.get('device', 'auto'),
+        precision=spec.get('precision'),
         intra_op_threads=spec.get('threads') or None,
         spin_wait=bool(spec.get('spin_wait', False)),
         cache_dir=spec.get('cache_dir'),
@@ -217,11 +219,16 @@ def load_pipeline(spec: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def engine_device(engine: Any) -> str:
-    """'cpu' or 'cuda': where the network ran (the CPU floors apply only to 'cpu')."""
+    """Where the network ran: 'cpu', 'cuda', or OpenVINO's 'gpu' / 'npu'.
+
+    The CPU floors apply only to 'cpu'.
+    """
     if engine.backend == 'tensorrt':
         return 'cuda'
     if engine.backend == 'torch':
         return str(engine.device.type)
+    if engine.backend == 'openvino':
+        return str(engine.device).split('.')[0].lower()  # 'CPU', 'GPU.1', 'NPU'
     providers = getattr(engine, 'providers', None) or ['?']
     return 'cuda' if providers[0] == 'CUDAExecutionProvider' else 'cpu'
 
@@ -251,6 +258,7 @@ def measure_model(spec: dict[str, Any]) -> dict[str, Any]:
         return {
             **timing,
             'engine': engine.describe(),
+            'model_name': engine.model_name,
             'backend': engine.backend,
             'device': engine_device(engine),
             'load_s': load_s,

@@ -10,6 +10,9 @@
 - ``load``: the node's latest-frame worker fed by a 60 Hz producer with a slower network,
   no ROS: delivered rate, drops, capture-to-publish latency and whether memory stays flat.
 - ``engines``: the network alone per backend and precision, with parity against FP32.
+- ``peers``: networks we are compared with (Depth-Anything-V2-Small's architecture, random
+  weights), measured by ``e2e`` beside our models; ``export-peer`` writes one for
+  ``moa-depth bench MODEL --peer FILE`` on a robot.
 - ``training``: training throughput per recipe.
 - ``report``: the results as JSON and Markdown, and the README's performance section.
 - ``suite``: ``python -m tools.bench all``, all of the above.

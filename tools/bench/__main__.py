@@ -13,6 +13,7 @@ COMMANDS = [
     ('all', 'tools.bench.suite', 'every benchmark, results.json/.md and the README section'),
     ('frame-stages', 'tools.bench.frame_stages', 'each per-frame stage against the memory floor'),
     ('engines', 'tools.bench.engines', 'the network per backend and precision vs compute floor'),
+    ('export-peer', 'tools.bench.peers', 'export a peer network for `moa-depth bench --peer`'),
 ]
 
 

@@ -30,10 +30,16 @@ from typing import Any, Callable, Sequence
 from moa_depth_ros.bench.measure import measure_model
 from moa_depth_ros.engine.loader import BACKENDS
 from moa_depth_ros.errors import ConfigError, EngineError, MoaDepthError
+from tools.bench import peers
 from tools.bench.floors import count_flops
 
 # The suffix a backend runs (TensorRT builds its engine from the ONNX file, cached).
-BACKEND_FILE = {'onnxruntime': 'onnx', 'tensorrt': 'onnx', 'torch': 'safetensors'}
+BACKEND_FILE = {
+    'onnxruntime': 'onnx',
+    'openvino': 'onnx',
+    'tensorrt': 'onnx',
+    'torch': 'safetensors',
+}
 
 
 def child_env() -> dict[str, str]:
@@ -102,7 +108,7 @@ def _cache_stem(name: str, digest: str) -> str:
 def prepare_model(
     entry: str, backends: Sequence[str], cache_dir: str | os.PathLike
 ) -> dict[str, Any]:
-    """Model files and facts for one ``--models`` entry: a preset name or a model file.
+    """Model files and facts for one ``--models`` entry: a preset, a peer or a model file.
 
     Returns {'name', 'source', 'files': {'onnx'|'safetensors': path}, 'flops', 'gflop',
     'input_hw', 'parameters', 'skipped': {backend: reason}}. FLOPs need the torch model:
@@ -131,6 +137,16 @@ def prepare_model(
             if BACKEND_FILE[backend] == 'safetensors':
                 info['skipped'][backend] = 'needs a .safetensors checkpoint; got an .onnx file'
         return info
+    if peers.is_peer(entry):
+        # A peer is compared on the runtimes a robot runs; it is not a DepthModel checkpoint.
+        for backend in backends:
+            if BACKEND_FILE[backend] == 'safetensors':
+                info['skipped'][backend] = 'peers run from their ONNX export only'
+        wanted.discard('safetensors')
+        if importlib.util.find_spec('transformers') is None:
+            for backend in backends:
+                info['skipped'][backend] = 'the peer is defined by transformers: not installed'
+            return info
     if not importlib.util.find_spec('torch'):
         for backend in backends:
             info['skipped'][backend] = 'building a preset or reading a checkpoint needs torch'
@@ -142,7 +158,9 @@ def prepare_model(
         digest = file_sha256(entry)
         stem = _cache_stem(pathlib.Path(entry).stem, digest)
     else:
-        digest = preset_config(entry).digest()
+        digest = (
+            peers.peer_digest(entry) if peers.is_peer(entry) else preset_config(entry).digest()
+        )
         stem = _cache_stem(entry, digest)
         # Exports of an older config or code are never read again (hundreds of MB each).
         for old in cache.glob(f'{entry}-*'):
@@ -160,9 +178,14 @@ def prepare_model(
 
             save_checkpoint(model, ckpt_path)
         if need_onnx:
+            import warnings
+
             from training.onnx_export import export_onnx
 
-            export_onnx(model, onnx_path)
+            with warnings.catch_warnings():
+                if peers.is_peer(entry):  # the tracer's notes on transformers' shape checks
+                    warnings.simplefilter('ignore')
+                export_onnx(model, onnx_path)
         facts = {
             'name': model.model_name if suffix == '.safetensors' else entry,
             'input_hw': list(model.input_hw),
@@ -190,6 +213,8 @@ def _build(entry: str, suffix: str, load_model: Any) -> Any:
 
     if suffix == '.safetensors':
         return load_model(entry).eval()
+    if peers.is_peer(entry):
+        return peers.build_peer(entry, seed=0)
     torch.manual_seed(0)
     return create_model(entry).eval()
 

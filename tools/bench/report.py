@@ -280,6 +280,64 @@ def _e2e_lines(results: dict[str, Any], h: str) -> list[str]:
     ]
 
 
+def _side_by_side_lines(results: dict[str, Any], h: str) -> list[str]:
+    """ONNX Runtime beside OpenVINO per model, and every model beside the reference model."""
+    from tools.bench.peers import PEERS, REFERENCE_MODEL
+
+    e2e = results.get('end_to_end')
+    rows_in = [r for r in (e2e or {}).get('rows', []) if r.get('device', 'cpu') == 'cpu']
+    runtimes = ('onnxruntime', 'openvino')
+    by_key = {(r['model'], r['backend']): r for r in rows_in if r['backend'] in runtimes}
+    if not any(b == 'openvino' for _, b in by_key):
+        return []
+    models = list(dict.fromkeys(m for m, _ in by_key))
+
+    def network(model: str, backend: str) -> float | None:
+        row = by_key.get((model, backend))
+        return row['stages']['network']['median_ms'] if row else None
+
+    def frame(model: str, backend: str) -> float | None:
+        row = by_key.get((model, backend))
+        return row['total']['median_ms'] if row else None
+
+    rows = []
+    for model in models:
+        ort, ov = network(model, 'onnxruntime'), network(model, 'openvino')
+        rows.append(
+            [
+                model + (' (peer)' if model in PEERS else ''),
+                _f(ort, 1),
+                _f(ov, 1),
+                _f(ratio(ort, ov), 2),
+                _f(frame(model, 'onnxruntime'), 1),
+                _f(frame(model, 'openvino'), 1),
+                *(_f(ratio(network(model, b), network(REFERENCE_MODEL, b)), 2) for b in runtimes),
+            ]
+        )
+    header = [
+        'model',
+        'network ms ONNX Runtime',
+        'network ms OpenVINO',
+        'OpenVINO speed-up',
+        'frame ms ONNX Runtime',
+        'frame ms OpenVINO',
+        f'network x {REFERENCE_MODEL} (ONNX Runtime)',
+        f'x {REFERENCE_MODEL} (OpenVINO)',
+    ]
+    return [
+        f'{h} CPU runtimes and peers side by side',
+        '',
+        'The rows above, regrouped: each model on ONNX Runtime and OpenVINO (FP32, the same '
+        '.onnx file, the same frames, in this run). Speed-up = ONNX Runtime network time / '
+        f'OpenVINO network time; "x {REFERENCE_MODEL}" = network time / {REFERENCE_MODEL}\'s '
+        "on the same runtime. Peers: a network with Depth-Anything-V2-Small's architecture "
+        "(transformers' DepthAnything definition, random weights) at the sizes its ROS 2 nodes "
+        'run it.',
+        '',
+        *_table(header, rows),
+    ]
+
+
 def _stage_lines(results: dict[str, Any], h: str) -> list[str]:
     stages = results.get('frame_stages')
     if not stages:
@@ -495,6 +553,7 @@ def render_markdown(results: dict[str, Any], level: int = 3) -> str:
         parts.append(['# moa_depth_ros benchmark'])
     builders: list[Callable[..., list[str]]] = [
         _e2e_lines,
+        _side_by_side_lines,
         _stage_lines,
         _load_lines,
         _live_lines,

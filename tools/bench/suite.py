@@ -18,8 +18,9 @@ import time
 from typing import Any, Callable
 
 from moa_depth_ros.engine.loader import BACKENDS
+from tools.bench.peers import PEERS
 
-DEFAULT_MODELS = ('moa_depthclip', 'space_clip', 'moa_depthclip_tiny')
+DEFAULT_MODELS = ('moa_depthclip', 'space_clip', 'moa_depthclip_tiny', *PEERS)
 # Left out of the default run, with the reason the report gives.
 NOT_BY_DEFAULT = {
     'depthclip': 'the zero-shot baseline (CLIP RN50 at 416x544, about 8x the FLOPs of '
@@ -56,7 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         '--models',
         nargs='+',
         default=list(DEFAULT_MODELS),
-        help='model presets (random weights) or model files (.onnx, .safetensors)',
+        help='model presets (random weights), peers (tools.bench.peers) or model files '
+        '(.onnx, .safetensors)',
     )
     parser.add_argument(
         '--backends',

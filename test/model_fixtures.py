@@ -46,6 +46,21 @@ TINY_SPACE = {
     'film_param_hidden_dim': 16,
 }
 TINY_DEPTHCLIP = {'clip_cfg': TINY_RESNET_CFG, 'input_size': (64, 96)}
+# open_clip's ViT-B-16-SigLIP image tower (timm, attention-pool head), shrunk with timm
+# keyword arguments to the tiny ViT's size: 4 blocks, width 64, 2 heads, patch 16.
+TINY_SIGLIP_CFG = {
+    'embed_dim': 64,
+    'vision_cfg': {
+        'image_size': 64,
+        'timm_model_name': 'vit_base_patch16_siglip_224',
+        'timm_pool': 'map',
+        'timm_proj': 'none',
+        'timm_model_kwargs': {'embed_dim': 64, 'depth': 4, 'num_heads': 2},
+    },
+    'text_cfg': TINY_TEXT_CFG,
+}
+# The preset space_clip_siglip with that tower (not in TINY, which is keyed by architecture).
+TINY_SPACE_SIGLIP = {**TINY_SPACE, 'clip_cfg': TINY_SIGLIP_CFG}
 
 TINY = {'moa_depthclip': TINY_MOA, 'space_clip': TINY_SPACE, 'depthclip': TINY_DEPTHCLIP}
 
@@ -56,6 +71,14 @@ def tiny_model(name: str, seed: int = 0, **overrides):
     kwargs = copy.deepcopy(TINY[name])
     kwargs.update(overrides)
     return create_model(name, **kwargs)
+
+
+def tiny_siglip_space_clip(seed: int = 0, **overrides):
+    """Build the space_clip_siglip preset with the tiny SigLIP tower."""
+    torch.manual_seed(seed)
+    kwargs = copy.deepcopy(TINY_SPACE_SIGLIP)
+    kwargs.update(overrides)
+    return create_model('space_clip_siglip', **kwargs)
 
 
 def random_image(model, batch: int = 2, seed: int = 1) -> torch.Tensor:

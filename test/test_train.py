@@ -254,3 +254,48 @@ def test_space_clip_with_ema_and_bf16_autocast_trains(tmp_path):
     assert result.val_metrics['ema'] in (0.0, 1.0)
     model = load_model(result.model_path)
     assert model.model_name == 'space_clip'
+
+
+# space_clip_siglip's timm tower (no class token, attention-pool head) at SPACE_TINY's size.
+SIGLIP_TINY = {
+    **{k: v for k, v in SPACE_TINY.items() if k != 'clip_cfg'},
+    'clip_cfg': {
+        'embed_dim': 32,
+        'vision_cfg': {
+            'image_size': 32,
+            'timm_model_name': 'vit_base_patch16_siglip_224',
+            'timm_pool': 'map',
+            'timm_proj': 'none',
+            'timm_model_kwargs': {'embed_dim': 32, 'depth': 4, 'num_heads': 2, 'patch_size': 8},
+        },
+        'text_cfg': TINY_MODEL['clip_cfg']['text_cfg'],
+    },
+}
+
+
+def test_space_clip_on_a_frozen_siglip_tower_trains(tmp_path):
+    """The decoder learns on SigLIP taps; the tower, frozen, comes back bit for bit."""
+    from moa_depth_ros.model import create_model, load_model
+    from training.config import load_config
+    from training.train import train
+
+    recipe = tiny_recipe(
+        tmp_path,
+        epochs=2,
+        loss='space_clip',
+        model={'name': 'space_clip_siglip', 'overrides': SIGLIP_TINY},
+    )
+    result = train(load_config(recipe))
+    assert result.steps == 4 and all(map(torch.isfinite, map(torch.tensor, result.losses)))
+    assert result.losses[-1] < result.losses[0]
+    model = load_model(result.model_path)
+    assert model.config.clip_model == 'ViT-B-16-SigLIP' and not model.config.clip_quick_gelu
+    torch.manual_seed(0)  # what train() does before create_model
+    initial = create_model('space_clip_siglip', **SIGLIP_TINY)
+    for name, value in initial.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], value), name
+    assert any(
+        not torch.equal(model.state_dict()[name], value)
+        for name, value in initial.state_dict().items()
+        if not name.startswith('backbone.')
+    )

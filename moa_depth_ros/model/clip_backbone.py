@@ -43,10 +43,41 @@ def _vision_cfg_for(clip_cfg: dict[str, Any], image_hw: tuple[int, int]) -> dict
     return vision_cfg
 
 
+def tower_statistics(
+    clip_model: str, pretrained: str | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Return the (mean, std) an open_clip tower's weights expect, or None if not known.
+
+    ``pretrained`` an open_clip tag: that tag's statistics. Otherwise those every tag of the
+    architecture shares (None when the tags disagree, e.g. ViT-L-14, or there are none).
+    """
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(clip_model)
+    if pretrained is not None and pretrained in tags:
+        tags = [pretrained]
+    stats = set()
+    for tag in tags:
+        cfg = open_clip.get_pretrained_cfg(clip_model, tag)
+        if cfg.get('mean') is None or cfg.get('std') is None:
+            return None
+        stats.add((tuple(float(v) for v in cfg['mean']), tuple(float(v) for v in cfg['std'])))
+    return stats.pop() if len(stats) == 1 else None
+
+
+def _reject_timm_cfg(clip_cfg: dict[str, Any]) -> None:
+    if clip_cfg['vision_cfg'].get('timm_model_name'):
+        raise ConfigError(
+            f'timm image towers ({clip_cfg["vision_cfg"]["timm_model_name"]!r}) are supported '
+            f'by SPACE-CLIP only (preset space_clip_siglip)'
+        )
+
+
 def build_vision_tower(clip_cfg: dict[str, Any], image_hw: tuple[int, int]) -> nn.Module:
-    """Build a randomly initialised vision tower without the text tower."""
+    """Build a randomly initialised open_clip vision tower without the text tower."""
     from open_clip.model import _build_vision_tower  # the builder open_clip's CLIP uses
 
+    _reject_timm_cfg(clip_cfg)
     vision_cfg = _vision_cfg_for(clip_cfg, image_hw)
     return _build_vision_tower(
         clip_cfg['embed_dim'], vision_cfg, quick_gelu=bool(clip_cfg.get('quick_gelu'))
@@ -63,6 +94,7 @@ def build_clip(
     """Build a full open_clip CLIP (both towers), loading ``pretrained`` weights if given."""
     import open_clip
 
+    _reject_timm_cfg(clip_cfg)
     cfg = dict(clip_cfg)
     cfg['vision_cfg'] = _vision_cfg_for(clip_cfg, image_hw)
     try:

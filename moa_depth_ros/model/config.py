@@ -21,6 +21,9 @@ from moa_depth_ros.frame.scale import CanonicalCamera
 # OpenAI CLIP's training statistics; the towers expect inputs normalised with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# SigLIP (big_vision) maps pixels to [-1, 1]; the official SPACE-CLIP SigLIP config agrees.
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
 # DepthCLIP's evaluation normalises with ImageNet statistics instead (one of its quirks).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +42,7 @@ class DepthModelConfig:
     #: open_clip architecture name (``open_clip.list_models()``).
     clip_model: str = 'ViT-B-32-quickgelu'
     #: OpenAI weights were trained with QuickGELU; this always overrides the config's value.
+    #: timm (SigLIP) towers use tanh GELU and need it false.
     clip_quick_gelu: bool = True
     #: An open_clip model-config dict (embed_dim, vision_cfg, text_cfg) replacing the named
     #: architecture, e.g. a tiny tower for tests and the CPU quickstart.

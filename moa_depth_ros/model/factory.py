@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from moa_depth_ros.errors import ConfigError
 from moa_depth_ros.model.base import DepthModel
-from moa_depth_ros.model.config import DepthModelConfig
+from moa_depth_ros.model.config import SIGLIP_MEAN, SIGLIP_STD, DepthModelConfig
 from moa_depth_ros.model.depthclip import DepthCLIP, DepthCLIPConfig
 from moa_depth_ros.model.moa_depthclip import MoADepthCLIP, MoADepthCLIPConfig
 from moa_depth_ros.model.space_clip import SpaceCLIP, SpaceCLIPConfig
@@ -82,6 +82,16 @@ PRESETS: dict[str, Preset] = {
         SpaceCLIPConfig(max_depth_m=80.0),
         'SPACE-CLIP with the official KITTI range 0.001-80 m (224x224 CLIP input)',
     ),
+    'space_clip_siglip': Preset(
+        'space_clip',
+        SpaceCLIPConfig(
+            clip_model='ViT-B-16-SigLIP',
+            clip_quick_gelu=False,
+            image_mean=SIGLIP_MEAN,
+            image_std=SIGLIP_STD,
+        ),
+        'SPACE-CLIP decoder on a frozen SigLIP ViT-B/16 (official nyu_siglip.yaml), 0.001-10 m',
+    ),
     'depthclip': Preset(
         'depthclip', DepthCLIPConfig(), 'DepthCLIP zero-shot, RN50, 416x544, 1-3 m bins'
     ),
@@ -102,8 +112,45 @@ def create_model(
     of the preset's config dataclass, e.g. ``input_size=(96, 96)`` or ``clip_cfg={...}``.
     """
     preset = _preset(name)
+    overrides = {**_tower_defaults(overrides, pretrained), **overrides}
     config = preset.config.with_overrides(**overrides) if overrides else preset.config
     return build_model(preset.model_name, config, pretrained=pretrained)
+
+
+def _tower_defaults(overrides: Mapping[str, Any], pretrained: str | None) -> dict[str, Any]:
+    """Return the settings that follow from an overridden ``clip_model`` (unless given).
+
+    A preset's normalisation and activation belong to its own tower: switching the tower
+    (``clip_model='ViT-B-16-SigLIP'``) takes the new tower's input statistics from open_clip's
+    pretrained configs (those of ``pretrained`` when it is a tag, else those all its tags
+    share). QuickGELU is off for timm (SigLIP) towers; for open_clip towers it is what the
+    ``pretrained`` tag was trained with, else on (the default every CLIP preset uses), so
+    ``space_clip_siglip`` switched back to a CLIP tower gets CLIP's activation.
+    """
+    if 'clip_model' not in overrides or overrides.get('clip_cfg') is not None:
+        return {}
+    import open_clip
+
+    from moa_depth_ros.model.clip_backbone import tower_statistics
+    from moa_depth_ros.model.timm_tower import is_timm_cfg
+
+    clip_model = overrides['clip_model']
+    cfg = open_clip.get_model_config(clip_model)
+    if cfg is None:
+        return {}  # the config's own validation names the bad architecture
+    derived: dict[str, Any] = {}
+    stats = tower_statistics(clip_model, pretrained)
+    if stats is not None:
+        derived['image_mean'], derived['image_std'] = stats
+    if is_timm_cfg(cfg):
+        derived['clip_quick_gelu'] = False
+    else:
+        tag_cfg = open_clip.get_pretrained_cfg(clip_model, pretrained) if pretrained else {}
+        # open_clip marks QuickGELU on the architecture (``-quickgelu``) or on the tags trained
+        # with it (OpenAI's); the other tags used GELU.
+        marked = bool(cfg.get('quick_gelu')) or bool(tag_cfg.get('quick_gelu'))
+        derived['clip_quick_gelu'] = marked if tag_cfg else True
+    return derived
 
 
 def build_model(

@@ -12,10 +12,15 @@ Same architecture as the official ``SPACECLIP`` (github.com/taewan2002/space-cli
   tap's raw tokens start the pathway, whose stages feed the main blocks' structural skips.
 - Head: conv-BN-ReLU-conv-ReLU metric depth; auxiliary heads on the first three stages.
 
+The same decoder reads a frozen SigLIP tower (preset ``space_clip_siglip``, the official
+``configs/nyu_siglip.yaml``): a timm ViT without class token, so no tap is sliced, and the
+global context is its attention-pool head (HF's ``pooler_output`` for SigLIP). ``vit_taps``
+hides the difference; other towers are a ConfigError.
+
 The decoder's module names are the official ones (``film_param_generators``,
 ``main_path_projections``, ``main_decoder_blocks``, ...) so official decoder weights load
-by name; the backbone is open_clip's (``training/convert_space_clip.py`` converts Hugging
-Face keys).
+by name; the backbone is open_clip's or timm's (``training/convert_space_clip.py`` converts
+Hugging Face CLIP and SigLIP keys).
 ``forward`` clamps depth to [min_depth_m, max_depth_m] as the official evaluation does;
 ``forward_train`` returns the raw ReLU output the official losses see. SPACE-CLIP has no
 uncertainty output: confidence is 1 where the raw prediction fell inside the range and 0
@@ -37,10 +42,6 @@ from moa_depth_ros.model.clip_backbone import (
     build_vision_tower,
     is_vit_cfg,
     tokens_to_map,
-    vit_block,
-    vit_depth,
-    vit_grid,
-    vit_tokens,
 )
 from moa_depth_ros.model.config import DepthModelConfig, check_index_list
 from moa_depth_ros.model.space_clip_blocks import (
@@ -50,6 +51,12 @@ from moa_depth_ros.model.space_clip_blocks import (
     aux_depth_head,
     depth_head,
 )
+from moa_depth_ros.model.timm_tower import (
+    build_timm_tower,
+    is_timm_cfg,
+    load_timm_tower_weights,
+)
+from moa_depth_ros.model.vit_taps import ViTTaps, vit_taps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,24 +86,12 @@ class SpaceCLIP(DepthModel):
     ) -> None:
         # build_text is accepted for a uniform constructor: SPACE-CLIP uses no text at all.
         super().__init__(config)
-        clip_cfg = config.resolved_clip_cfg()
-        if not is_vit_cfg(clip_cfg):
-            raise ConfigError(
-                f'SPACE-CLIP needs a ViT tower, got clip_model={config.clip_model!r}'
-            )
-        if pretrained is not None:
-            # The text tower is loaded with the weights file and dropped right away.
-            visual = build_clip(
-                clip_cfg, self.input_hw, clip_model=config.clip_model, pretrained=pretrained
-            ).visual
-        else:
-            visual = build_vision_tower(clip_cfg, self.input_hw)
-        visual.proj = None  # HF's CLIPVisionModel has no projection either
-        self.backbone = visual
+        self.backbone = self._build_backbone(config, self.input_hw, pretrained)
         for param in self.backbone.parameters():
             param.requires_grad = False
-        self._check_config(config, vit_depth(visual))
-        width = int(visual.conv1.out_channels)
+        taps = self.taps
+        self._check_config(config, taps.depth)
+        width = taps.width
         channels = tuple(config.decoder_channels)
         if config.use_film:
             self.film_layer = FiLMLayer()
@@ -134,6 +129,40 @@ class SpaceCLIP(DepthModel):
             self.aux_depth_heads.extend(aux_depth_head(c) for c in channels[:-1])
 
     @staticmethod
+    def _build_backbone(
+        config: SpaceCLIPConfig, input_hw: tuple[int, int], pretrained: str | None
+    ) -> nn.Module:
+        clip_cfg = config.resolved_clip_cfg()
+        if is_timm_cfg(clip_cfg):
+            if config.clip_quick_gelu:
+                raise ConfigError(
+                    f'clip_model={config.clip_model!r} is a timm (SigLIP) tower, which uses '
+                    f'tanh GELU; set clip_quick_gelu to false'
+                )
+            visual = build_timm_tower(clip_cfg, input_hw)
+            if pretrained is not None:
+                load_timm_tower_weights(visual, config.clip_model, pretrained)
+            return visual
+        if not is_vit_cfg(clip_cfg):
+            raise ConfigError(
+                f'SPACE-CLIP needs a ViT tower, got clip_model={config.clip_model!r}'
+            )
+        if pretrained is not None:
+            # The text tower is loaded with the weights file and dropped right away.
+            visual = build_clip(
+                clip_cfg, input_hw, clip_model=config.clip_model, pretrained=pretrained
+            ).visual
+        else:
+            visual = build_vision_tower(clip_cfg, input_hw)
+        visual.proj = None  # HF's CLIPVisionModel has no projection either
+        return visual
+
+    @property
+    def taps(self) -> ViTTaps:
+        """The reader of the backbone's hidden states and pooled context."""
+        return vit_taps(self.backbone)
+
+    @staticmethod
     def _check_config(config: SpaceCLIPConfig, depth: int) -> None:
         check_index_list(config.main_path_indices, 'main_path_indices', 0, depth)
         check_index_list(config.structural_path_indices, 'structural_path_indices', 0, depth)
@@ -154,15 +183,14 @@ class SpaceCLIP(DepthModel):
 
     def _run(self, image: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         cfg = self.config
-        grid = vit_grid(self.backbone)
-        hidden = [vit_tokens(self.backbone, self.normalize(image))]
-        for block in self.backbone.transformer.resblocks:
-            hidden.append(vit_block(block, hidden[-1]))
-        # HF's pooler_output: ln_post of the last block's class token.
-        pooled = self.backbone.ln_post(hidden[-1][:, 0]) if cfg.use_film else None
+        taps = self.taps
+        grid = taps.grid_hw
+        hidden = taps.hidden_states(self.normalize(image))
+        # HF's pooler_output: ln_post(class token) for CLIP, the attention pool for SigLIP.
+        pooled = taps.pooled(hidden[-1]) if cfg.use_film else None
         main_feats = []
         for i, index in enumerate(cfg.main_path_indices):
-            patches = hidden[index][:, 1:]
+            patches = taps.patch_tokens(hidden[index])
             if cfg.use_film:
                 film = self.film_param_generators[i](pooled)
                 # Slices rather than chunk(): chunk becomes an opset-18 Split in some exports.
@@ -171,7 +199,8 @@ class SpaceCLIP(DepthModel):
             main_feats.append(self.main_path_projections[i](tokens_to_map(patches, grid)))
         if cfg.use_structural_pathway:
             struct_maps = [
-                tokens_to_map(hidden[i][:, 1:], grid) for i in cfg.structural_path_indices
+                tokens_to_map(taps.patch_tokens(hidden[i]), grid)
+                for i in cfg.structural_path_indices
             ]
             struct_skips = [
                 proj(m) for proj, m in zip(self.structural_path_projections, struct_maps)

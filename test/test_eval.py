@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from test_train import TINY_MODEL
 import torch
@@ -57,7 +58,8 @@ def test_eval_of_exported_onnx_matches_the_checkpoint(checkpoint, capsys, tmp_pa
     common = ['--dataset', 'synthetic', '--num-scenes', '2']
     assert main(['eval', '--checkpoint', str(checkpoint), *common]) == 0
     torch_values = [float(v) for v in _rows(capsys.readouterr().out)[1]]
-    assert main(['eval', '--model', str(onnx_path), *common]) == 0
+    # Backend auto may pick OpenVINO for an .onnx file; this test is about ONNX Runtime.
+    assert main(['eval', '--model', str(onnx_path), '--backend', 'onnxruntime', *common]) == 0
     text = capsys.readouterr().out
     assert 'onnxruntime' in text.splitlines()[0]
     onnx_values = [float(v) for v in _rows(text)[1]]
@@ -103,3 +105,84 @@ def test_eval_scores_what_the_node_publishes_for_full_size_images(checkpoint, ca
     resized = dict(dataset[0], image=dataset[0]['image'][:, :32, :32])  # image != depth size
     with pytest.raises(ConfigError, match='build the dataset without image_hw'):
         evaluate_pipeline(evaluation_pipeline(engine), [resized], metric_config=config)
+
+
+def _synthetic(hw, count=2):
+    from training.config import build_data_config
+    from training.data import build_dataset
+
+    values = {'dataset': 'synthetic', 'augment': False, 'synthetic_hw': tuple(hw)}
+    return build_dataset(build_data_config({**values, 'synthetic_sizes': {'test': count}}), 'test')
+
+
+def _uint8(sample):
+    return (sample['image'].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+
+
+def test_flip_average_equals_a_manual_flip_and_average(checkpoint):
+    """The papers' test-time flip: mirror the input, mirror the prediction back, average."""
+    from moa_depth_ros.engine.torch_backend import TorchEngine
+    from moa_depth_ros.model import load_model
+    from training.eval import evaluate_pipeline, evaluation_pipeline
+    from training.metrics import MetricConfig
+
+    model = load_model(checkpoint).eval()
+    dataset = _synthetic(model.input_hw)  # at the input size: no resize, no upsampling
+    got = []
+    engine = TorchEngine(str(checkpoint), device='cpu')
+    evaluate_pipeline(
+        evaluation_pipeline(engine, focal_correction=False, flip_average=True),
+        dataset,
+        metric_config=MetricConfig(min_depth_m=1e-3, max_depth_m=10.0, crop='none'),
+        on_sample=lambda sample, depth: got.append(depth[0, 0]),
+    )
+    for sample, depth in zip(dataset, got):
+        image = torch.from_numpy(_uint8(sample)).permute(2, 0, 1)[None].float() / 255.0
+        with torch.no_grad():
+            plain = model(image)[0][0, 0]
+            mirrored = model(torch.flip(image, dims=[3]))[0][0, 0]
+        want = 0.5 * (plain + torch.flip(mirrored, dims=[1]))
+        want = want.clamp(model.config.min_depth_m, model.config.max_depth_m)
+        torch.testing.assert_close(depth, want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(depth, plain.clamp(1e-3, 10.0), atol=1e-4)
+
+
+def test_official_resize_feeds_the_network_pils_bicubic_image(checkpoint, capsys):
+    from PIL import Image
+
+    from training.eval import evaluate_pipeline, evaluation_pipeline
+    from training.metrics import MetricConfig
+
+    class Recorder:
+        input_hw = (32, 32)
+        depth_range_m = (1e-3, 10.0)
+        canonical_focal_px = None
+
+        def __init__(self):
+            self.inputs = []
+
+        def infer(self, image):
+            self.inputs.append(image.copy())
+            return np.full((1, 1, 32, 32), 2.0, np.float32), np.ones((1, 1, 32, 32), np.float32)
+
+    dataset = _synthetic((48, 64))
+    config = MetricConfig(min_depth_m=1e-3, max_depth_m=10.0, crop='none')
+    official, node = Recorder(), Recorder()
+    evaluate_pipeline(
+        evaluation_pipeline(official), dataset, metric_config=config, resize='pil_bicubic'
+    )
+    evaluate_pipeline(evaluation_pipeline(node), dataset, metric_config=config)
+    for sample, fed, fed_node in zip(dataset, official.inputs, node.inputs):
+        want = np.asarray(Image.fromarray(_uint8(sample)).resize((32, 32), Image.BICUBIC))
+        np.testing.assert_allclose(fed[0].transpose(1, 2, 0) * 255.0, want, atol=1e-3)
+        assert np.abs(fed - fed_node).max() > 1.0 / 255.0  # not the node's resize
+
+    argv = ['eval', '--checkpoint', str(checkpoint), '--dataset', 'synthetic']
+    argv += ['--num-scenes', '2', '--synthetic-hw', '48', '64']
+    assert main(argv) == 0
+    node_text = capsys.readouterr().out
+    assert 'flip_average=off resize=node' in node_text.splitlines()[0]
+    assert main([*argv, '--flip-average', '--resize', 'pil_bicubic']) == 0
+    text = capsys.readouterr().out
+    assert 'flip_average=on resize=pil_bicubic' in text.splitlines()[0]
+    assert _rows(text)[1] != _rows(node_text)[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from types import SimpleNamespace
@@ -238,6 +239,7 @@ def test_estimator_with_wrong_output_shape_is_an_engine_error():
         ({'out_of_range': 'drop'}, "'drop'"),
         ({'output_hw': (0, 10)}, 'output_hw'),
         ({'colour': True}, 'colour'),
+        ({'flip_average': 1}, 'flip_average'),
     ],
 )
 def test_invalid_settings_are_refused_and_leave_the_config_unchanged(changes, word):
@@ -290,3 +292,45 @@ def test_downscaling_to_the_network_averages_instead_of_aliasing(size):
     image = preprocess(stripes, (24, 32))
     assert image.shape == (1, 3, 24, 32)
     assert np.abs(image - 0.5).max() < 0.1
+
+
+class ContentDepth(RowDepth):
+    """Stand-in network whose output depends on the image and on the column (not mirror-symmetric).
+
+    Like an engine with bound output buffers, it hands out the same two arrays on every call.
+    """
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        h, w = self.input_hw
+        self._depth = np.empty((1, 1, h, w), np.float32)
+        self._confidence = np.empty((1, 1, h, w), np.float32)
+
+    def infer(self, image):
+        self.inputs.append(image.copy())
+        w = self.input_hw[1]
+        columns = np.linspace(0.0, 1.0, w, dtype=np.float32)
+        self._depth[0, 0] = 1.0 + 3.0 * image[0, 0] + 2.0 * columns
+        self._confidence[0, 0] = 0.25 + 0.5 * image[0, 1] * columns
+        return self._depth, self._confidence
+
+
+def test_flip_average_is_the_mean_of_the_plain_and_the_mirrored_back_prediction():
+    rgb = np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    config = PipelineConfig(out_of_range='clamp', output_hw=(24, 32))
+    plain_net, flip_net = ContentDepth(), ContentDepth()
+    plain = DepthPipeline(plain_net, config).process_rgb(rgb)
+    flipped = DepthPipeline(flip_net, config).process_rgb(np.ascontiguousarray(rgb[:, ::-1]))
+    averaged_net = ContentDepth()
+    pipe = DepthPipeline(averaged_net, dataclasses.replace(config, flip_average=True))
+    averaged = pipe.process_rgb(rgb)
+
+    # The second pass sees exactly the mirror image of the first's input.
+    first, second = averaged_net.inputs
+    np.testing.assert_array_equal(second, first[..., ::-1])
+    want_depth = 0.5 * (plain.depth_m + flipped.depth_m[:, ::-1])
+    want_confidence = 0.5 * (plain.confidence + flipped.confidence[:, ::-1])
+    np.testing.assert_allclose(averaged.depth_m, want_depth, rtol=1e-6)
+    np.testing.assert_allclose(averaged.confidence, want_confidence, rtol=1e-6)
+    assert not np.allclose(averaged.depth_m, plain.depth_m)  # the flip changed something
+    assert len(plain_net.inputs) == 1  # off by default: one network run per frame

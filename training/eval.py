@@ -18,6 +18,20 @@ difference: depth outside that range is clamped to it, where the node blanks it 
 every ground-truth pixel is scored as the papers do. So the numbers are what a robot gets, and
 an export is checked against its checkpoint. During
 training, ``evaluate_model`` scores the validation split in batches with the same resize.
+
+The papers' protocol, where it differs from the node's defaults, is two options:
+
+- ``--flip-average``: the test-time flip of SPACE-CLIP's final evaluation (``nyu.yaml``
+  ``final_eval_flip_tta``): the network also sees the mirror image and the two depth maps are
+  averaged (the pipeline's ``flip_average``, the node's ``flip_average`` parameter).
+- ``--resize pil_bicubic``: the official loader's resize to the network input (PIL bicubic,
+  ``training.data.base.pil_bicubic_resize``) instead of the node's (``resize_to_input``: box
+  halvings, then bilinear). A converted official checkpoint was trained on PIL-resized images.
+
+So ``--flip-average --resize pil_bicubic --crop none`` on the NYU test list is SPACE-CLIP's
+reported NYU protocol (``nyu.yaml``: 480x640 images straight to 224x224, ``eval_crop: none``,
+caps 0.001-10 m); the header says which options were used. Not reproduced: its KITTI loader
+first resizes image and ground truth to 352x704 (PIL bicubic / nearest) and scores there.
 """
 
 from __future__ import annotations
@@ -43,6 +57,8 @@ DEFAULT_TEST_LISTS = {
 }
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+#: How an image reaches the network input: the node's resize, or the official SPACE-CLIP one.
+RESIZES = ('node', 'pil_bicubic')
 
 
 def default_crop(dataset: str, gt_hw: tuple[int, int]) -> str:
@@ -141,6 +157,7 @@ def evaluate_pipeline(
     *,
     metric_config,
     on_sample: Callable[[dict, torch.Tensor], None] | None = None,
+    resize: str = 'node',
 ):
     """Score ``dataset`` through a ``DepthPipeline``: what the node publishes for each image.
 
@@ -148,13 +165,19 @@ def evaluate_pipeline(
     pipeline with a camera model made from the sample's ``K``, so depth is converted from the
     canonical camera as the node converts it (unless the pipeline's config switches that
     off), and comes out at the ground truth's size. Samples must hold image, depth and ``K``
-    at one resolution (datasets built without ``image_hw``). Returns the ``MetricAccumulator``.
+    at one resolution (datasets built without ``image_hw``). ``resize`` 'pil_bicubic' resizes
+    each image to the network input with ``pil_bicubic_resize`` first (the camera model
+    scaled with it), so the pipeline's own resize has nothing left to do. Returns the
+    ``MetricAccumulator``.
     """
     import dataclasses
 
     from moa_depth_ros.frame.geometry import CameraModel
+    from training.data.base import pil_bicubic_resize
     from training.metrics import MetricAccumulator
 
+    if resize not in RESIZES:
+        raise ConfigError(f'resize must be one of {", ".join(RESIZES)}, got {resize!r}')
     accumulator = MetricAccumulator(metric_config)
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -176,6 +199,10 @@ def evaluate_pipeline(
             cy_px=K[1, 2],
         )
         config = dataclasses.replace(pipeline.config, output_hw=(height, width))
+        if resize == 'pil_bicubic':
+            in_h, in_w = pipeline.input_hw
+            rgb = pil_bicubic_resize(rgb, (in_h, in_w))
+            camera = camera.scaled(in_w, in_h)
         result = pipeline.process_rgb(rgb, camera, config)
         depth_m = torch.from_numpy(result.depth_m)[None, None]
         accumulator.update(depth_m, gt_m[None])
@@ -184,15 +211,21 @@ def evaluate_pipeline(
     return accumulator
 
 
-def evaluation_pipeline(engine, focal_correction: bool = True):
+def evaluation_pipeline(engine, focal_correction: bool = True, flip_average: bool = False):
     """Return the ``DepthPipeline`` that scores ``engine``: the node's, without the cloud.
 
     Depth outside the model's range is clamped to it rather than blanked, as the papers'
     evaluation clamps predictions (the metrics then apply the dataset's caps).
+    ``flip_average``: the papers' test-time flip (``PipelineConfig.flip_average``).
     """
     from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
 
-    config = PipelineConfig(cloud=False, out_of_range='clamp', focal_correction=focal_correction)
+    config = PipelineConfig(
+        cloud=False,
+        out_of_range='clamp',
+        focal_correction=focal_correction,
+        flip_average=flip_average,
+    )
     return DepthPipeline(engine, config)
 
 
@@ -265,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
         "each image's focal length (the node's focal_length_correction false)",
     )
     parser.add_argument(
+        '--flip-average',
+        action='store_true',
+        help='also run each image mirrored and average the two depth maps (the test-time '
+        "flip of SPACE-CLIP's reported numbers; twice the network time)",
+    )
+    parser.add_argument(
+        '--resize',
+        default='node',
+        choices=RESIZES,
+        help="resize to the network input: 'node' (what the node does, default) or "
+        "'pil_bicubic' (the official SPACE-CLIP loader's PIL bicubic resize)",
+    )
+    parser.add_argument(
         '--crop',
         default='auto',
         choices=('auto', 'none', 'nyu_eigen', 'kitti_garg', 'kitti_eigen'),
@@ -306,11 +352,16 @@ def run(args: argparse.Namespace) -> dict:
         metric_config = _metric_config(
             args.dataset, dataset, depth_range_m, args.crop, args.median_scaling
         )
-        pipeline = evaluation_pipeline(engine, focal_correction=not args.no_focal_correction)
-        accumulator = evaluate_pipeline(pipeline, dataset, metric_config=metric_config)
+        pipeline = evaluation_pipeline(
+            engine, focal_correction=not args.no_focal_correction, flip_average=args.flip_average
+        )
+        accumulator = evaluate_pipeline(
+            pipeline, dataset, metric_config=metric_config, resize=args.resize
+        )
     finally:
         engine.close()
-    header = f'{source} on {args.dataset} {args.split}: {accumulator.header()}'
+    protocol = f'flip_average={"on" if args.flip_average else "off"} resize={args.resize}'
+    header = f'{source} on {args.dataset} {args.split}: {accumulator.header()} {protocol}'
     from training.metrics import format_table
 
     table = format_table(accumulator.means(), header=header)

@@ -223,7 +223,7 @@ def test_openvino_backend_writes_what_onnx_runtime_writes(tmp_path, model_path):
         summary = bag.process_bag(
             tmp_path / 'in',
             tmp_path / backend,
-            settings=_settings(model_path, backend=backend),
+            settings=_settings(model_path, backend=backend, precision='fp32'),
             progress=False,
         )
         assert f'via {backend}' in summary['model']

@@ -30,7 +30,7 @@ def test_export_peer_writes_a_model_file_the_runtimes_run(tmp_path, capsys):
     image = np.random.default_rng(0).random((1, 3, 392, 518), dtype=np.float32)
     outputs = {}
     for backend in ('onnxruntime', 'openvino'):
-        engine = load_engine(out, backend=backend)
+        engine = load_engine(out, backend=backend, precision='fp32')
         assert engine.model_name == 'depth_anything_v2_small@392x518'
         assert engine.input_hw == (392, 518) and engine.depth_range_m == (0.1, 20.0)
         outputs[backend] = engine.infer(image)

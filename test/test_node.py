@@ -176,7 +176,10 @@ def test_frame_gives_depth_info_confidence_and_cloud_on_the_image_rays(make_node
 
 
 def test_openvino_backend_gives_the_depth_onnx_runtime_gives(make_node, probe):
-    node = make_node(backend='openvino', publish_cloud=False, diagnostics_period_s=0.2)
+    # fp32: the same arithmetic as ONNX Runtime (auto may take the CPU's bf16).
+    node = make_node(
+        backend='openvino', precision='fp32', publish_cloud=False, diagnostics_period_s=0.2
+    )
     assert probe.wait_log('tiny_test_model via openvino')
     connected(probe, node)
     probe.send('/camera_info', info())

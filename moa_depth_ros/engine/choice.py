@@ -8,9 +8,13 @@ Rules first, measurement last:
    ``fp16``, which only OpenVINO offers for an ONNX file): OpenVINO;
 3. OpenVINO not installed, or ``spin_wait`` (an ONNX Runtime setting): ONNX Runtime;
 4. otherwise both are loaded and timed on the same input, alternating runs, and OpenVINO is
-   chosen only if its outputs match ONNX Runtime's (``PARITY_REL``) and its median is at
-   least ``MARGIN`` faster. The verdict is cached (a JSON file per model file, machine and
-   runtime versions), so only the first start measures.
+   chosen only if its outputs agree with ONNX Runtime's and its median is at least
+   ``MARGIN`` faster. Agree means equal to ``PARITY_REL`` where OpenVINO runs FP32, and the
+   accuracy bar (``moa_depth_ros.engine.accuracy``) where it runs the device's reduced
+   precision (``precision`` auto: BF16 on CPUs with AMX or AVX512-BF16). The verdict is
+   cached (a JSON file per model file, machine, precision and runtime versions), so only
+   the first start measures. If OpenVINO cannot load the file, ONNX Runtime runs it and the
+   log says why.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from moa_depth_ros.engine.accuracy import parity_errors
+from moa_depth_ros.engine.accuracy import accuracy_holds, depth_agreement, parity_errors
 from moa_depth_ros.engine.base import DepthEngine
 from moa_depth_ros.engine.cache import default_cache_dir
 from moa_depth_ros.fileio import atomic_write_text
@@ -77,11 +81,13 @@ def _versions() -> dict[str, str]:
     return {'onnxruntime': onnxruntime.__version__, 'openvino': openvino.__version__}
 
 
-def choice_path(model: pathlib.Path, threads: int | None, cache_dir: Any) -> pathlib.Path:
-    """Where the verdict for this model file, machine, thread count and runtimes is kept.
+def choice_path(
+    model: pathlib.Path, threads: int | None, cache_dir: Any, precision: str | None = None
+) -> pathlib.Path:
+    """Where the verdict for this model file, machine, settings and runtimes is kept.
 
     The key covers the file (resolved path, size, modification time: a replaced model is
-    measured again), the CPU, the thread setting and both runtimes' versions.
+    measured again), the CPU, the thread and precision settings and both runtimes' versions.
     """
     stat = model.stat()
     key = json.dumps(
@@ -92,6 +98,7 @@ def choice_path(model: pathlib.Path, threads: int | None, cache_dir: Any) -> pat
             'cpu': _cpu_name(),
             'cores': os.cpu_count(),
             'threads': threads or 0,
+            'precision': precision or 'auto',
             **_versions(),
         },
         sort_keys=True,
@@ -144,22 +151,31 @@ def measure(ort: DepthEngine, openvino: DepthEngine) -> dict[str, Any]:
     for _ in range(TIMED_RUNS):
         times['onnxruntime'].append(_run_ms(ort, image))
         times['openvino'].append(_run_ms(openvino, image))
-    parity = parity_errors(ort.infer(image), openvino.infer(image))
+    expected, got = ort.infer(image), openvino.infer(image)
+    parity = parity_errors(expected, got)
     ort_ms = float(np.median(times['onnxruntime']))
     ov_ms = float(np.median(times['openvino']))
-    agrees = parity['depth_rel'] <= PARITY_REL and parity['confidence_rel'] <= PARITY_REL
+    precision = getattr(openvino, 'precision', 'fp32')
+    if precision == 'fp32':
+        agrees = parity['depth_rel'] <= PARITY_REL and parity['confidence_rel'] <= PARITY_REL
+        differs = (
+            f'depth rel {parity["depth_rel"]:.2g}, confidence rel '
+            f'{parity["confidence_rel"]:.2g} > {PARITY_REL:g}'
+        )
+    else:  # the engine checked its precision against its own fp32; check against ours too
+        agreement = depth_agreement(expected[0], got[0])
+        agrees = accuracy_holds(agreement)
+        differs = f'{precision}: depth mean rel err {agreement["mean_rel_err"]:.2%}'
     faster = ov_ms * MARGIN <= ort_ms
+    label = 'OpenVINO' if precision == 'fp32' else f'OpenVINO {precision}'
     if agrees and faster:
-        backend, reason = 'openvino', f'{ort_ms / ov_ms:.2f}x faster than ONNX Runtime'
+        backend, reason = 'openvino', f'{label} {ort_ms / ov_ms:.2f}x faster than ONNX Runtime'
     elif not agrees:
         backend = 'onnxruntime'
-        reason = (
-            f'OpenVINO outputs differ from ONNX Runtime (depth rel {parity["depth_rel"]:.2g}, '
-            f'confidence rel {parity["confidence_rel"]:.2g} > {PARITY_REL:g})'
-        )
+        reason = f'OpenVINO outputs differ from ONNX Runtime ({differs})'
     else:
         backend = 'onnxruntime'
-        reason = f'OpenVINO not {MARGIN:g}x faster ({ov_ms:.1f} vs {ort_ms:.1f} ms)'
+        reason = f'{label} not {MARGIN:g}x faster ({ov_ms:.1f} vs {ort_ms:.1f} ms)'
     return {
         'format': CHOICE_FORMAT,
         'backend': backend,
@@ -167,6 +183,7 @@ def measure(ort: DepthEngine, openvino: DepthEngine) -> dict[str, Any]:
         'onnxruntime_ms': ort_ms,
         'openvino_ms': ov_ms,
         'parity': parity,
+        'openvino_precision': precision,
         'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
         'runs': TIMED_RUNS,
     }
@@ -178,6 +195,7 @@ def choose(
     *,
     threads: int | None,
     cache_dir: Any,
+    precision: str | None = None,
 ) -> DepthEngine:
     """Load the faster of ONNX Runtime and OpenVINO for ``model`` (rule 4 above).
 
@@ -185,7 +203,7 @@ def choose(
     both are loaded and measured, the verdict is written (atomically; an unwritable cache
     only costs the next start another measurement) and the loser is closed.
     """
-    path = choice_path(model, threads, cache_dir)
+    path = choice_path(model, threads, cache_dir, precision)
     cached = read_choice(path)
     if cached is not None:
         engine = load(cached['backend'])
@@ -194,9 +212,10 @@ def choose(
     ort = load('onnxruntime')
     try:
         openvino = load('openvino')
-    except Exception:
-        ort.close()
-        raise
+    except Exception as e:  # a model OpenVINO cannot compile still runs
+        ort.selection = f'auto: OpenVINO cannot run it ({type(e).__name__}: {e})'
+        _LOG.warning('%s: %s', model, ort.selection)
+        return ort
     try:
         verdict = measure(ort, openvino)
     except Exception:

@@ -57,9 +57,9 @@ def load_engine(
     'tensorrt', 'onnxruntime', 'openvino' or 'torch'.
     ``device``: 'auto', 'cpu', 'cuda' or 'cuda:N'; OpenVINO also 'gpu', 'gpu:N', 'npu'.
     ``precision``: torch 'fp32'/'bf16'/'fp16'; TensorRT-from-ONNX 'fp16'/'fp32' (default
-    fp16); OpenVINO 'fp32' (default), 'bf16', 'fp16', kept only if the depth meets the
-    accuracy bar against fp32; ONNX Runtime runs the file as exported (an int8 model is its
-    own file).
+    fp16); OpenVINO 'bf16' or 'fp16' (default: the device's own preference, e.g. bf16 on
+    CPUs with AMX), kept only if the depth meets the accuracy bar against fp32, or 'fp32';
+    ONNX Runtime runs the file as exported (an int8 model is its own file).
     ``intra_op_threads``: ONNX Runtime / OpenVINO CPU threads (None = its default).
     ``spin_wait``: let ONNX Runtime's threads busy-wait between runs (lower latency, a core
     kept busy); off by default.
@@ -89,6 +89,7 @@ def load_engine(
                 ),
                 threads=intra_op_threads,
                 cache_dir=cache_dir,
+                precision=precision,
             )
 
     if chosen == 'tensorrt':

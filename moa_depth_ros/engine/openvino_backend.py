@@ -8,10 +8,13 @@ keep in step) and compiles it for one device. What this module adds around it:
   ``EngineError`` that lists the ones it has;
 - compiled-model caching (OpenVINO's ``CACHE_DIR``): the first start compiles, later starts
   load the compiled blob (``compile_s`` says how long it took);
-- precision: ``fp32`` unless asked. A reduced precision hint (``bf16``, ``fp16``) is kept only
-  if, on fixed inputs (random, all-zero, saturated), its depth meets the same accuracy bar as
-  the int8 ONNX variant against FP32 (``moa_depth_ros.engine.accuracy``); otherwise the
-  engine runs FP32 and says why (``precision_note``, the node's log and /diagnostics).
+- precision: ``auto`` (the default) is the device's own preference, OpenVINO's default
+  inference precision for it: ``bf16`` on CPUs with native BF16 (AMX, AVX512-BF16), ``fp16``
+  on Intel GPUs, else ``fp32``. A reduced precision, asked for or preferred, is kept only if,
+  on fixed inputs (random, all-zero, saturated), its depth meets the same accuracy bar as the
+  int8 ONNX variant against FP32 (``moa_depth_ros.engine.accuracy``); otherwise the engine
+  runs FP32 and says why (``precision_note``, the node's log and /diagnostics).
+  ``precision='fp32'`` forces FP32 (what the parity tests compare).
 
 The graph is checked against its metadata (tensor names, [N,3,H,W] float32 in, two
 [N,1,H,W] float32 out) before the first frame, as the ONNX Runtime backend does.
@@ -43,6 +46,7 @@ _LOG = logging.getLogger(__name__)
 
 #: Precision hints this backend offers, and OpenVINO's element type names for them.
 PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16'}  # the hint's string form
+_FROM_OPENVINO = {name: ours for ours, name in PRECISIONS.items()}
 #: The capability a device reports (OPTIMIZATION_CAPABILITIES) for each precision.
 _CAPABILITY = {'fp32': 'FP32', 'bf16': 'BF16', 'fp16': 'FP16'}
 _DEVICE_RE = re.compile(r'^(auto|cpu|gpu([:.]\d+)?|npu)$')
@@ -135,10 +139,10 @@ class OpenVinoEngine(DepthEngine):
                 'requirements-openvino.txt (or choose backend:=onnxruntime)'
             ) from e
         self.path = pathlib.Path(path)
-        precision = precision or 'fp32'
-        if precision not in PRECISIONS:
+        precision = precision or 'auto'
+        if precision not in ('auto', *PRECISIONS):
             raise ConfigError(
-                f'OpenVINO precision must be one of {list(PRECISIONS)}, got {precision!r}'
+                f'OpenVINO precision must be auto or one of {list(PRECISIONS)}, got {precision!r}'
             )
         if intra_op_threads is not None and intra_op_threads < 0:
             raise ConfigError(f'intra_op_threads must be >= 0, got {intra_op_threads}')
@@ -147,13 +151,20 @@ class OpenVinoEngine(DepthEngine):
         super().__init__(read_onnx_metadata(self.path))
         self._core = ov.Core()
         self.device = openvino_device(device, self._core.available_devices)
+        #: What was asked for ('auto' or a precision); ``precision`` is what runs.
+        self.requested_precision = precision
+        if precision == 'auto':
+            precision = self._preferred_precision()
         capabilities = self._capabilities()
         if capabilities and _CAPABILITY[precision] not in capabilities:
-            raise ConfigError(
-                f'OpenVINO {self.device} cannot run {precision} (it offers '
-                f'{sorted(c for c in capabilities if c in _CAPABILITY.values())}); '
-                f'use precision:=fp32'
-            )
+            if self.requested_precision == 'auto':
+                precision = 'fp32'  # a plugin that prefers what it does not list
+            else:
+                raise ConfigError(
+                    f'OpenVINO {self.device} cannot run {precision} (it offers '
+                    f'{sorted(c for c in capabilities if c in _CAPABILITY.values())}); '
+                    f'use precision:=fp32'
+                )
         self.cache_dir = (
             pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         ) / 'openvino'
@@ -189,6 +200,14 @@ class OpenVinoEngine(DepthEngine):
         except Exception:  # a plugin that does not report them: let compilation decide
             return []
 
+    def _preferred_precision(self) -> str:
+        """Return the device's default inference precision (OpenVINO's choice), else fp32."""
+        try:
+            hint = self._core.get_property(self.device, 'INFERENCE_PRECISION_HINT')
+        except Exception:  # a plugin without the property runs what it compiles
+            return 'fp32'
+        return _FROM_OPENVINO.get(getattr(hint, 'to_string', lambda: str(hint))(), 'fp32')
+
     def _compile(self, precision: str) -> tuple[Any, Any]:
 
         config: dict[str, Any] = {
@@ -219,9 +238,11 @@ class OpenVinoEngine(DepthEngine):
         self.precision_check = worst
         if not failing:
             return
+        preferred = " (the device's default)" if self.requested_precision == 'auto' else ''
         self.precision_note = (
-            f'{precision} refused: its depth differs from fp32 by {worst["mean_rel_err"]:.2%} on '
-            f'average and {1 - worst["delta1_agreement"]:.2%} of pixels are off by more than '
+            f'{precision}{preferred} refused: its depth differs from fp32 by '
+            f'{worst["mean_rel_err"]:.2%} on average and '
+            f'{1 - worst["delta1_agreement"]:.2%} of pixels are off by more than '
             f'1.25x (allowed: {ACCURACY_BAR["mean_rel_err"]:.0%} and '
             f'{1 - ACCURACY_BAR["delta1_agreement"]:.0%}); running fp32'
         )
@@ -269,4 +290,5 @@ class OpenVinoEngine(DepthEngine):
     def describe(self) -> str:
         """One line for logs: model, OpenVINO device and the precision actually run."""
         note = f'; {self.precision_note}' if self.precision_note else ''
-        return f'{super().describe()} [OpenVINO {self.device} {self.precision}{note}]'
+        auto = ' (auto)' if self.requested_precision == 'auto' else ''
+        return f'{super().describe()} [OpenVINO {self.device} {self.precision}{auto}{note}]'

@@ -140,10 +140,12 @@ def test_the_bag_tools_options_are_the_offline_parameters():
 
 
 def test_pipeline_kwargs_build_a_pipeline_config():
+    assert not PipelineConfig(**params.NodeSettings().pipeline_kwargs()).flip_average
     settings = params.NodeSettings.from_values(
-        {'min_depth_m': 0.3, 'cloud_decimation': 4, 'cloud_organized': False}
+        {'min_depth_m': 0.3, 'cloud_decimation': 4, 'cloud_organized': False, 'flip_average': True}
     )
     config = PipelineConfig(**settings.pipeline_kwargs())
+    assert config.flip_average  # off by default: it doubles the network time
     assert (config.min_depth_m, config.max_depth_m) == (0.3, None)
     assert (config.decimation, config.organized, config.cloud, config.cloud_rgb) == (
         4,

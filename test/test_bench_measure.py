@@ -142,7 +142,8 @@ def test_moa_depth_bench_times_other_backends_and_peers_beside_the_model(tmp_pat
         ['tiny_peer', 'onnxruntime'],
         ['tiny_peer', 'openvino'],
     ]
-    assert rows[0][3] == rows[0][5] == '1.00'
+    assert rows[0][2] == 'fp32' and rows[1][2] in ('fp32', 'bf16', 'fp16')
+    assert rows[0][4] == rows[0][6] == '1.00'
     compared = json.loads(out.read_text())['compared']
     assert [(c['model_name'], c['backend']) for c in compared] == [
         (row[0], row[1]) for row in rows[1:]
@@ -150,7 +151,8 @@ def test_moa_depth_bench_times_other_backends_and_peers_beside_the_model(tmp_pat
     first = json.loads(out.read_text())['frames']['stages']['network']['median_ms']
     for row, run in zip(rows[1:], compared):
         net = run['stages']['network']['median_ms']
-        assert float(row[3]) == pytest.approx(net / first, abs=0.006)
+        assert float(row[4]) == pytest.approx(net / first, abs=0.006)
+        assert row[2] == run['precision']
 
 
 def test_moa_depth_bench_refuses_bad_counts_and_missing_files(tmp_path, capsys):

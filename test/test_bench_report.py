@@ -274,18 +274,19 @@ def test_markdown_puts_the_cpu_runtimes_and_peers_side_by_side_with_ratios():
 
     peer = 'depth_anything_v2_small@392x518'
     rows += [
-        row('moa_depthclip', 'openvino', 100.0),
+        {**row('moa_depthclip', 'openvino', 100.0), 'precision': 'bf16'},
         row(peer, 'onnxruntime', 400.0),
-        row(peer, 'openvino', 300.0),
+        {**row(peer, 'openvino', 300.0), 'precision': 'fp32'},
     ]
     text = report.render_markdown(results)
     section = text[text.index('CPU runtimes and peers side by side') :]
     table = [line for line in section.splitlines() if line.startswith('| ')][2:]
     cells = [[c.strip() for c in line.strip('|').split('|')] for line in table]
     assert [c[0] for c in cells[:2]] == ['moa_depthclip', f'{peer} (peer)']
-    # ONNX Runtime, OpenVINO, speed-up, frames, then network time / moa_depthclip's.
-    assert cells[0][1:] == ['250.0', '100.0', '2.50', '252.0', '102.0', '1.00', '1.00']
-    assert cells[1][1:] == ['400.0', '300.0', '1.33', '402.0', '302.0', '1.60', '3.00']
+    # ONNX Runtime, OpenVINO and its precision, speed-up, frames, then network time /
+    # moa_depthclip's on each runtime.
+    assert cells[0][1:] == ['250.0', '100.0', 'bf16', '2.50', '252.0', '102.0', '1.00', '1.00']
+    assert cells[1][1:] == ['400.0', '300.0', 'fp32', '1.33', '402.0', '302.0', '1.60', '3.00']
 
 
 def test_markdown_has_no_side_by_side_table_without_openvino():

@@ -119,14 +119,15 @@ def format_comparison(runs: list[dict[str, Any]]) -> list[str]:
     base_frame = first['total']['median_ms']
     lines = [
         "side by side (ratio = time / the first row's time; below 1 is faster):",
-        f'  {"model":<34}{"backend":<13}{"network ms":>11}{"x":>7}{"frame ms":>10}{"x":>7}',
+        f'  {"model":<34}{"backend":<13}{"precision":<10}{"network ms":>11}{"x":>7}'
+        f'{"frame ms":>10}{"x":>7}',
     ]
     for run in runs:
         net = run['stages']['network']['median_ms']
         frame = run['total']['median_ms']
         lines.append(
-            f'  {run["model_name"][:33]:<34}{run["backend"]:<13}{net:>11.1f}'
-            f'{net / base_net:>7.2f}{frame:>10.1f}{frame / base_frame:>7.2f}'
+            f'  {run["model_name"][:33]:<34}{run["backend"]:<13}{run["precision"]:<10}'
+            f'{net:>11.1f}{net / base_net:>7.2f}{frame:>10.1f}{frame / base_frame:>7.2f}'
         )
     return lines
 

@@ -233,6 +233,15 @@ def engine_device(engine: Any) -> str:
     return 'cuda' if providers[0] == 'CUDAExecutionProvider' else 'cpu'
 
 
+def engine_precision(engine: Any) -> str:
+    """Return the arithmetic the network ran in: fp32, bf16, fp16 or int8 (a quantized file)."""
+    if engine.backend == 'tensorrt':
+        return str(engine.sidecar.precision)
+    if engine.backend == 'onnxruntime':
+        return 'int8' if 'quantization' in engine.metadata.extra else 'fp32'
+    return str(getattr(engine, 'precision', 'fp32'))
+
+
 def measure_model(spec: dict[str, Any]) -> dict[str, Any]:
     """Load a model file, warm up and time ``spec['frames']`` camera frames end to end.
 
@@ -261,6 +270,7 @@ def measure_model(spec: dict[str, Any]) -> dict[str, Any]:
             'model_name': engine.model_name,
             'backend': engine.backend,
             'device': engine_device(engine),
+            'precision': engine_precision(engine),
             'load_s': load_s,
             'rss_before_load_mib': rss_start,
             'peak_rss_mib': peak_rss_mib(),

@@ -1,13 +1,14 @@
 """``python -m tools.bench engines``: per-model, per-backend latency next to the compute floor.
 
 For each model at its input size and batch 1: median and p90 latency and throughput of
-every available backend (torch, onnxruntime, tensorrt), the FLOP count of ``forward()``
+every available backend (torch, onnxruntime, openvino, tensorrt), the FLOP count of ``forward()``
 (``torch.utils.flop_counter``), and the machine's measured matmul rate in the same run,
 so ``ratio_to_floor`` (latency / (FLOPs / matmul rate)) shows how far each backend is from
 what this machine's GEMM units could do.
 
 Reduced-precision variants are measured too (torch bf16 autocast; onnxruntime int8 dynamic
-quantization) together with their parity against FP32 (relative depth error and delta1
+quantization; OpenVINO's default precision where the CPU prefers one, e.g. bf16 with AMX)
+together with their parity against FP32 (relative depth error and delta1
 agreement); ``accuracy_holds`` says whether a variant meets ``ACCURACY_BAR``. This is an
 offline tool: it imports torch, the model package and the exporter.
 """
@@ -23,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moa_depth_ros.bench.measure import machine_description, time_call
+from moa_depth_ros.bench.measure import machine_description, package_version, time_call
 from moa_depth_ros.engine.loader import BACKENDS
 from moa_depth_ros.errors import ConfigError, MoaDepthError
 from tools.bench.floors import count_flops, measure_matmul_rate, network_floor_ms, ratio
@@ -106,7 +107,7 @@ def bench_model(
         measure(reference_engine, 'torch', 'fp32', 'fp32')
         if variants:
             measure(TorchEngine(model, device='cpu', precision='bf16'), 'torch', 'bf16', 'bf16')
-    needs_onnx = 'onnxruntime' in backends or 'tensorrt' in backends
+    needs_onnx = bool({'onnxruntime', 'openvino', 'tensorrt'} & set(backends))
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         onnx_path = pathlib.Path(tmp) / f'{model.model_name}.onnx'
         if needs_onnx:
@@ -131,6 +132,8 @@ def bench_model(
                 else:
                     int8 = OnnxRuntimeEngine(int8_path, device='cpu', intra_op_threads=threads)
                     measure(int8, 'onnxruntime', 'int8-dynamic', 'int8')
+        if 'openvino' in backends:
+            _openvino_rows(onnx_path, tmp, threads, variants, measure, result['skipped'])
         if 'tensorrt' in backends:
             try:
                 engine = load_engine(onnx_path, backend='tensorrt', cache_dir=tmp)
@@ -140,6 +143,35 @@ def bench_model(
                 measure(engine, 'tensorrt', engine.sidecar.precision, 'gpu')
     reference_engine.close()
     return result
+
+
+def _openvino_rows(onnx_path, cache_dir, threads, variants, measure, skipped) -> None:
+    """OpenVINO FP32 and, as a variant, its default precision on this CPU (if not FP32)."""
+    from moa_depth_ros.engine.choice import openvino_installed
+
+    if not openvino_installed():
+        skipped['openvino'] = 'openvino is not installed (requirements-openvino.txt)'
+        return
+    from moa_depth_ros.engine.openvino_backend import OpenVinoEngine
+
+    def load(precision):
+        return OpenVinoEngine(
+            onnx_path,
+            device='cpu',
+            precision=precision,
+            intra_op_threads=threads,
+            cache_dir=cache_dir,
+        )
+
+    measure(load('fp32'), 'openvino', 'fp32', 'fp32')
+    if not variants:
+        return
+    preferred = load('auto')
+    if preferred.precision == 'fp32':
+        preferred.close()
+        skipped['openvino auto'] = preferred.precision_note or 'this CPU prefers fp32'
+        return
+    measure(preferred, 'openvino', preferred.precision, preferred.precision)
 
 
 def bench_engines(
@@ -174,6 +206,7 @@ def bench_engines(
         'torch_threads': torch.get_num_threads(),
         'torch': torch.__version__,
         'onnxruntime': onnxruntime.__version__,
+        'openvino': package_version('openvino'),
     }
     rates = {}
     for dtype in ('fp32', 'bf16', 'int8'):

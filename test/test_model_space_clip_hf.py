@@ -62,6 +62,20 @@ def _tiny_hf(kind: str, seed: int) -> nn.Module:
     return model.eval()
 
 
+def _lively(model: nn.Module) -> nn.Module:
+    """Give a random SPACE-CLIP decoder outputs that vary with the image.
+
+    At random initialisation the heads' final ReLU sees mostly negative values: depth is 0
+    everywhere (clamped to the minimum), and any two backbones would look equal. Biases of
+    2 m put the raw depth inside the range, where it follows the features.
+    """
+    perturb_batchnorm(model)
+    with torch.no_grad():
+        for head in [model.depth_prediction_head, *model.aux_depth_heads]:
+            head[3].bias.fill_(2.0)
+    return model
+
+
 def _official_state(hf: nn.Module, decoder_of: nn.Module, prefix: str) -> dict:
     """Return the official SPACECLIP state dict: HF backbone at ``prefix``, our decoder keys."""
     state = {prefix + k: v for k, v in hf.state_dict().items()}
@@ -94,8 +108,7 @@ def test_the_installed_transformers_writes_the_new_layout():
 @pytest.mark.parametrize('prefix', [NEW, OLD], ids=['transformers>=5.10', 'transformers<=5.5'])
 def test_clip_checkpoint_in_either_layout_computes_what_hf_computes(prefix, tmp_path):
     hf = _tiny_hf('clip', seed=1)
-    template = tiny_model('space_clip', seed=2)
-    perturb_batchnorm(template)
+    template = _lively(tiny_model('space_clip', seed=2))
     path = tmp_path / 'best_checkpoint.pt'
     torch.save({'model': _official_state(hf, template, prefix), 'epoch': 3}, path)
 
@@ -108,7 +121,8 @@ def test_clip_checkpoint_in_either_layout_computes_what_hf_computes(prefix, tmp_
         torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5, msg=f'hidden_states[{index}]')
     torch.testing.assert_close(got_pooled, want_pooled, rtol=1e-5, atol=2e-5)
     with torch.no_grad():  # the decoder came over bit for bit
-        assert torch.equal(model.forward_train(image)['aux'][0], _decoded(template, model, image))
+        aux = model.forward_train(image)['aux'][0]
+        assert aux.std() > 1e-3 and torch.equal(aux, _decoded(template, model, image))
 
 
 def _decoded(template, model, image):
@@ -239,7 +253,7 @@ def _tiny_official_model(kind: str, prefix: str, tmp_path):
     """Convert a tiny official checkpoint (``kind`` 'clip' or 'siglip') written at ``prefix``."""
     hf = _tiny_hf(kind, seed=10)
     template = tiny_model('space_clip', seed=11) if kind == 'clip' else tiny_siglip_space_clip(11)
-    perturb_batchnorm(template)
+    _lively(template)
     path = tmp_path / f'{kind}_best_checkpoint.pt'
     torch.save({'model': _official_state(hf, template, prefix), 'epoch': 1}, path)
     overrides = TINY_SPACE if kind == 'clip' else {'clip_cfg': TINY_SIGLIP_CFG, **_tiny_decoder()}
@@ -269,7 +283,7 @@ def test_converted_checkpoint_exports_and_runs_in_the_runtime_pipeline(kind, pre
     with torch.no_grad():
         want = model(torch.from_numpy(preprocess(rgb, model.input_hw)))[0][0, 0].numpy()
     want = cv2.resize(want, (80, 48), interpolation=cv2.INTER_LINEAR)
-    assert result.depth_m.shape == (48, 80)
+    assert result.depth_m.shape == (48, 80) and want.std() > 1e-3  # not a clamped constant
     np.testing.assert_allclose(result.depth_m, want, rtol=1e-4, atol=1e-5)
 
 

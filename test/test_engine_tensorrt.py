@@ -1,24 +1,33 @@
-"""The TensorRT builder and runtime, run against a fake ``tensorrt`` here, the real one on a GPU.
+"""The TensorRT builder and runtime against fake ``tensorrt`` 10 and 11; the real one on a GPU.
 
-The fake (test_engine_support.py) has the TensorRT 10 API surface the code uses, so every
-code path beneath TensorRT executes in CI: FP16 with normalization pinned to FP32, the
-workspace limit, the optimisation profile, the timing cache, the sidecar, refusing foreign
-engines, and the build-once cache. Tests marked ``tensorrt`` and ``gpu`` build and run a real
-engine and skip elsewhere.
+The fakes (fake_tensorrt.py) model both API surfaces: TensorRT 10 builds weakly typed FP16
+with builder flags and layer precisions; TensorRT 11 has neither and builds the types its
+ONNX states. Their engines emulate FP16 through the layers (rounding, overflow to inf, the
+sum of squares behind a ReduceL2), so the accuracy check after every build can fail here as
+it fails on a GPU. Tests marked ``tensorrt`` and ``gpu`` build and run a real engine and
+skip elsewhere; test/gpu_acceptance.sh is the longer check for a GPU machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pathlib
+import subprocess
 import sys
 import threading
 import types
 
+from fake_tensorrt import FakeCuda, make_fake_tensorrt
 import numpy as np
 import pytest
-from test_engine_support import FakeCuda, TinyDepthNet, make_fake_tensorrt, random_image
+from test_engine_support import TinyDepthNet, random_image
+import torch
+import torch.nn.functional as F
 
 from moa_depth_ros.engine import cache, load_engine, tensorrt_backend, tensorrt_builder
+from moa_depth_ros.engine.onnx_backend import read_onnx_metadata
 from moa_depth_ros.engine.tensorrt_backend import TensorRTEngine
 from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
 from training import build_engine as build_engine_cli
@@ -26,6 +35,55 @@ from training import export
 
 GPU = 'NVIDIA Fake GPU'
 FP16_TOLERANCE = 2e-3  # relative to the output's peak; FP16 has an 11-bit mantissa
+VERSIONS = ('10.3.0', '11.0.0')
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class NormalizedLogitNet(torch.nn.Module):
+    """DepthCLIP's head in miniature: wide features, F.normalize, cosine x logit scale, bins.
+
+    With ``feature_gain`` 10 the features' RMS is far past 5.7, so the sum of squares behind
+    F.normalize overflows FP16; a ``logit_scale`` past 65504 overflows whatever is pinned.
+    """
+
+    model_name = 'normalized_logits'
+
+    def __init__(self, channels=512, feature_gain=10.0, logit_scale=100.0, bins=7, seed=0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.input_hw = (24, 32)
+        self.logit_scale = logit_scale
+        self.stem = torch.nn.Conv2d(3, channels, 3, padding=1)
+        with torch.no_grad():
+            self.stem.weight.copy_(
+                torch.randn(self.stem.weight.shape, generator=generator) * feature_gain
+            )
+            self.stem.bias.zero_()
+        text = F.normalize(torch.randn(bins, channels, generator=generator), dim=1)
+        self.register_buffer('text', text[:, :, None, None])
+        self.register_buffer('bin_centers_m', torch.linspace(1.0, 3.0, bins).view(1, -1, 1, 1))
+
+    def forward(self, image):
+        x = F.normalize(torch.relu(self.stem(image - 0.5)), dim=1)
+        prob = torch.softmax(F.conv2d(x, self.text) * self.logit_scale, dim=1)
+        depth = (prob * self.bin_centers_m).sum(dim=1, keepdim=True)
+        return depth, prob.amax(dim=1, keepdim=True)
+
+    def describe(self):
+        h, w = self.input_hw
+        return {
+            'model_name': self.model_name,
+            'input_height': str(h),
+            'input_width': str(w),
+            'min_depth_m': '1.0',
+            'max_depth_m': '3.0',
+            'config_json': json.dumps({'logit_scale': self.logit_scale}),
+            'config_digest': 'normalized-logits',
+        }
+
+
+class TinyDepthClip(TinyDepthNet):
+    model_name = 'depthclip'
 
 
 @pytest.fixture(scope='module')
@@ -37,170 +95,311 @@ def onnx_files(tmp_path_factory):
     return root / 'static.onnx', root / 'dynamic.onnx'
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    cuda = FakeCuda(GPU)
-    trt = make_fake_tensorrt(cuda=cuda)
+@pytest.fixture(scope='module')
+def risky_onnx(tmp_path_factory):
+    """(overflowing normalize, logits past FP16's range), both as ONNX files."""
+    root = tmp_path_factory.mktemp('risky')
+    export.export_onnx(NormalizedLogitNet().eval(), root / 'overflow.onnx')
+    export.export_onnx(NormalizedLogitNet(logit_scale=1e5).eval(), root / 'hopeless.onnx')
+    return root / 'overflow.onnx', root / 'hopeless.onnx'
+
+
+def _install(monkeypatch, version='10.3.0', cuda=None, **kwargs):
+    cuda = cuda or FakeCuda(GPU)
+    trt = make_fake_tensorrt(version, cuda=cuda, **kwargs)
     monkeypatch.setitem(sys.modules, 'tensorrt', trt)
     monkeypatch.setattr(tensorrt_backend, 'default_cuda_api', lambda device='auto': cuda)
     return types.SimpleNamespace(trt=trt, cuda=cuda, monkeypatch=monkeypatch)
+
+
+@pytest.fixture(params=VERSIONS)
+def fake(request, monkeypatch):
+    """Install the fake TensorRT, once as 10.3 (weakly typed), once as 11.0 (strongly typed)."""
+    return _install(monkeypatch, request.param)
+
+
+@pytest.fixture
+def fake10(monkeypatch):
+    return _install(monkeypatch, '10.3.0')
 
 
 def _ort(path, image):
     return load_engine(path, backend='onnxruntime').infer(image)
 
 
-def test_fp16_build_pins_normalization_to_fp32(fake, onnx_files, tmp_path):
+def _fp16_options(**changes):
+    return tensorrt_builder.BuildOptions(precision='fp16', **changes)
+
+
+def test_fp16_on_tensorrt_10_is_weakly_typed_and_pins_nothing(fake10, onnx_files, tmp_path):
+    trt = fake10.trt
     engine_path = tmp_path / 'm.engine'
-    options = tensorrt_builder.BuildOptions(workspace_bytes=1 << 28)
-    sidecar = tensorrt_builder.build_engine(onnx_files[0], engine_path, options)
-    network, config = fake.trt.builds[-1]
-    trt = fake.trt
+    sidecar = tensorrt_builder.build_engine(
+        onnx_files[0], engine_path, _fp16_options(workspace_bytes=1 << 28)
+    )
+    network, config = trt.builds[-1]
     assert config.pool_limits == {trt.MemoryPoolType.WORKSPACE: 1 << 28}
-    assert {trt.BuilderFlag.FP16, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS} <= config.flags
-    norms = [layer for layer in network.layers if layer.type == trt.LayerType.NORMALIZATION]
-    assert len(norms) == 1 == sidecar.fp32_layers
-    assert norms[0].precision == trt.float32 and norms[0].output_types == {0: trt.float32}
-    others = [layer for layer in network.layers if layer.type != trt.LayerType.NORMALIZATION]
-    assert not any(layer.precision_was_set for layer in others)
+    assert trt.BuilderFlag.FP16 in config.flags
+    assert trt.BuilderFlag.TF32 not in config.flags
+    # The parser computes LayerNorm in FP32 already: pinning it would be redundant.
+    assert trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS not in config.flags
+    assert not any(layer.precision_was_set for layer in network.layers)
+    assert sidecar.typing == 'weakly_typed' and sidecar.precision == 'fp16'
+    assert sidecar.fp32_layer_names == ('/norm/LayerNormalization',) and sidecar.fp32_layers == 1
     assert config.profiles == []  # static batch: no optimisation profile
-    assert sidecar.precision == 'fp16' and sidecar.batch_profile is None
-    assert sidecar.gpu_name == GPU and sidecar.tensorrt_version == '10.3.0'
+    assert sidecar.batch_profile is None and sidecar.tensorrt_version == '10.3.0'
+    assert sidecar.gpu == fake10.cuda.device_info()
     assert sidecar.onnx_sha256 == cache.file_sha256(onnx_files[0])
     assert sidecar.engine_sha256 == cache.file_sha256(engine_path)
+    assert sidecar.package_version and sidecar.build_options['precision'] == 'fp16'
     assert cache.read_sidecar(engine_path) == sidecar
 
 
+def test_fp16_on_tensorrt_11_builds_a_strongly_typed_fp16_graph(monkeypatch, onnx_files, tmp_path):
+    fake = _install(monkeypatch, '11.0.0')
+    sidecar = tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'm.engine', _fp16_options())
+    network, config = fake.trt.builds[-1]
+    assert network.strongly_typed and sidecar.typing == 'strongly_typed'
+    assert fake.trt.BuilderFlag.TF32 not in config.flags
+    graph = network.model.graph
+    # Compute in FP16 (weights converted), I/O and LayerNorm in FP32, casts between.
+    assert any(t.data_type == 10 for t in graph.initializer)
+    assert all(v.type.tensor_type.elem_type == 1 for v in (*graph.input, *graph.output))
+    assert any(node.op_type == 'Cast' for node in graph.node)
+    assert sidecar.fp32_layer_names == ('/norm/LayerNormalization',)
+    assert sidecar.parity['passed'] and sidecar.precision == 'fp16'
+
+
+def test_the_tensorrt_11_fake_has_no_weak_typing_surface(monkeypatch):
+    trt = _install(monkeypatch, '11.0.0').trt
+    for name in ('FP16', 'INT8', 'OBEY_PRECISION_CONSTRAINTS', 'PREFER_PRECISION_CONSTRAINTS'):
+        assert not hasattr(trt.BuilderFlag, name)
+    assert hasattr(trt.BuilderFlag, 'TF32')
+    builder = trt.Builder(trt.Logger())
+    assert not hasattr(builder, 'platform_has_fast_fp16')
+    layer = trt.Layer11('conv', trt.LayerType.CONVOLUTION, 1, 'conv')
+    with pytest.raises(AttributeError):
+        layer.precision = trt.float32
+    with pytest.raises(AttributeError):
+        layer.set_output_type(0, trt.float32)
+    assert not tensorrt_backend.has_weak_typing(trt)
+
+
+def test_every_build_records_its_parity_with_onnxruntime(fake, onnx_files, tmp_path):
+    sidecar = tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'm.engine', _fp16_options())
+    parity = sidecar.parity
+    assert parity['passed'] and parity['reference'].startswith('onnxruntime fp32')
+    assert set(parity['inputs']) == {'random', 'zero', 'saturated'}
+    for result in parity['inputs'].values():
+        assert result['passed'] and result['finite']
+        assert 0 < result['mean_rel_err'] < 1e-3 and result['delta1_agreement'] == 1.0
+    assert parity['attempts'] == [
+        {'fp32_layers': 1, 'sensitive_fp32': False, 'passed': True},
+    ]
+
+
+def test_fp32_is_fp32_without_tf32_unless_asked(fake, onnx_files, tmp_path):
+    options = tensorrt_builder.BuildOptions(precision='fp32')
+    sidecar = tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'a.engine', options)
+    flags = fake.trt.builds[-1][1].flags
+    assert fake.trt.BuilderFlag.TF32 not in flags and not sidecar.tf32
+    assert not hasattr(fake.trt.BuilderFlag, 'FP16') or fake.trt.BuilderFlag.FP16 not in flags
+    assert sidecar.precision == 'fp32' and sidecar.fp32_layers == 0
+    assert sidecar.parity['inputs']['random']['mean_rel_err'] < 1e-6
+    options = dataclasses.replace(options, tf32=True)
+    sidecar = tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'b.engine', options)
+    assert fake.trt.BuilderFlag.TF32 in fake.trt.builds[-1][1].flags and sidecar.tf32
+
+
+def test_depthclip_builds_in_fp32_by_default(fake, tmp_path):
+    onnx_path = tmp_path / 'depthclip.onnx'
+    export.export_onnx(TinyDepthClip(), onnx_path)
+    sidecar = tensorrt_builder.build_engine(onnx_path, tmp_path / 'd.engine')
+    assert sidecar.precision == sidecar.requested_precision == 'fp32' and not sidecar.tf32
+    assert fake.trt.builds[-1][0].model.graph.initializer[0].data_type == 1  # no FP16 graph
+    other = tmp_path / 'other.onnx'
+    export.export_onnx(TinyDepthNet(), other)
+    assert tensorrt_builder.build_engine(other, tmp_path / 'o.engine').precision == 'fp16'
+
+
+def test_fp16_overflow_is_rebuilt_with_the_sensitive_layers_in_fp32(fake, risky_onnx, tmp_path):
+    engine_path = tmp_path / 'n.engine'
+    sidecar = tensorrt_builder.build_engine(risky_onnx[0], engine_path, _fp16_options())
+    first, second = sidecar.parity['attempts']
+    assert not first['passed'] and second['passed'] and second['sensitive_fp32']
+    assert len(fake.trt.builds) == 2
+    network, config = fake.trt.builds[-1]
+    if tensorrt_backend.has_weak_typing(fake.trt):
+        reduce = [layer for layer in network.layers if layer.type == fake.trt.LayerType.REDUCE]
+        assert reduce and all(layer.precision == fake.trt.float32 for layer in reduce)
+        assert reduce[0].output_types == {0: fake.trt.float32}
+        assert fake.trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS in config.flags
+    else:
+        node = next(n for n in network.model.graph.node if n.op_type == 'ReduceL2')
+        assert node.name in sidecar.fp32_layer_names
+    assert any('Reduce' in name for name in sidecar.fp32_layer_names)
+    engine = TensorRTEngine(engine_path)
+    image = np.ones((1, 3, 24, 32), np.float32)  # saturated: where FP16 overflows first
+    errors = export.parity_errors(_ort(risky_onnx[0], image), engine.infer(image))
+    assert errors['depth_rel'] < 1e-2
+    engine.close()
+
+
+def test_the_overflow_is_real_in_the_emulation(fake10, risky_onnx):
+    # Without the retry's pins the saturated input gives a wrong depth: the fake emulates
+    # FP16 through the layers, not by rounding the outputs.
+    build = tensorrt_builder._build_once(
+        fake10.trt,
+        os.fspath(risky_onnx[0]),
+        read_onnx_metadata(risky_onnx[0]),
+        _fp16_options(),
+        'fp16',
+        sensitive_fp32=False,
+    )
+    fake10.cuda.activate()
+    engine = fake10.trt.Runtime(fake10.trt.Logger()).deserialize_cuda_engine(build.data)
+    image = np.ones((1, 3, 24, 32), np.float32)
+    depth = engine.session.run(['depth'], {'image': image})[0]
+    reference = _ort(risky_onnx[0], image)[0]
+    assert np.abs(depth - reference).mean() / reference.mean() > 0.01
+
+
+def test_fp16_that_misses_the_bar_is_refused_with_the_reason(fake, risky_onnx, tmp_path):
+    with pytest.raises(EngineError, match=r'refused: the FP16 .*misses the accuracy bar.*fp32'):
+        tensorrt_builder.build_engine(risky_onnx[1], tmp_path / 'x.engine', _fp16_options())
+    assert list(tmp_path.iterdir()) == []  # nothing served, nothing written
+    assert len(fake.trt.builds) == 2  # tried again with the sensitive layers in FP32
+
+
 def test_dynamic_batch_gets_an_optimisation_profile(fake, onnx_files, tmp_path):
-    options = tensorrt_builder.BuildOptions(precision='fp32', batch_profile=(1, 2, 4))
+    options = tensorrt_builder.BuildOptions(precision='fp32', batch_profile=(2, 2, 4))
     sidecar = tensorrt_builder.build_engine(onnx_files[1], tmp_path / 'd.engine', options)
     _, config = fake.trt.builds[-1]
     assert config.profiles[0].shapes['image'] == (
-        (1, 3, 24, 32),
+        (2, 3, 24, 32),
         (2, 3, 24, 32),
         (4, 3, 24, 32),
     )
-    assert fake.trt.BuilderFlag.FP16 not in config.flags
-    assert sidecar.batch_profile == (1, 2, 4) and sidecar.precision == 'fp32'
+    assert sidecar.batch_profile == (2, 2, 4) and sidecar.precision == 'fp32'
+    assert sidecar.parity['batch'] == 2  # checked at the profile's smallest batch
 
 
 def test_gpu_without_fast_fp16_gets_fp32(monkeypatch, onnx_files, tmp_path):
-    trt = make_fake_tensorrt(fast_fp16=False)
-    monkeypatch.setitem(sys.modules, 'tensorrt', trt)
-    sidecar = tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'e.engine', gpu='Old GPU')
+    fake = _install(monkeypatch, '10.3.0', fast_fp16=False)
+    sidecar = tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'e.engine', _fp16_options())
     assert sidecar.precision == 'fp32' and sidecar.requested_precision == 'fp16'
-    assert trt.BuilderFlag.FP16 not in trt.builds[-1][1].flags
+    assert fake.trt.BuilderFlag.FP16 not in fake.trt.builds[-1][1].flags
 
 
-def test_timing_cache_is_written_and_reused(fake, onnx_files, tmp_path):
+def test_timing_cache_is_written_and_reused(fake10, onnx_files, tmp_path):
     timing = tmp_path / 'timing.cache'
     options = tensorrt_builder.BuildOptions(timing_cache=timing)
     tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'a.engine', options)
     assert timing.read_bytes().startswith(b'TIMING:10.3.0')
     first = timing.read_bytes()
     tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'b.engine', options)
-    assert fake.trt.builds[-1][1].timing_cache.loaded_from == first
+    assert fake10.trt.builds[-1][1].timing_cache.loaded_from == first
     timing.write_bytes(b'TIMING:9.0.0:from another release')
     tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'c.engine', options)
-    assert fake.trt.builds[-1][1].timing_cache.loaded_from == b''  # rejected -> fresh
+    assert fake10.trt.builds[-1][1].timing_cache.loaded_from == b''  # rejected -> fresh
 
 
-def test_unreadable_timing_cache_starts_afresh(fake, onnx_files, tmp_path, monkeypatch):
-    create = fake.trt.BuilderConfig.create_timing_cache
+def test_unreadable_timing_cache_starts_afresh(fake10, onnx_files, tmp_path, monkeypatch):
+    create = fake10.trt.BuilderConfig.create_timing_cache
 
     def strict_create(self, data):
         # A blob TensorRT cannot read at all gives no cache object.
         return None if data and not bytes(data).startswith(b'TIMING:') else create(self, data)
 
-    monkeypatch.setattr(fake.trt.BuilderConfig, 'create_timing_cache', strict_create)
+    monkeypatch.setattr(fake10.trt.BuilderConfig, 'create_timing_cache', strict_create)
     timing = tmp_path / 'timing.cache'
     timing.write_bytes(b'\x00garbage from a crashed write')
     options = tensorrt_builder.BuildOptions(timing_cache=timing)
     tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'a.engine', options)
-    assert fake.trt.builds[-1][1].timing_cache.loaded_from == b''
+    assert fake10.trt.builds[-1][1].timing_cache.loaded_from == b''
     assert timing.read_bytes().startswith(b'TIMING:10.3.0')  # replaced by a good cache
 
 
 def test_failed_build_writes_nothing(monkeypatch, onnx_files, tmp_path):
-    monkeypatch.setitem(sys.modules, 'tensorrt', make_fake_tensorrt(fail_build=True))
+    _install(monkeypatch, fail_build=True)
     with pytest.raises(EngineError, match='failed to build'):
-        tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'x.engine', gpu=GPU)
+        tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'x.engine')
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unparsable_onnx_reports_parser_errors(fake, onnx_files, tmp_path, monkeypatch):
-    bad = tmp_path / 'bad.onnx'
-    bad.write_bytes(onnx_files[0].read_bytes())
-
     def refuse(self, model):
         self.errors.append(fake.trt.ParserError('unsupported operator FancyOp'))
         return False
 
     monkeypatch.setattr(fake.trt.OnnxParser, 'parse_from_file', refuse)
     with pytest.raises(EngineError, match='cannot parse the ONNX: .*FancyOp'):
-        tensorrt_builder.build_engine(bad, tmp_path / 'x.engine')
+        tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'x.engine')
 
 
-def test_engine_runs_and_matches_onnxruntime(fake, onnx_files, tmp_path):
+def test_engine_runs_from_pinned_buffers_and_matches_onnxruntime(fake, onnx_files, tmp_path):
     engine_path = tmp_path / 'm.engine'
-    tensorrt_builder.build_engine(onnx_files[0], engine_path, tensorrt_builder.BuildOptions())
+    tensorrt_builder.build_engine(onnx_files[0], engine_path, _fp16_options())
     engine = load_engine(engine_path)
     assert isinstance(engine, TensorRTEngine) and engine.backend == 'tensorrt'
     assert engine.input_hw == (24, 32) and engine.depth_range_m == (0.25, 8.0)
     image = random_image(engine.input_hw, batch=2, seed=7)
     depth, confidence = engine.infer(image)  # static batch 1: two runs
     assert depth.shape == (2, 1, 24, 32) and depth.dtype == np.float32
+    again, _ = engine.infer(image)
+    np.testing.assert_array_equal(depth, again)  # outputs are copies, not staging views
     errors = export.parity_errors(_ort(onnx_files[0], image), (depth, confidence))
     assert 0 < errors['depth_rel'] < FP16_TOLERANCE
     assert errors['confidence_rel'] < FP16_TOLERANCE
-    assert len(fake.trt.executions) == 2
+    assert fake.cuda.pageable_copies == 0 and fake.cuda.pinned
     assert 'fp16' in engine.describe() and GPU in engine.describe()
     engine.close()
     engine.close()
-    assert fake.cuda.memory == {} and fake.cuda.streams == set()
+    assert fake.cuda.memory == {} and fake.cuda.pinned == {} and fake.cuda.streams == set()
     with pytest.raises(EngineError, match='closed'):
         engine.infer(image)
 
 
-def test_dynamic_engine_splits_batches_beyond_the_profile(fake, onnx_files, tmp_path):
+def test_dynamic_engine_splits_batches_beyond_the_profile(fake10, onnx_files, tmp_path):
     engine_path = tmp_path / 'd.engine'
     options = tensorrt_builder.BuildOptions(precision='fp32', batch_profile=(1, 1, 2))
     tensorrt_builder.build_engine(onnx_files[1], engine_path, options)
-    engine = TensorRTEngine(engine_path, cuda=fake.cuda)
+    fake10.trt.executions.clear()
+    engine = TensorRTEngine(engine_path, cuda=fake10.cuda)
     image = random_image(engine.input_hw, batch=5, seed=8)
     depth, confidence = engine.infer(image)
     reference = _ort(onnx_files[1], image)
     np.testing.assert_allclose(depth, reference[0], rtol=1e-6)
     np.testing.assert_allclose(confidence, reference[1], rtol=1e-6)
-    assert len(fake.trt.executions) == 3  # 2 + 2 + 1
+    assert len(fake10.trt.executions) == 3  # 2 + 2 + 1
 
 
 def test_dynamic_engine_with_a_single_size_profile_still_sets_the_shape(
-    fake, onnx_files, tmp_path
+    fake10, onnx_files, tmp_path
 ):
     # `build-engine --batch 1 1 1` on a dynamic-batch ONNX: the engine's input is still
     # [-1, 3, H, W], so every run must set the input shape.
     engine_path = tmp_path / 'one.engine'
     options = tensorrt_builder.BuildOptions(precision='fp32', batch_profile=(1, 1, 1))
     tensorrt_builder.build_engine(onnx_files[1], engine_path, options)
-    engine = TensorRTEngine(engine_path, cuda=fake.cuda)
+    engine = TensorRTEngine(engine_path, cuda=fake10.cuda)
     image = random_image(engine.input_hw, batch=3, seed=4)
     depth, _ = engine.infer(image)
     np.testing.assert_allclose(depth, _ort(onnx_files[1], image)[0], rtol=1e-6)
 
 
-def test_batches_the_profile_cannot_take_are_refused(fake, onnx_files, tmp_path):
+def test_batches_the_profile_cannot_take_are_refused(fake10, onnx_files, tmp_path):
     engine_path = tmp_path / 'two.engine'
     options = tensorrt_builder.BuildOptions(precision='fp32', batch_profile=(2, 2, 4))
     tensorrt_builder.build_engine(onnx_files[1], engine_path, options)
-    engine = TensorRTEngine(engine_path, cuda=fake.cuda)
+    engine = TensorRTEngine(engine_path, cuda=fake10.cuda)
     assert engine.infer(random_image(engine.input_hw, batch=8))[0].shape[0] == 8
     for batch in (1, 5):  # below the minimum; 4 + 1 leaves a chunk below it
         with pytest.raises(EngineError, match=f'batches of 2 to 4 .*a batch of {batch}'):
             engine.infer(random_image(engine.input_hw, batch=batch))
 
 
-def test_engine_runs_from_a_worker_thread(fake, onnx_files, tmp_path):
+def test_engine_runs_from_a_worker_thread(fake10, onnx_files, tmp_path):
     # The node loads the engine on its main thread and infers on a worker thread, whose
     # current CUDA device is 0 unless the engine makes its own device current there.
     engine_path = tmp_path / 'm.engine'
@@ -215,18 +414,23 @@ def test_engine_runs_from_a_worker_thread(fake, onnx_files, tmp_path):
     np.testing.assert_allclose(results[0][0], _ort(onnx_files[0], image)[0], rtol=2e-3)
 
 
-def test_engine_from_another_gpu_or_version_is_refused(fake, onnx_files, tmp_path):
+def test_engine_from_another_gpu_or_version_is_refused(fake10, onnx_files, tmp_path):
     engine_path = tmp_path / 'm.engine'
-    tensorrt_builder.build_engine(onnx_files[0], engine_path, gpu='NVIDIA Jetson AGX Orin')
-    with pytest.raises(EngineError, match=r"GPU 'NVIDIA Jetson AGX Orin'.*build-engine"):
+    agx = FakeCuda('Orin', compute_capability='8.7', sm_count=16)
+    tensorrt_builder.build_engine(onnx_files[0], engine_path, cuda=agx)
+    with pytest.raises(EngineError, match=r"GPU 'Orin'.*build-engine"):
         load_engine(engine_path)
+    # Every Jetson Orin reports "Orin": the SM count tells an Orin Nano from an AGX Orin.
+    nano = FakeCuda('Orin', compute_capability='8.7', sm_count=8)
+    with pytest.raises(EngineError, match=r'a Orin with 16 SMs \(this one has 8\)'):
+        TensorRTEngine(engine_path, cuda=nano)
     tensorrt_builder.build_engine(onnx_files[0], engine_path)
-    fake.monkeypatch.setattr(fake.trt, '__version__', '10.7.0')
+    fake10.monkeypatch.setattr(fake10.trt, '__version__', '10.7.0')
     with pytest.raises(EngineError, match=r'TensorRT 10\.3\.0 \(this machine has 10\.7\.0\)'):
         load_engine(engine_path)
 
 
-def test_tampered_engine_or_missing_sidecar(fake, onnx_files, tmp_path):
+def test_tampered_engine_or_missing_sidecar(fake10, onnx_files, tmp_path):
     engine_path = tmp_path / 'm.engine'
     tensorrt_builder.build_engine(onnx_files[0], engine_path)
     engine_path.write_bytes(engine_path.read_bytes()[:-10])
@@ -237,7 +441,7 @@ def test_tampered_engine_or_missing_sidecar(fake, onnx_files, tmp_path):
         load_engine(engine_path)
 
 
-def test_engine_that_tensorrt_cannot_deserialize(fake, onnx_files, tmp_path):
+def test_engine_that_tensorrt_cannot_deserialize(fake10, onnx_files, tmp_path):
     engine_path = tmp_path / 'm.plan'
     sidecar = tensorrt_builder.build_engine(onnx_files[0], engine_path)
     engine_path.write_bytes(b'garbage' * 10)
@@ -250,20 +454,105 @@ def test_engine_that_tensorrt_cannot_deserialize(fake, onnx_files, tmp_path):
 def test_node_start_builds_once_then_uses_the_cache(fake, onnx_files, tmp_path):
     cache_dir = tmp_path / 'cache'
     first = load_engine(onnx_files[0], backend='tensorrt', cache_dir=cache_dir)
-    assert len(fake.trt.builds) == 1
+    builds = len(fake.trt.builds)
+    assert builds == 1
     first.close()
     second = load_engine(onnx_files[0], backend='tensorrt', cache_dir=cache_dir)
-    assert len(fake.trt.builds) == 1  # cache hit: no rebuild
+    assert len(fake.trt.builds) == builds  # cache hit: no rebuild
     assert second.path == first.path and second.path.parent == cache_dir
     assert any(p.name.startswith('timing-') for p in cache_dir.iterdir())
     load_engine(onnx_files[0], backend='tensorrt', cache_dir=cache_dir, precision='fp32')
-    assert len(fake.trt.builds) == 2  # another precision is another engine
+    assert len(fake.trt.builds) == builds + 1  # another precision is another engine
     fake.cuda.name = 'NVIDIA Other GPU'
     third = load_engine(onnx_files[0], backend='tensorrt', cache_dir=cache_dir)
-    assert len(fake.trt.builds) == 3 and third.path != first.path
+    assert len(fake.trt.builds) == builds + 2 and third.path != first.path
 
 
-def test_loader_rules_for_tensorrt(fake, onnx_files, tmp_path):
+def test_cache_key_holds_build_options_and_gpu_facts(fake10, onnx_files, tmp_path):
+    ensure = tensorrt_builder.ensure_engine
+    base = ensure(onnx_files[0], cache_dir=tmp_path)
+    bigger = tensorrt_builder.BuildOptions(workspace_bytes=1 << 30)
+    assert ensure(onnx_files[0], cache_dir=tmp_path, options=bigger) != base
+    assert ensure(onnx_files[0], cache_dir=tmp_path, precision='fp16') == base  # the default
+    fake10.cuda.sm_count = 8  # same name, another GPU
+    assert ensure(onnx_files[0], cache_dir=tmp_path) != base
+    assert len(fake10.trt.builds) == 3
+
+
+def test_a_refused_engine_is_never_cached(fake10, risky_onnx, tmp_path):
+    for _ in range(2):
+        with pytest.raises(EngineError, match='refused'):
+            load_engine(risky_onnx[1], backend='tensorrt', cache_dir=tmp_path, precision='fp16')
+    assert not list(tmp_path.glob('*.engine'))
+
+
+def test_builds_and_runs_on_the_device_it_is_given(monkeypatch, onnx_files, tmp_path):
+    gpus = [FakeCuda('NVIDIA GPU Zero', index=0), FakeCuda('NVIDIA GPU One', index=1, sm_count=8)]
+    trt = make_fake_tensorrt('10.3.0', cuda=gpus[0])
+    monkeypatch.setitem(sys.modules, 'tensorrt', trt)
+    monkeypatch.setattr(
+        tensorrt_backend,
+        'default_cuda_api',
+        lambda device='auto': gpus[tensorrt_backend.parse_cuda_device(device)],
+    )
+    gpus[0].activate()  # the thread's current device is 0, as in a fresh process
+    path = tensorrt_builder.ensure_engine(onnx_files[0], device='cuda:1', cache_dir=tmp_path)
+    sidecar = cache.read_sidecar(path)
+    assert sidecar.gpu_name == 'NVIDIA GPU One' and sidecar.gpu_sm_count == 8
+    engine = TensorRTEngine(path, device='cuda:1')
+    image = random_image(engine.input_hw, seed=1)
+    np.testing.assert_allclose(engine.infer(image)[0], _ort(onnx_files[0], image)[0], rtol=2e-3)
+    engine.close()
+    with pytest.raises(EngineError, match='NVIDIA GPU One'):
+        TensorRTEngine(path, device='cuda:0')
+    # A later start on cuda:1, through the loader as the node starts, finds the engine.
+    builds = len(trt.builds)
+    engine = load_engine(onnx_files[0], backend='tensorrt', device='cuda:1', cache_dir=tmp_path)
+    assert engine.path == path and len(trt.builds) == builds
+    engine.close()
+
+
+_CHILD = """
+import json, sys
+from fake_tensorrt import FakeCuda, make_fake_tensorrt
+cuda = FakeCuda('NVIDIA Fake GPU')
+sys.modules['tensorrt'] = make_fake_tensorrt(
+    sys.argv[4], cuda=cuda, build_log=sys.argv[3], build_delay_s=1.0
+)
+from moa_depth_ros.engine import tensorrt_backend, tensorrt_builder
+path = tensorrt_builder.ensure_engine(sys.argv[1], cache_dir=sys.argv[2], cuda=cuda)
+engine = tensorrt_backend.TensorRTEngine(path, cuda=cuda)
+print(json.dumps({'path': str(path), 'sha256': engine.sidecar.engine_sha256}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('version', VERSIONS)
+def test_two_processes_starting_together_build_once(onnx_files, tmp_path, version):
+    log = tmp_path / 'builds.log'
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'test')])}
+    args = [str(onnx_files[0]), str(tmp_path / 'cache'), str(log), version]
+    children = [
+        subprocess.Popen(
+            [sys.executable, '-c', _CHILD, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert len(log.read_text().split()) == 1  # one build; the other process waited for it
+    assert results[0] == results[1]
+    assert cache.file_sha256(results[0]['path']) == results[0]['sha256']
+
+
+def test_loader_rules_for_tensorrt(fake10, onnx_files, tmp_path):
     engine_path = tmp_path / 'm.engine'
     tensorrt_builder.build_engine(onnx_files[0], engine_path)
     with pytest.raises(ConfigError, match='precision is fixed'):
@@ -279,9 +568,16 @@ def test_import_tensorrt_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, 'tensorrt', types.ModuleType('tensorrt'))
     with pytest.raises(EngineError, match='stub'):
         tensorrt_backend.import_tensorrt()
-    monkeypatch.setitem(sys.modules, 'tensorrt', make_fake_tensorrt(version='8.6.1'))
-    with pytest.raises(EngineError, match='too old'):
+    for version in ('8.6.1', '10.2.0'):
+        monkeypatch.setitem(sys.modules, 'tensorrt', make_fake_tensorrt(version=version))
+        with pytest.raises(EngineError, match=r'too old.*10\.3'):
+            tensorrt_backend.import_tensorrt()
+    monkeypatch.setitem(sys.modules, 'tensorrt', make_fake_tensorrt(version='12.0.0'))
+    with pytest.raises(EngineError, match='newer than moa_depth_ros supports'):
         tensorrt_backend.import_tensorrt()
+    for version in ('10.3.0.26', '11.4.1'):
+        monkeypatch.setitem(sys.modules, 'tensorrt', make_fake_tensorrt(version=version))
+        assert tensorrt_backend.import_tensorrt().__version__ == version
 
 
 def test_cuda_device_parsing():
@@ -289,6 +585,62 @@ def test_cuda_device_parsing():
     assert tensorrt_backend.parse_cuda_device('cuda:2') == 2
     with pytest.raises(ConfigError, match="got 'cpu'"):
         tensorrt_backend.parse_cuda_device('cpu')
+
+
+def test_cuda_python_api_pins_host_memory_and_uses_native_handles(monkeypatch):
+    # A stand-in for cuda-python's runtime module with the calls CudaPythonApi makes.
+    calls = []
+
+    class Stream:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __int__(self):
+            raise AssertionError('int(stream) is deprecated in cuda-bindings 13')
+
+    blocks = {}
+
+    def malloc_host(size):
+        blocks[size] = (np.zeros(size, np.uint8),)
+        return (0, blocks[size][0].ctypes.data)
+
+    rt = types.SimpleNamespace(
+        cudaError_t=types.SimpleNamespace(cudaSuccess=0),
+        cudaStreamNonBlocking=1,
+        cudaMemcpyKind=types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2),
+        cudaSetDevice=lambda index: calls.append(('set', index)) or (0,),
+        cudaGetDeviceProperties=lambda index: (
+            0,
+            types.SimpleNamespace(
+                name=b'NVIDIA H200\x00\x00',
+                major=9,
+                minor=0,
+                multiProcessorCount=132,
+                totalGlobalMem=150 << 30,
+            ),
+        ),
+        cudaMallocHost=malloc_host,
+        cudaFreeHost=lambda ptr: calls.append(('free_host', ptr)) or (0,),
+        cudaStreamCreateWithFlags=lambda flags: (0, Stream(0xBEEF)),
+        cudaStreamDestroy=lambda stream: calls.append(('destroy', stream.handle)) or (0,),
+    )
+    utils = types.SimpleNamespace(get_cuda_native_handle=lambda stream: stream.handle)
+    bindings = types.ModuleType('cuda.bindings')
+    bindings.runtime, bindings.utils = rt, utils
+    monkeypatch.setitem(sys.modules, 'cuda', types.ModuleType('cuda'))
+    monkeypatch.setitem(sys.modules, 'cuda.bindings', bindings)
+    monkeypatch.setitem(sys.modules, 'cuda.bindings.runtime', rt)
+    monkeypatch.setitem(sys.modules, 'cuda.bindings.utils', utils)
+    api = tensorrt_backend.CudaPythonApi(1)
+    assert calls == [('set', 1)]
+    assert api.device_info() == cache.GpuInfo('NVIDIA H200', '9.0', 132, 150 << 30)
+    stream = api.create_stream()
+    assert stream == 0xBEEF
+    host = api.alloc_host(64)
+    assert host.nbytes == 64 and host.ctypes.data == blocks[64][0].ctypes.data
+    api.free_host(host)
+    api.destroy_stream(stream)
+    assert ('free_host', blocks[64][0].ctypes.data) in calls and ('destroy', 0xBEEF) in calls
 
 
 def test_build_options_validation():
@@ -304,8 +656,11 @@ def test_build_engine_command_line(fake, onnx_files, tmp_path, capsys):
     out = tmp_path / 'cli.engine'
     args = ['--onnx', str(onnx_files[1]), '--output', str(out), '--batch', '1', '2', '3']
     assert build_engine_cli.main(args) == 0
-    assert 'fp16' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'fp16' in printed and 'parity with ONNX Runtime FP32: passed' in printed
     assert cache.read_sidecar(out).batch_profile == (1, 2, 3)
+    assert build_engine_cli.main([*args, '--precision', 'fp32', '--tf32']) == 0
+    assert cache.read_sidecar(out).tf32
     assert build_engine_cli.main(['--onnx', str(tmp_path / 'none.onnx')]) == 2
     assert 'does not exist' in capsys.readouterr().err
 
@@ -314,8 +669,8 @@ def test_build_engine_command_line(fake, onnx_files, tmp_path, capsys):
 @pytest.mark.gpu
 def test_real_tensorrt_fp16_engine_matches_onnxruntime(onnx_files, tmp_path):
     engine_path = tmp_path / 'real.engine'
-    sidecar = tensorrt_builder.build_engine(onnx_files[1], engine_path)
-    assert sidecar.fp32_layers >= 1
+    sidecar = tensorrt_builder.build_engine(onnx_files[1], engine_path, _fp16_options())
+    assert sidecar.parity['passed'] and not sidecar.tf32
     engine = load_engine(engine_path)
     image = random_image(engine.input_hw, batch=3, seed=11)
     errors = export.parity_errors(_ort(onnx_files[1], image), engine.infer(image))

@@ -1,7 +1,9 @@
 """``python -m training build-engine``: an exported ONNX file to a TensorRT engine + sidecar.
 
-Run it on the target machine (Jetson or desktop GPU): an engine only runs on the GPU model
-and TensorRT version that built it. The builder itself is
+Run it on the target machine (Jetson or desktop GPU), on the GPU that will run the engine
+(``--device cuda:N``): an engine only runs on the GPU model and TensorRT version that built
+it. Every build is checked against ONNX Runtime FP32 and refused if it misses the accuracy
+bar (see ``tensorrt_builder``). The builder itself is
 ``moa_depth_ros.engine.tensorrt_builder.build_engine`` (the node uses the same code to build
 and cache an engine on first start); this module is its command line.
 """
@@ -30,7 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--output', help='engine file to write (default: the ONNX path with .engine)'
     )
-    parser.add_argument('--precision', choices=PRECISIONS, default='fp16')
+    parser.add_argument(
+        '--precision',
+        choices=('auto', *PRECISIONS),
+        default='auto',
+        help="auto: the model's default (fp16; fp32 for DepthCLIP)",
+    )
+    parser.add_argument('--device', default='auto', help='CUDA device to build on: cuda:N')
+    parser.add_argument(
+        '--tf32', action='store_true', help='let FP32 layers use TF32 (off: FP32 is FP32)'
+    )
     parser.add_argument(
         '--workspace-gib', type=float, default=2.0, help='builder workspace limit in GiB'
     )
@@ -57,16 +68,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             precision=args.precision,
             workspace_bytes=int(args.workspace_gib * (1 << 30)),
             batch_profile=tuple(args.batch),
+            tf32=args.tf32,
             timing_cache=args.timing_cache,
             verbose=args.verbose,
         )
-        sidecar = build_engine(args.onnx, output, options)
+        sidecar = build_engine(args.onnx, output, options, device=args.device)
     except MoaDepthError as e:
         print(f'build-engine: error: {e}', file=sys.stderr)
         return 2
+    worst = max(
+        (result['mean_rel_err'] or 0.0 for result in sidecar.parity['inputs'].values()),
+        default=0.0,
+    )
     print(
-        f'wrote {output} ({sidecar.precision}, {sidecar.fp32_layers} layers kept in FP32) for '
-        f'{sidecar.gpu_name}, TensorRT {sidecar.tensorrt_version}\n'
+        f'wrote {output} ({sidecar.precision}, {sidecar.typing.replace("_", " ")}, '
+        f'{sidecar.fp32_layers} layers in FP32) for {sidecar.gpu.describe()}, TensorRT '
+        f'{sidecar.tensorrt_version}\n'
+        f'parity with ONNX Runtime FP32: passed, worst mean relative depth error {worst:.3%}\n'
         f'sidecar {sidecar_path(output)}'
     )
     return 0

@@ -56,9 +56,10 @@ def load_engine(
     ``backend``: 'auto' (by file type; for .onnx the faster of onnxruntime and openvino),
     'tensorrt', 'onnxruntime', 'openvino' or 'torch'.
     ``device``: 'auto', 'cpu', 'cuda' or 'cuda:N'; OpenVINO also 'gpu', 'gpu:N', 'npu'.
-    ``precision``: torch 'fp32'/'bf16'/'fp16'; TensorRT-from-ONNX 'fp16'/'fp32' (default
-    fp16); OpenVINO 'bf16' or 'fp16' (default: the device's own preference, e.g. bf16 on
-    CPUs with AMX), kept only if the depth meets the accuracy bar against fp32, or 'fp32';
+    ``precision``: torch 'fp32'/'bf16'/'fp16'; TensorRT-from-ONNX 'fp16'/'fp32' (default the
+    model's: fp16, or fp32 without TF32 for DepthCLIP; every build is checked against ONNX
+    Runtime FP32); OpenVINO 'bf16' or 'fp16' (default: the device's own preference, e.g.
+    bf16 on CPUs with AMX), kept only if the depth meets the accuracy bar against fp32, or 'fp32';
     ONNX Runtime runs the file as exported (an int8 model is its own file).
     ``intra_op_threads``: ONNX Runtime / OpenVINO CPU threads (None = its default).
     ``spin_wait``: let ONNX Runtime's threads busy-wait between runs (lower latency, a core
@@ -96,7 +97,10 @@ def load_engine(
         tensorrt_backend = _backend_module('tensorrt_backend')
         if file_backend == 'onnxruntime':
             builder = _backend_module('tensorrt_builder')
-            path = builder.ensure_engine(path, precision=precision or 'fp16', cache_dir=cache_dir)
+            # Built on ``device``: the engine is for the GPU that will run it.
+            path = builder.ensure_engine(
+                path, precision=precision, device=device, cache_dir=cache_dir
+            )
         elif file_backend != 'tensorrt':
             raise EngineError(
                 f'{path}: the tensorrt backend runs .engine/.plan or .onnx files; export the '

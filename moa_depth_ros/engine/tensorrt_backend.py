@@ -1,18 +1,20 @@
 """The TensorRT runtime backend: deserialise an engine, bind device buffers, run it.
 
-Written against the TensorRT 10 Python API (``Runtime.deserialize_cuda_engine``, the
-name-based I/O tensor API, ``IExecutionContext.set_tensor_address`` and
-``execute_async_v3``). Device memory and streams come from a small ``CudaApi``: NVIDIA's
-``cuda-python`` bindings when installed (so the node stays torch-free), else torch CUDA
-tensors; pycuda is never needed. ``import tensorrt`` happens inside functions only, so
-importing ``moa_depth_ros.engine`` never requires it.
+Written against the TensorRT 10.3+ and 11.x Python APIs (``Runtime.deserialize_cuda_engine``,
+the name-based I/O tensor API, ``IExecutionContext.set_tensor_address`` and
+``execute_async_v3``), which the runtime side shares. Device memory, pinned host memory and
+streams come from a small ``CudaApi``: NVIDIA's ``cuda-python`` bindings when installed (so
+the node stays torch-free), else torch; pycuda is never needed. ``import tensorrt`` happens
+inside functions only, so importing ``moa_depth_ros.engine`` never requires it or a GPU.
 
 Every engine has a sidecar JSON (see ``cache.py``); an engine whose sidecar names another
-GPU model or TensorRT version is refused with the command that rebuilds it.
+GPU (name, compute capability, SM count) or TensorRT version is refused with the command
+that rebuilds it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -24,11 +26,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES, DepthEngine
-from moa_depth_ros.engine.cache import check_sidecar_compatible, read_sidecar, rebuild_hint
+from moa_depth_ros.engine.cache import (
+    EngineSidecar,
+    GpuInfo,
+    check_sidecar_compatible,
+    read_sidecar,
+    rebuild_hint,
+)
 from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
 
 _LOG = logging.getLogger(__name__)
-MIN_TENSORRT_MAJOR = 10
+# JetPack 6 ships TensorRT 10.3; 11.x is the newest API this package is written against.
+MIN_TENSORRT_VERSION = (10, 3)
+MAX_TENSORRT_MAJOR = 11
 
 
 def import_tensorrt() -> ModuleType:
@@ -47,18 +57,40 @@ def import_tensorrt() -> ModuleType:
             'the installed `tensorrt` package is a stub without the TensorRT libraries; '
             'install TensorRT for this GPU (JetPack, or requirements-gpu-cu12.txt / -cu13.txt)'
         )
-    major = _major_version(trt.__version__)
-    if major < MIN_TENSORRT_MAJOR:
+    version = version_tuple(trt.__version__)
+    if version[:2] < MIN_TENSORRT_VERSION:
         raise EngineError(
             f'TensorRT {trt.__version__} is too old: moa_depth_ros needs TensorRT '
-            f'>= {MIN_TENSORRT_MAJOR} (name-based I/O tensors, execute_async_v3)'
+            f'{".".join(map(str, MIN_TENSORRT_VERSION))} or newer (JetPack 6)'
+        )
+    if version[0] > MAX_TENSORRT_MAJOR:
+        raise EngineError(
+            f'TensorRT {trt.__version__} is newer than moa_depth_ros supports (10.3 to '
+            f'{MAX_TENSORRT_MAJOR}.x): its build API may have changed; install TensorRT '
+            f'< {MAX_TENSORRT_MAJOR + 1} or use the .onnx model with backend onnxruntime'
         )
     return trt
 
 
-def _major_version(version: str) -> int:
-    match = re.match(r'(\d+)', str(version))
-    return int(match.group(1)) if match else 0
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'10.3.0.26' -> (10, 3, 0, 26); unparsable parts end the tuple."""
+    parts = []
+    for part in str(version).split('.'):
+        match = re.match(r'\d+', part)
+        if match is None:
+            break
+        parts.append(int(match.group()))
+    return tuple(parts) or (0,)
+
+
+def has_weak_typing(trt: ModuleType) -> bool:
+    """Tell whether this TensorRT builds weakly typed FP16 networks (10.x yes, 11 no).
+
+    Asked of the API rather than the version number: TensorRT 11 removed
+    ``BuilderFlag.FP16``, ``OBEY_PRECISION_CONSTRAINTS`` and layer precisions together.
+    """
+    flags = trt.BuilderFlag
+    return hasattr(flags, 'FP16') and hasattr(flags, 'OBEY_PRECISION_CONSTRAINTS')
 
 
 def parse_cuda_device(device: str) -> int:
@@ -77,7 +109,10 @@ def parse_cuda_device(device: str) -> int:
 class CudaApi(Protocol):
     """The few CUDA runtime services the TensorRT backend needs (raw device pointers)."""
 
-    def device_name(self) -> str: ...
+    device_index: int
+
+    def device_info(self) -> GpuInfo:
+        """Name, compute capability, SM count and memory: what an engine is tuned for."""
 
     def activate(self) -> None:
         """Make this device current for the calling thread (CUDA tracks it per thread)."""
@@ -86,7 +121,13 @@ class CudaApi(Protocol):
 
     def free(self, ptr: int) -> None: ...
 
-    def create_stream(self) -> int: ...
+    def alloc_host(self, nbytes: int) -> np.ndarray:
+        """Page-locked host memory (uint8): copies from it are truly asynchronous."""
+
+    def free_host(self, array: np.ndarray) -> None: ...
+
+    def create_stream(self) -> int:
+        """Create a stream; return the integer handle ``execute_async_v3`` takes."""
 
     def destroy_stream(self, stream: int) -> None: ...
 
@@ -95,6 +136,15 @@ class CudaApi(Protocol):
     def copy_to_host(self, host: np.ndarray, ptr: int, stream: int) -> None: ...
 
     def synchronize(self, stream: int) -> None: ...
+
+
+def _native_handle(handle: Any) -> int:
+    """Return the integer value of a cuda-python handle (``int()`` is deprecated in 13)."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:  # cuda-python before 12.9 / 13.0: int() is the only way
+        return int(handle)
+    return int(get_cuda_native_handle(handle))
 
 
 class CudaPythonApi:
@@ -107,6 +157,7 @@ class CudaPythonApi:
             from cuda import cudart
         self._rt = cudart
         self._streams: dict[int, Any] = {}
+        self._host: dict[int, int] = {}  # array data pointer -> size
         self.device_index = device_index
         self.activate()
 
@@ -123,13 +174,19 @@ class CudaPythonApi:
             self._rt.cudaSetDevice(self.device_index), f'cudaSetDevice({self.device_index})'
         )
 
-    def device_name(self) -> str:
+    def device_info(self) -> GpuInfo:
         props = self._check(
             self._rt.cudaGetDeviceProperties(self.device_index), 'cudaGetDeviceProperties'
         )
         name = props.name
-        return (name.decode('utf-8', 'replace') if isinstance(name, bytes) else str(name)).strip(
+        name = (name.decode('utf-8', 'replace') if isinstance(name, bytes) else str(name)).strip(
             '\x00 '
+        )
+        return GpuInfo(
+            name=name,
+            compute_capability=f'{props.major}.{props.minor}',
+            sm_count=int(props.multiProcessorCount),
+            total_memory_bytes=int(props.totalGlobalMem),
         )
 
     def alloc(self, nbytes: int) -> int:
@@ -138,12 +195,24 @@ class CudaPythonApi:
     def free(self, ptr: int) -> None:
         self._check(self._rt.cudaFree(ptr), 'cudaFree')
 
+    def alloc_host(self, nbytes: int) -> np.ndarray:
+        size = max(int(nbytes), 1)
+        ptr = int(self._check(self._rt.cudaMallocHost(size), 'cudaMallocHost'))
+        array = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(ptr))
+        self._host[ptr] = size
+        return array
+
+    def free_host(self, array: np.ndarray) -> None:
+        ptr = int(array.ctypes.data)
+        if self._host.pop(ptr, None) is not None:
+            self._check(self._rt.cudaFreeHost(ptr), 'cudaFreeHost')
+
     def create_stream(self) -> int:
         stream = self._check(
             self._rt.cudaStreamCreateWithFlags(self._rt.cudaStreamNonBlocking),
             'cudaStreamCreate',
         )
-        handle = int(stream)
+        handle = _native_handle(stream)
         self._streams[handle] = stream
         return handle
 
@@ -180,17 +249,30 @@ class TorchCudaApi:
 
         if not torch.cuda.is_available():
             raise EngineError('the tensorrt backend needs a CUDA GPU; torch sees none')
+        if device_index >= torch.cuda.device_count():
+            raise EngineError(
+                f'cuda:{device_index} does not exist; torch sees '
+                f'{torch.cuda.device_count()} GPU(s)'
+            )
         self._torch = torch
+        self.device_index = device_index
         self.device = torch.device('cuda', device_index)
         self._buffers: dict[int, Any] = {}
+        self._host: dict[int, Any] = {}
         self._streams: dict[int, Any] = {}
         self.activate()
 
     def activate(self) -> None:
         self._torch.cuda.set_device(self.device)
 
-    def device_name(self) -> str:
-        return str(self._torch.cuda.get_device_name(self.device)).strip()
+    def device_info(self) -> GpuInfo:
+        props = self._torch.cuda.get_device_properties(self.device)
+        return GpuInfo(
+            name=str(props.name).strip(),
+            compute_capability=f'{props.major}.{props.minor}',
+            sm_count=int(props.multi_processor_count),
+            total_memory_bytes=int(props.total_memory),
+        )
 
     def alloc(self, nbytes: int) -> int:
         buf = self._torch.empty(max(int(nbytes), 1), dtype=self._torch.uint8, device=self.device)
@@ -199,6 +281,14 @@ class TorchCudaApi:
 
     def free(self, ptr: int) -> None:
         self._buffers.pop(ptr, None)
+
+    def alloc_host(self, nbytes: int) -> np.ndarray:
+        buf = self._torch.empty(max(int(nbytes), 1), dtype=self._torch.uint8, pin_memory=True)
+        self._host[buf.data_ptr()] = buf
+        return buf.numpy()
+
+    def free_host(self, array: np.ndarray) -> None:
+        self._host.pop(int(array.ctypes.data), None)
 
     def create_stream(self) -> int:
         stream = self._torch.cuda.Stream(device=self.device)
@@ -211,12 +301,12 @@ class TorchCudaApi:
     def copy_to_device(self, ptr: int, host: np.ndarray, stream: int) -> None:
         src = self._torch.from_numpy(host.reshape(-1).view(np.uint8))
         with self._torch.cuda.stream(self._streams[stream]):
-            self._buffers[ptr][: host.nbytes].copy_(src)
+            self._buffers[ptr][: host.nbytes].copy_(src, non_blocking=True)
 
     def copy_to_host(self, host: np.ndarray, ptr: int, stream: int) -> None:
         dst = self._torch.from_numpy(host.reshape(-1).view(np.uint8))
         with self._torch.cuda.stream(self._streams[stream]):
-            dst.copy_(self._buffers[ptr][: host.nbytes])
+            dst.copy_(self._buffers[ptr][: host.nbytes], non_blocking=True)
 
     def synchronize(self, stream: int) -> None:
         self._streams[stream].synchronize()
@@ -242,7 +332,11 @@ def _dims(shape: Any) -> tuple[int, ...]:
 
 
 class TensorRTEngine(DepthEngine):
-    """A serialized TensorRT engine plus its sidecar, run with ``execute_async_v3``."""
+    """A serialized TensorRT engine plus its sidecar, run with ``execute_async_v3``.
+
+    ``serialized`` and ``sidecar`` give an engine that is not on disk yet (the builder
+    checks a fresh build before writing it); ``path`` then only names it in messages.
+    """
 
     backend = 'tensorrt'
 
@@ -252,11 +346,17 @@ class TensorRTEngine(DepthEngine):
         *,
         device: str = 'auto',
         cuda: CudaApi | None = None,
+        serialized: bytes | None = None,
+        sidecar: EngineSidecar | None = None,
     ) -> None:
+        self._closed = True  # until fully constructed: close() then has nothing to free
         self.path = pathlib.Path(path)
-        if not self.path.is_file():
-            raise EngineError(f'TensorRT engine {os.fspath(path)!r} does not exist')
-        sidecar = read_sidecar(self.path)
+        if serialized is None:
+            if not self.path.is_file():
+                raise EngineError(f'TensorRT engine {os.fspath(path)!r} does not exist')
+            sidecar = read_sidecar(self.path)
+        elif sidecar is None:
+            raise ConfigError('an in-memory engine needs its sidecar')
         super().__init__(sidecar.metadata)
         self.sidecar = sidecar
         trt = import_tensorrt()
@@ -265,16 +365,19 @@ class TensorRTEngine(DepthEngine):
         check_sidecar_compatible(
             sidecar,
             tensorrt_version=str(trt.__version__),
-            gpu_name=self._cuda.device_name(),
+            gpu=self._cuda.device_info(),
             engine_path=self.path,
         )
-        data = self.path.read_bytes()
-        # Hash the bytes that get deserialised (one read; no window for a swapped file).
-        if hashlib.sha256(data).hexdigest() != sidecar.engine_sha256:
-            raise EngineError(
-                f'{self.path}: engine file does not match the sha256 in its sidecar (truncated, '
-                f'replaced or corrupt); ' + rebuild_hint(self.path)
-            )
+        if serialized is None:
+            data = self.path.read_bytes()
+            # Hash the bytes that get deserialised (one read; no window for a swapped file).
+            if hashlib.sha256(data).hexdigest() != sidecar.engine_sha256:
+                raise EngineError(
+                    f'{self.path}: engine file does not match the sha256 in its sidecar '
+                    f'(truncated, replaced or corrupt); ' + rebuild_hint(self.path)
+                )
+        else:
+            data = serialized
         # TensorRT uses the calling thread's current device: make it ours before
         # deserialising and before every run (the node infers from a worker thread, whose
         # current device is 0 whatever ``device`` says).
@@ -294,6 +397,9 @@ class TensorRTEngine(DepthEngine):
             raise EngineError(f'{self.path}: could not create an execution context (GPU memory?)')
         self._stream = self._cuda.create_stream()
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device ptr, capacity bytes)
+        # Page-locked staging buffers: a copy from pageable memory makes CUDA stage it
+        # through its own pinned buffer synchronously, so every copy would block.
+        self._host: dict[str, np.ndarray] = {}
         self._closed = False
 
     def _validate_io(self) -> tuple[int, int]:
@@ -337,26 +443,39 @@ class TensorRTEngine(DepthEngine):
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
+    def _host_array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Return a pinned host array of ``shape`` for tensor ``name`` (reused across runs)."""
+        dtype = self._dtypes[name]
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        raw = self._host.get(name)
+        if raw is None or raw.nbytes < nbytes:
+            if raw is not None:
+                self._cuda.free_host(raw)
+            raw = self._cuda.alloc_host(nbytes)
+            self._host[name] = raw
+        return raw[:nbytes].view(dtype).reshape(shape)
+
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._cuda.activate()
         n = x.shape[0]
         h, w = self.input_hw
         if self._dynamic_batch and not self._context.set_input_shape(INPUT_NAME, tuple(x.shape)):
             raise EngineError(f'{self.path}: TensorRT rejected input shape {list(x.shape)}')
-        host_in = np.ascontiguousarray(x, dtype=self._dtypes[INPUT_NAME])
+        host_in = self._host_array(INPUT_NAME, tuple(x.shape))
+        np.copyto(host_in, x, casting='unsafe')
         self._context.set_tensor_address(INPUT_NAME, self._buffer(INPUT_NAME, host_in.nbytes))
         outputs = {}
         for name in OUTPUT_NAMES:
-            outputs[name] = np.empty((n, 1, h, w), dtype=self._dtypes[name])
-            ptr = self._buffer(name, outputs[name].nbytes)
-            self._context.set_tensor_address(name, ptr)
+            outputs[name] = self._host_array(name, (n, 1, h, w))
+            self._context.set_tensor_address(name, self._buffer(name, outputs[name].nbytes))
         self._cuda.copy_to_device(self._buffers[INPUT_NAME][0], host_in, self._stream)
         if not self._context.execute_async_v3(self._stream):
             raise EngineError(f'{self.path}: TensorRT execute_async_v3 failed (see its log)')
         for name in OUTPUT_NAMES:
             self._cuda.copy_to_host(outputs[name], self._buffers[name][0], self._stream)
         self._cuda.synchronize(self._stream)
-        depth, confidence = (outputs[name].astype(np.float32, copy=False) for name in OUTPUT_NAMES)
+        # Copies out of the staging buffers, which the next run overwrites.
+        depth, confidence = (np.array(outputs[name], dtype=np.float32) for name in OUTPUT_NAMES)
         return depth, confidence
 
     def infer(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -382,20 +501,24 @@ class TensorRTEngine(DepthEngine):
         )
 
     def close(self) -> None:
-        """Free device buffers and the stream. Idempotent."""
+        """Free device and pinned host buffers and the stream. Idempotent."""
         if getattr(self, '_closed', True):
             return
         self._closed = True
         for ptr, _ in self._buffers.values():
             self._cuda.free(ptr)
         self._buffers.clear()
+        for array in self._host.values():
+            self._cuda.free_host(array)
+        self._host.clear()
         self._cuda.destroy_stream(self._stream)
         self._context = None
         self._engine = None
 
     def describe(self) -> str:
         """One line for logs: model, backend, precision and GPU."""
+        tf32 = ', TF32' if self.sidecar.tf32 else ''
         return (
-            f'{super().describe()} [{self.sidecar.precision}, {self.sidecar.gpu_name}, '
+            f'{super().describe()} [{self.sidecar.precision}{tf32}, {self.sidecar.gpu_name}, '
             f'TensorRT {self.sidecar.tensorrt_version}]'
         )

@@ -1,14 +1,27 @@
-"""Build a TensorRT engine from an exported ONNX file (TensorRT 10 Python API).
+"""Build a TensorRT engine from an exported ONNX file, check it, cache it.
 
-Steps: parse with ``OnnxParser``; a builder config with a workspace limit; FP16 where the
-GPU supports it, with every normalization layer pinned to FP32 (LayerNorm statistics
-overflow in half precision; opset >= 17 makes LayerNorm one ``INormalizationLayer``, so it
-can be pinned); an optimisation profile when the batch is dynamic; a timing cache so
-rebuilds skip kernel timing. The engine and its sidecar JSON are written atomically.
+Two build APIs, chosen by what the installed TensorRT offers (``has_weak_typing``):
 
-``ensure_engine`` is what the node calls on start: it builds once per (ONNX sha256, TensorRT
-version, GPU, precision) and reuses the cached engine afterwards. It lives in the runtime
-package (not ``training/``) because a robot installs only ``moa_depth_ros``.
+- TensorRT 10.3-10.x, weakly typed: ``BuilderFlag.FP16`` lets the builder pick FP16
+  kernels. The ONNX parser already computes LayerNorm in FP32, so nothing is pinned at
+  first; a retry pins the sensitive layers (reductions, softmax, unary exp/log/sqrt) to FP32
+  with ``OBEY_PRECISION_CONSTRAINTS``.
+- TensorRT 11, strongly typed (weak typing is gone): the network computes in the types
+  its ONNX states, so an FP16 engine is built from an FP16 graph (``fp16_onnx``: graph I/O
+  and LayerNorm in FP32; the retry also keeps the sensitive op types in FP32).
+
+FP32 means FP32: ``BuilderFlag.TF32``, on by default, is cleared unless asked for.
+
+Every build is then run on fixed inputs (random, all-zero, saturated) and compared with ONNX
+Runtime FP32 (``engine.accuracy``); the result goes into the sidecar. An FP16 engine that
+misses the bar is rebuilt once with the sensitive layers in FP32, and refused with the
+numbers if it still misses: never served silently. DepthCLIP builds in FP32 by default: its
+x1000 logit scale turns FP16 rounding in the backbone into errors of ~0.25 logit.
+
+``ensure_engine`` is what the node calls on start: it builds on the device that will run
+the engine, once per cache key (``cache.engine_cache_key``), under an inter-process lock
+(two nodes starting together build once), and reuses the cached engine afterwards. It lives
+in the runtime package (not ``training/``) because a robot installs only ``moa_depth_ros``.
 """
 
 from __future__ import annotations
@@ -16,20 +29,35 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import pathlib
+import tempfile
 import time
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
+
+from moa_depth_ros import __version__
 from moa_depth_ros.engine import tensorrt_backend
-from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES
+from moa_depth_ros.engine.accuracy import (
+    ACCURACY_BAR,
+    accuracy_holds,
+    depth_agreement,
+    parity_errors,
+    reference_inputs,
+)
+from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 from moa_depth_ros.engine.cache import (
     PRECISIONS,
     EngineSidecar,
+    GpuInfo,
     atomic_write_bytes,
+    build_fingerprint,
     cached_engine_is_valid,
     cached_engine_path,
+    engine_lock,
     file_sha256,
     timing_cache_path,
     write_sidecar,
@@ -40,26 +68,40 @@ from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE_BYTES = 2 << 30
-# Layer types kept in FP32 in an FP16 engine (names of ``trt.LayerType`` members).
-DEFAULT_FP32_LAYER_TYPES = ('NORMALIZATION',)
+# Models whose default precision is FP32 (without TF32): DepthCLIP's logits are 1000 x a
+# cosine, so FP16 rounding of its backbone features moves them by ~0.25.
+FP32_DEFAULT_MODELS = frozenset({'depthclip'})
+# TensorRT 10 layer types a retry pins to FP32 (names of ``trt.LayerType`` members): sums
+# over many channels overflow FP16 (DepthCLIP's normalize sums 2048 squares: past 65504 at
+# an RMS of 5.7), and exp/log lose what softmax and entropy need.
+SENSITIVE_LAYER_TYPES = ('REDUCE', 'SOFTMAX', 'NORMALIZATION', 'UNARY')
+# Named inputs the parity check runs, in ``reference_inputs`` order.
+PARITY_INPUTS = ('random', 'zero', 'saturated')
+
+
+def default_precision(metadata: ModelMetadata) -> str:
+    """Return the precision a model builds in when none is asked for."""
+    return 'fp32' if metadata.model_name in FP32_DEFAULT_MODELS else 'fp16'
 
 
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
     """How to build an engine; every field has a safe default for the node's first start."""
 
-    precision: str = 'fp16'
+    # 'auto': the model's default (``default_precision``), else 'fp16' or 'fp32'.
+    precision: str = 'auto'
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
     # (min, opt, max) batch for a dynamic-batch ONNX; ignored for a static one.
     batch_profile: tuple[int, int, int] = (1, 1, 8)
-    fp32_layer_types: tuple[str, ...] = DEFAULT_FP32_LAYER_TYPES
+    # Let FP32 layers use TF32 tensor cores (10-bit mantissa products). Off: FP32 is FP32.
+    tf32: bool = False
     timing_cache: str | os.PathLike | None = None
     verbose: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
+        if self.precision not in ('auto', *PRECISIONS):
             raise ConfigError(
-                f'precision must be one of {list(PRECISIONS)}, got {self.precision!r}'
+                f'precision must be auto or one of {list(PRECISIONS)}, got {self.precision!r}'
             )
         if self.workspace_bytes < 1 << 20:
             raise ConfigError(f'workspace_bytes must be >= 1 MiB, got {self.workspace_bytes}')
@@ -69,15 +111,36 @@ class BuildOptions:
                 f'batch_profile must satisfy 1 <= min <= opt <= max, got {self.batch_profile}'
             )
 
+    def resolved_precision(self, metadata: ModelMetadata) -> str:
+        return default_precision(metadata) if self.precision == 'auto' else self.precision
 
-def gpu_name(device: str = 'auto') -> str:
-    """Name of the CUDA device, as the runtime compares it against sidecars."""
-    return tensorrt_backend.default_cuda_api(device).device_name()
+    def key_fields(self, precision: str) -> dict[str, Any]:
+        """Return what changes the engine (not the timing cache's path, nor the log level)."""
+        return {
+            'precision': precision,
+            'workspace_bytes': int(self.workspace_bytes),
+            'batch_profile': list(self.batch_profile),
+            'tf32': bool(self.tf32),
+        }
+
+
+@dataclasses.dataclass
+class _Build:
+    """One serialized engine and how it was typed."""
+
+    data: bytes
+    precision: str
+    typing: str
+    fp32_layer_names: tuple[str, ...]
+    batch_profile: tuple[int, int, int] | None
+    tf32: bool
+    # The batch the parity check runs: the static batch, else the profile's minimum.
+    check_batch: int
 
 
 def _platform_has_fast_fp16(builder: Any) -> bool:
-    # Deprecated in TensorRT 10.5 but still present in 10.x; every GPU TensorRT 10 supports
-    # (compute capability >= 7.5) has fast FP16, so a missing attribute means yes.
+    # Deprecated in TensorRT 10.5 but present through 10.x (gone in 11, which never asks);
+    # every GPU TensorRT 10 supports (compute capability >= 7.5) has fast FP16.
     return bool(getattr(builder, 'platform_has_fast_fp16', True))
 
 
@@ -85,7 +148,7 @@ def _parser_errors(parser: Any) -> str:
     return '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors)) or 'no details'
 
 
-def _check_network_io(trt: ModuleType, network: Any, onnx_path: str) -> Any:
+def _check_network_io(network: Any, onnx_path: str) -> Any:
     """Check the parsed network's tensor names; return the input tensor."""
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     outputs = [network.get_output(i) for i in range(network.num_outputs)]
@@ -106,22 +169,18 @@ def _check_network_io(trt: ModuleType, network: Any, onnx_path: str) -> Any:
     return inputs[0]
 
 
-def _pin_fp32_layers(trt: ModuleType, network: Any, layer_types: tuple[str, ...]) -> int:
-    """Force the listed layer types to compute and output FP32; return how many matched."""
-    wanted = []
-    for name in layer_types:
-        if not hasattr(trt.LayerType, name):
-            raise ConfigError(f'unknown TensorRT layer type {name!r} in fp32_layer_types')
-        wanted.append(getattr(trt.LayerType, name))
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type in wanted:
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned += 1
-    return pinned
+def _layers_of_types(trt: ModuleType, network: Any, type_names: Sequence[str]) -> list[Any]:
+    wanted = {getattr(trt.LayerType, name) for name in type_names if hasattr(trt.LayerType, name)}
+    layers = (network.get_layer(i) for i in range(network.num_layers))
+    return [layer for layer in layers if layer.type in wanted]
+
+
+def _pin_fp32(trt: ModuleType, layers: Sequence[Any]) -> None:
+    """Make each layer compute and output FP32 (TensorRT 10 weak typing only)."""
+    for layer in layers:
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
 
 
 def _load_timing_cache(config: Any, path: pathlib.Path | None) -> Any:
@@ -141,155 +200,351 @@ def _load_timing_cache(config: Any, path: pathlib.Path | None) -> Any:
     return cache
 
 
+def _fp16_onnx(onnx_path: str, directory: str, sensitive: bool) -> tuple[str, tuple[str, ...]]:
+    """Write the FP16 graph TensorRT 11 builds from; return (its path, nodes kept in FP32)."""
+    from moa_depth_ros.engine import fp16_onnx
+
+    onnx = fp16_onnx.load_onnx()
+    keep = fp16_onnx.SENSITIVE_FP32_OPS if sensitive else fp16_onnx.ALWAYS_FP32_OPS
+    try:
+        model = onnx.load(onnx_path)
+    except Exception as e:  # onnx raises DecodeError and friends
+        raise EngineError(f'{onnx_path}: cannot read the ONNX to convert it to FP16: {e}') from e
+    converted, kept = fp16_onnx.convert_to_fp16(model, keep)
+    path = os.path.join(directory, 'model_fp16.onnx')
+    onnx.save(converted, path)
+    return path, tuple(kept)
+
+
+def _build_once(
+    trt: ModuleType,
+    onnx_path: str,
+    metadata: ModelMetadata,
+    options: BuildOptions,
+    precision: str,
+    *,
+    sensitive_fp32: bool,
+) -> _Build:
+    """Parse, configure and build one engine (no check, nothing written but the timing cache)."""
+    weak = tensorrt_backend.has_weak_typing(trt)
+    logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if precision == 'fp16' and weak and not _platform_has_fast_fp16(builder):
+        _LOG.warning('this GPU has no fast FP16; building an FP32 engine instead')
+        precision = 'fp32'
+    flags = 0
+    creation = getattr(trt, 'NetworkDefinitionCreationFlag', None)
+    if not weak and creation is not None and hasattr(creation, 'STRONGLY_TYPED'):
+        # Accepted and ignored by TensorRT 11, where every network is strongly typed.
+        flags = 1 << int(creation.STRONGLY_TYPED)
+    with tempfile.TemporaryDirectory(prefix='moa-depth-trt-') as tmp:
+        source, kept = onnx_path, ()
+        if precision == 'fp16' and not weak:
+            source, kept = _fp16_onnx(onnx_path, tmp, sensitive_fp32)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(source):
+            raise EngineError(
+                f'{onnx_path}: TensorRT cannot parse the ONNX: {_parser_errors(parser)}'
+            )
+        image = _check_network_io(network, onnx_path)
+
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_bytes))
+        tf32 = bool(options.tf32)
+        if hasattr(trt.BuilderFlag, 'TF32'):
+            # On by default in TensorRT: clear it, or an "FP32" engine multiplies in TF32.
+            (config.set_flag if tf32 else config.clear_flag)(trt.BuilderFlag.TF32)
+        else:
+            tf32 = False
+
+        batch_profile = None
+        n, c, h, w = (int(d) for d in image.shape)
+        if (h, w) != metadata.input_hw:
+            raise ModelMetadataError(
+                f'{onnx_path}: input is {h}x{w} but metadata says {metadata.input_hw[0]}x'
+                f'{metadata.input_hw[1]}'
+            )
+        if n < 0:
+            lo, opt, hi = options.batch_profile
+            profile = builder.create_optimization_profile()
+            profile.set_shape(INPUT_NAME, (lo, c, h, w), (opt, c, h, w), (hi, c, h, w))
+            config.add_optimization_profile(profile)
+            batch_profile = (lo, opt, hi)
+
+        if precision == 'fp16' and weak:
+            config.set_flag(trt.BuilderFlag.FP16)
+            # The parser computes LayerNorm in FP32 already; report those layers as such.
+            fp32 = _layers_of_types(trt, network, ('NORMALIZATION',))
+            if sensitive_fp32:
+                fp32 = _layers_of_types(trt, network, SENSITIVE_LAYER_TYPES)
+                _pin_fp32(trt, fp32)
+                config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            kept = tuple(str(layer.name) for layer in fp32)
+
+        cache_file = pathlib.Path(options.timing_cache) if options.timing_cache else None
+        timing_cache = _load_timing_cache(config, cache_file)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise EngineError(f'{onnx_path}: TensorRT failed to build the engine (see its log)')
+        if cache_file is not None:
+            atomic_write_bytes(cache_file, bytes(timing_cache.serialize()))
+    return _Build(
+        data=bytes(serialized),
+        precision=precision,
+        typing='weakly_typed' if weak else 'strongly_typed',
+        fp32_layer_names=kept,
+        batch_profile=batch_profile,
+        tf32=tf32,
+        check_batch=batch_profile[0] if batch_profile else n,
+    )
+
+
+def reference_outputs(
+    onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """ONNX Runtime FP32 on the CPU: what every engine is judged against."""
+    from moa_depth_ros.engine.onnx_backend import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(onnx_path, device='cpu')
+    try:
+        return [engine.infer(x) for x in inputs]
+    finally:
+        engine.close()
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def compare_with_reference(
+    engine: Any,
+    inputs: Sequence[np.ndarray],
+    reference: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> dict[str, Any]:
+    """Run ``engine`` on ``inputs``; judge its depth against ``reference`` with the bar."""
+    results = {}
+    passed = True
+    for name, x, ref in zip(PARITY_INPUTS, inputs, reference):
+        got = engine.infer(x)
+        finite = bool(np.isfinite(got[0]).all() and np.isfinite(got[1]).all())
+        agreement = depth_agreement(ref[0], got[0])
+        errors = parity_errors(ref, got) if finite else {}
+        ok = finite and accuracy_holds(agreement)
+        results[name] = {
+            'passed': ok,
+            'finite': finite,
+            **{key: _finite_or_none(value) for key, value in {**agreement, **errors}.items()},
+        }
+        passed = passed and ok
+    return {'passed': passed, 'inputs': results}
+
+
+def _summary(parity: dict[str, Any]) -> str:
+    parts = []
+    for name, result in parity['inputs'].items():
+        if not result['finite']:
+            parts.append(f'{name} input: non-finite outputs (FP16 overflow)')
+        elif not result['passed']:
+            mean = result['mean_rel_err']
+            mean = 'nan' if mean is None else f'{mean:.2%}'
+            parts.append(
+                f'{name} input: mean relative depth error {mean}, '
+                f'{result["delta1_agreement"]:.1%} of pixels within 1.25x'
+            )
+    return '; '.join(parts) or 'all inputs within the bar'
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
     options: BuildOptions | None = None,
     *,
-    gpu: str | None = None,
+    device: str = 'auto',
+    cuda: tensorrt_backend.CudaApi | None = None,
 ) -> EngineSidecar:
-    """Build a serialized TensorRT engine from ``onnx_path`` and write it with its sidecar.
+    """Build, check and write a TensorRT engine for ``onnx_path`` on ``device``.
 
-    ``gpu`` overrides the recorded GPU name (default: the current CUDA device's). Returns the
-    sidecar written next to the engine. Raises EngineError when TensorRT is missing or the
-    build fails, ModelMetadataError when the ONNX lacks metadata or the expected tensors.
+    The build runs on that device (TensorRT builds for the calling thread's current
+    device) and the sidecar records that GPU. Returns the sidecar written next to the
+    engine. Raises EngineError when TensorRT is missing, the build fails, or the engine
+    misses the accuracy bar against ONNX Runtime FP32; ModelMetadataError when the ONNX
+    lacks metadata or the expected tensors. Nothing is written unless the engine passes.
     """
     options = options or BuildOptions()
     onnx_path = os.fspath(onnx_path)
     engine_path = pathlib.Path(engine_path)
     metadata = read_onnx_metadata(onnx_path)
     trt = tensorrt_backend.import_tensorrt()
-    gpu = gpu if gpu is not None else gpu_name()
+    cuda = cuda if cuda is not None else tensorrt_backend.default_cuda_api(device)
+    cuda.activate()
+    gpu = cuda.device_info()
+    requested = options.resolved_precision(metadata)
     started = time.monotonic()
 
-    logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    # Explicit batch is the only mode in TensorRT 10: no creation flag needed.
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(onnx_path):
-        raise EngineError(f'{onnx_path}: TensorRT cannot parse the ONNX: {_parser_errors(parser)}')
-    image = _check_network_io(trt, network, onnx_path)
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_bytes))
-
-    batch_profile = None
-    n, c, h, w = (int(d) for d in image.shape)
-    if (h, w) != metadata.input_hw:
-        raise ModelMetadataError(
-            f'{onnx_path}: input is {h}x{w} but metadata says {metadata.input_hw[0]}x'
-            f'{metadata.input_hw[1]}'
+    attempts: list[dict[str, Any]] = []
+    reference = inputs = None
+    stages = (False, True) if requested == 'fp16' else (False,)
+    for sensitive_fp32 in stages:
+        build = _build_once(
+            trt, onnx_path, metadata, options, requested, sensitive_fp32=sensitive_fp32
         )
-    if n < 0:
-        lo, opt, hi = options.batch_profile
-        profile = builder.create_optimization_profile()
-        profile.set_shape(INPUT_NAME, (lo, c, h, w), (opt, c, h, w), (hi, c, h, w))
-        config.add_optimization_profile(profile)
-        batch_profile = (lo, opt, hi)
-
-    precision = options.precision
-    pinned = 0
-    if precision == 'fp16':
-        if _platform_has_fast_fp16(builder):
-            config.set_flag(trt.BuilderFlag.FP16)
-            pinned = _pin_fp32_layers(trt, network, options.fp32_layer_types)
-            if pinned:
-                config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            else:
-                _LOG.warning(
-                    '%s: no %s layers found to keep in FP32 (exported below opset 17?)',
-                    onnx_path,
-                    '/'.join(options.fp32_layer_types),
-                )
-        else:
-            _LOG.warning('this GPU has no fast FP16; building an FP32 engine instead')
-            precision = 'fp32'
-
-    cache_file = pathlib.Path(options.timing_cache) if options.timing_cache else None
-    timing_cache = _load_timing_cache(config, cache_file)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineError(f'{onnx_path}: TensorRT failed to build the engine (see its log)')
-    data = bytes(serialized)
-    if cache_file is not None:
-        atomic_write_bytes(cache_file, bytes(timing_cache.serialize()))
-
-    sidecar = EngineSidecar(
-        tensorrt_version=str(trt.__version__),
-        gpu_name=gpu,
-        precision=precision,
-        requested_precision=options.precision,
-        onnx_sha256=file_sha256(onnx_path),
-        engine_sha256=_sha256_bytes(data),
-        metadata=metadata,
-        batch_profile=batch_profile,
-        fp32_layers=pinned,
-        workspace_bytes=int(options.workspace_bytes),
-    )
+        sidecar = EngineSidecar(
+            tensorrt_version=str(trt.__version__),
+            gpu_name=gpu.name,
+            precision=build.precision,
+            requested_precision=requested,
+            onnx_sha256=file_sha256(onnx_path),
+            engine_sha256=hashlib.sha256(build.data).hexdigest(),
+            metadata=metadata,
+            batch_profile=build.batch_profile,
+            fp32_layers=len(build.fp32_layer_names),
+            workspace_bytes=int(options.workspace_bytes),
+            gpu_compute_capability=gpu.compute_capability,
+            gpu_sm_count=gpu.sm_count,
+            gpu_memory_bytes=gpu.total_memory_bytes,
+            typing=build.typing,
+            tf32=build.tf32,
+            fp32_layer_names=build.fp32_layer_names,
+            build_options=options.key_fields(requested),
+            package_version=__version__,
+        )
+        if reference is None:
+            inputs = reference_inputs(metadata.input_hw, batch=build.check_batch)
+            reference = reference_outputs(onnx_path, inputs)
+        engine = tensorrt_backend.TensorRTEngine(
+            engine_path, cuda=cuda, serialized=build.data, sidecar=sidecar
+        )
+        try:
+            result = compare_with_reference(engine, inputs, reference)
+        finally:
+            engine.close()
+        attempts.append(
+            {
+                'fp32_layers': len(build.fp32_layer_names),
+                'sensitive_fp32': sensitive_fp32,
+                **result,
+            }
+        )
+        if result['passed'] or build.precision == 'fp32':
+            break
+        if not sensitive_fp32:
+            _LOG.warning(
+                '%s: the FP16 engine misses the accuracy bar (%s); rebuilding with the '
+                'sensitive layers (reductions, softmax, exp/log/sqrt) in FP32',
+                onnx_path,
+                _summary(result),
+            )
+    last = attempts[-1]
+    if not last['passed']:
+        if build.precision == 'fp16':
+            raise EngineError(
+                f'{onnx_path}: refused: the FP16 TensorRT engine misses the accuracy bar '
+                f'(mean relative depth error <= {ACCURACY_BAR["mean_rel_err"]:.0%}, '
+                f'>= {ACCURACY_BAR["delta1_agreement"]:.0%} of pixels within 1.25x of ONNX '
+                f'Runtime FP32) even with {last["fp32_layers"]} sensitive layers in FP32: '
+                f'{_summary(last)}; build it in FP32 (precision fp32) instead'
+            )
+        raise EngineError(
+            f'{onnx_path}: refused: the FP32 TensorRT engine disagrees with ONNX Runtime FP32 '
+            f'({_summary(last)}); an operator TensorRT runs differently? Use the .onnx with '
+            f'backend onnxruntime'
+        )
+    parity = {
+        'passed': True,
+        'reference': 'onnxruntime fp32 (CPU)',
+        'bar': dict(ACCURACY_BAR),
+        'batch': int(inputs[0].shape[0]),
+        'inputs': last['inputs'],
+        'attempts': [
+            {key: value for key, value in attempt.items() if key != 'inputs'}
+            for attempt in attempts
+        ],
+    }
+    sidecar = dataclasses.replace(sidecar, parity=parity)
     # Engine first, sidecar second: a crash in between leaves a sha mismatch, which the
     # loader reports and the cache treats as a miss.
-    atomic_write_bytes(engine_path, data)
+    atomic_write_bytes(engine_path, build.data)
     write_sidecar(engine_path, sidecar)
     _LOG.info(
-        'built %s engine %s in %.1f s (%d layers kept in FP32)',
-        precision,
+        'built %s engine %s on %s in %.1f s (%d layers in FP32; parity with ONNX Runtime: %s)',
+        sidecar.precision,
         engine_path,
+        gpu.describe(),
         time.monotonic() - started,
-        pinned,
+        sidecar.fp32_layers,
+        _summary(last),
     )
     return sidecar
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def ensure_engine(
     onnx_path: str | os.PathLike,
     *,
-    precision: str = 'fp16',
+    precision: str | None = None,
+    device: str = 'auto',
     cache_dir: str | os.PathLike | None = None,
     options: BuildOptions | None = None,
-    gpu: str | None = None,
+    cuda: tensorrt_backend.CudaApi | None = None,
 ) -> pathlib.Path:
-    """Return a cached engine for ``onnx_path`` on this GPU, building it only on a miss.
+    """Return a cached engine for ``onnx_path`` on ``device``, building it only on a miss.
 
-    The cache key is (ONNX sha256, TensorRT version, GPU name, precision); the timing cache
-    is shared per (TensorRT version, GPU), so even a new model builds faster.
+    ``precision`` None means the model's default (``default_precision``). The cache key
+    holds the ONNX sha256, TensorRT version, the GPU's name, compute capability, SM count
+    and memory, precision, build options and package version. Check, build and re-check run
+    under an inter-process lock, so concurrent starts build once and never pair one build's
+    sidecar with another's engine. The timing cache is shared per (TensorRT, GPU).
     """
     trt = tensorrt_backend.import_tensorrt()
-    gpu = gpu if gpu is not None else gpu_name()
+    cuda = cuda if cuda is not None else tensorrt_backend.default_cuda_api(device)
+    gpu: GpuInfo = cuda.device_info()
+    metadata = read_onnx_metadata(onnx_path)
+    options = options or BuildOptions()
+    if precision is not None:
+        options = dataclasses.replace(options, precision=precision)
+    resolved = options.resolved_precision(metadata)
     onnx_sha256 = file_sha256(onnx_path)
     version = str(trt.__version__)
+    fingerprint = build_fingerprint(options.key_fields(resolved))
+    key = {
+        'onnx_sha256': onnx_sha256,
+        'tensorrt_version': version,
+        'gpu': gpu,
+        'precision': resolved,
+    }
     path = cached_engine_path(
-        onnx_sha256,
-        tensorrt_version=version,
-        gpu_name=gpu,
-        precision=precision,
+        **key,
+        options_fingerprint=fingerprint,
+        package_version=__version__,
         cache_dir=cache_dir,
     )
-    if cached_engine_is_valid(
-        path, onnx_sha256=onnx_sha256, tensorrt_version=version, gpu_name=gpu, precision=precision
-    ):
+
+    def cached() -> bool:
+        return cached_engine_is_valid(
+            path, **key, options_fingerprint=fingerprint, package_version=__version__
+        )
+
+    if cached():
         _LOG.info('using cached TensorRT engine %s', path)
         return path
-    options = dataclasses.replace(
-        options or BuildOptions(),
-        precision=precision,
-        timing_cache=(options.timing_cache if options and options.timing_cache else None)
-        or timing_cache_path(cache_dir, version, gpu),
-    )
-    _LOG.warning(
-        'building a %s TensorRT engine for %s on %s (first start only; takes minutes)',
-        precision,
-        os.fspath(onnx_path),
-        gpu,
-    )
-    sidecar = build_engine(onnx_path, path, options, gpu=gpu)
-    if sidecar.precision != precision:
+    with engine_lock(path):
+        if cached():  # another process built it while this one waited
+            _LOG.info('using TensorRT engine %s, built by another process', path)
+            return path
+        options = dataclasses.replace(
+            options,
+            precision=resolved,
+            timing_cache=options.timing_cache or timing_cache_path(cache_dir, version, gpu),
+        )
+        _LOG.warning(
+            'building a %s TensorRT engine for %s on %s (first start only; takes minutes)',
+            resolved,
+            os.fspath(onnx_path),
+            gpu.describe(),
+        )
+        sidecar = build_engine(onnx_path, path, options, cuda=cuda)
+    if sidecar.precision != resolved:
         # The GPU lacked fast FP16: the engine is FP32 but is filed under the requested
         # precision (sidecar.requested_precision) so the next start finds it.
-        _LOG.warning('cached engine %s is %s, not %s', path, sidecar.precision, precision)
+        _LOG.warning('cached engine %s is %s, not %s', path, sidecar.precision, resolved)
     return path

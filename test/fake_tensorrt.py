@@ -31,6 +31,9 @@ import time
 import types
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+import onnxruntime as ort
 
 from moa_depth_ros.engine.cache import GpuInfo
 
@@ -144,8 +147,6 @@ def node_key(node, index):
 
 
 def _elem_types(model):
-    import onnx
-
     graph = onnx.shape_inference.infer_shapes(model).graph
     types_ = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)}
     types_.update({v.name: v.type.tensor_type.elem_type for v in graph.value_info})
@@ -159,9 +160,6 @@ def emulate_fp16(model, fp16_nodes, round_inputs=True):
     ``round_inputs``: round the FP32 inputs of FP16 nodes too (weak typing converts them;
     a strongly typed graph states its casts, so its inputs are FP16 values already).
     """
-    import onnx
-    from onnx import helper, numpy_helper
-
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -223,9 +221,6 @@ def emulate_fp16(model, fp16_nodes, round_inputs=True):
 
 def strongly_typed_emulation(model):
     """Return an FP32 graph and the FP16 nodes that compute like a strongly typed ``model``."""
-    import onnx
-    from onnx import numpy_helper
-
     types_ = _elem_types(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -289,9 +284,6 @@ def make_fake_tensorrt(
     ``cuda``: the device used when no FakeCuda is current. ``build_log``: a file each build
     appends its pid to (then sleeps ``build_delay_s``), to count builds across processes.
     """
-    import onnx
-    import onnxruntime as ort
-
     major = int(version.split('.')[0])
     weak = major < 11
     default_cuda = cuda or FakeCuda()

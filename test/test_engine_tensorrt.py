@@ -170,6 +170,15 @@ def test_fp16_on_tensorrt_11_builds_a_strongly_typed_fp16_graph(monkeypatch, onn
     assert sidecar.parity['passed'] and sidecar.precision == 'fp16'
 
 
+def test_fp16_on_tensorrt_11_without_onnx_is_a_clear_refusal(monkeypatch, onnx_files, tmp_path):
+    _install(monkeypatch, '11.0.0')
+    monkeypatch.setitem(sys.modules, 'onnx', None)
+    with pytest.raises(EngineError, match=r'FP16 ONNX graph, which needs the `onnx` package'):
+        tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'm.engine', _fp16_options())
+    options = tensorrt_builder.BuildOptions(precision='fp32')
+    assert tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'm.engine', options).parity
+
+
 def test_the_tensorrt_11_fake_has_no_weak_typing_surface(monkeypatch):
     trt = _install(monkeypatch, '11.0.0').trt
     for name in ('FP16', 'INT8', 'OBEY_PRECISION_CONSTRAINTS', 'PREFER_PRECISION_CONSTRAINTS'):

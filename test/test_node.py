@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 import cv2
 import numpy as np
@@ -24,6 +25,7 @@ from ros_graph import (
     diagnostic_values,
     grey_image_msg,
     header,
+    image_msg,
     wait_for,
 )
 from tiny_model import expected_depth_m, write_tiny_onnx
@@ -575,3 +577,49 @@ def test_shutdown_does_not_hang_on_a_slow_frame(make_node, probe, monkeypatch, g
     graph.destroy(node)
     assert time.monotonic() - begin < 2.0
     release.set()
+
+
+def test_space_clip_on_siglip_runs_in_the_node_and_flip_averages_at_run_time(
+    make_node, probe, tmp_path
+):
+    # Issue 16's end to end: the space_clip_siglip preset (a tiny SigLIP tower) exported and
+    # served by the node, whose flip_average switch gives the pipeline's flip-averaged depth.
+    pytest.importorskip('open_clip', reason='building the model needs the training stack')
+    from model_fixtures import perturb_batchnorm, tiny_siglip_space_clip
+    import torch
+
+    from moa_depth_ros.engine import load_engine
+    from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig
+    from training.onnx_export import export_onnx
+
+    model = tiny_siglip_space_clip(seed=3).eval()
+    perturb_batchnorm(model)
+    with torch.no_grad():  # depth inside the range, where it follows the image (not clamped)
+        for head in [model.depth_prediction_head, *model.aux_depth_heads]:
+            head[3].bias.fill_(2.0)
+    with warnings.catch_warnings():  # timm's input-size checks, fixed at this size
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        path = export_onnx(model, tmp_path / 'siglip.onnx').path
+    rgb = np.random.default_rng(5).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    reference = load_engine(path, backend='onnxruntime')
+    want = {
+        flip: DepthPipeline(
+            reference, PipelineConfig(cloud=False, focal_correction=False, flip_average=flip)
+        )
+        .process_rgb(rgb)
+        .depth_m
+        for flip in (False, True)
+    }
+    reference.close()
+    assert np.abs(want[True] - want[False]).max() > 1e-3  # the mirror pass changes the depth
+
+    node = make_node(model_path=str(path), backend='onnxruntime', focal_length_correction=False)
+    assert probe.wait_log('space_clip via onnxruntime')
+    connected(probe, node)
+    probe.send('/image', image_msg(rgb, sec=1))
+    depth = probe.out['depth'].wait_match(lambda m: m.header.stamp.sec == 1)
+    np.testing.assert_allclose(msgs.decode_depth(depth), want[False], rtol=1e-5, atol=1e-6)
+    assert set_param(node, 'flip_average', True).successful
+    probe.send('/image', image_msg(rgb, sec=2))
+    depth = probe.out['depth'].wait_match(lambda m: m.header.stamp.sec == 2)
+    np.testing.assert_allclose(msgs.decode_depth(depth), want[True], rtol=1e-5, atol=1e-6)

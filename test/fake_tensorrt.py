@@ -312,6 +312,15 @@ def make_fake_tensorrt(
     class MemoryPoolType(enum.Enum):
         WORKSPACE = 0
 
+    class ProfilingVerbosity(enum.Enum):
+        LAYER_NAMES_ONLY = 0
+        NONE = 1
+        DETAILED = 2
+
+    class LayerInformationFormat(enum.Enum):
+        ONELINE = 0
+        JSON = 1
+
     class TensorIOMode(enum.Enum):
         NONE = 0
         INPUT = 1
@@ -466,6 +475,7 @@ def make_fake_tensorrt(
     class BuilderConfig:
         def __init__(self):
             self.flags = {BuilderFlag.TF32}  # TensorRT enables TF32 by default
+            self.profiling_verbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
             self.pool_limits = {}
             self.profiles = []
             self.timing_cache = None
@@ -548,8 +558,14 @@ def make_fake_tensorrt(
                 model, fp16_nodes = network.model, _weak_fp16_nodes(network, config)
             if fp16_nodes:
                 model = emulate_fp16(model, fp16_nodes, round_inputs=not network.strongly_typed)
+            layers = [
+                [layer.name, 'fp16' if layer.node_key in fp16_nodes else 'fp32']
+                for layer in network.layers
+            ]
             header = {
                 'version': version,
+                'layers': layers,
+                'detailed': config.profiling_verbosity == ProfilingVerbosity.DETAILED,
                 'gpu': device.device_info().name,
                 'fp16_layers': len(fp16_nodes),
                 'tf32': BuilderFlag.TF32 in config.flags,
@@ -631,6 +647,28 @@ def make_fake_tensorrt(
 
         def create_execution_context(self):
             return Context(self)
+
+        def create_engine_inspector(self):
+            return Inspector(self.header)
+
+    class Inspector:
+        def __init__(self, header):
+            self.header = header
+
+        def get_engine_information(self, format):  # noqa: A002 - the real keyword name
+            assert format == LayerInformationFormat.JSON
+            if not self.header['detailed']:
+                return json.dumps({'Layers': [name for name, _ in self.header['layers']]})
+            layers = []
+            for name, precision in self.header['layers']:
+                if weak:  # TensorRT 10: the type inside "Format/Datatype"
+                    kind = 'FP16' if precision == 'fp16' else 'FP32'
+                    output = {'Name': name, 'Format/Datatype': f'Row major linear {kind} format'}
+                else:  # TensorRT 11 splits the field
+                    kind = 'Half' if precision == 'fp16' else 'Float'
+                    output = {'Name': name, 'Format': 'Row major linear', 'DataType': kind}
+                layers.append({'Name': name, 'Outputs': [output]})
+            return json.dumps({'Layers': layers, 'Bindings': ['image', 'depth', 'confidence']})
 
     class Runtime:
         def __init__(self, logger):

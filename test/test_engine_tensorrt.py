@@ -141,6 +141,7 @@ def test_fp16_on_tensorrt_10_is_weakly_typed_and_pins_nothing(fake10, onnx_files
     assert config.pool_limits == {trt.MemoryPoolType.WORKSPACE: 1 << 28}
     assert trt.BuilderFlag.FP16 in config.flags
     assert trt.BuilderFlag.TF32 not in config.flags
+    assert config.profiling_verbosity == trt.ProfilingVerbosity.DETAILED  # for the inspector
     # The parser computes LayerNorm in FP32 already: pinning it would be redundant.
     assert trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS not in config.flags
     assert not any(layer.precision_was_set for layer in network.layers)
@@ -252,6 +253,16 @@ def test_fp16_overflow_is_rebuilt_with_the_sensitive_layers_in_fp32(fake, risky_
     errors = export.parity_errors(_ort(risky_onnx[0], image), engine.infer(image))
     assert errors['depth_rel'] < 1e-2
     engine.close()
+
+
+def test_engine_inspector_reports_layer_precisions(fake, risky_onnx, tmp_path):
+    engine_path = tmp_path / 'n.engine'
+    sidecar = tensorrt_builder.build_engine(risky_onnx[0], engine_path, _fp16_options())
+    engine = TensorRTEngine(engine_path)
+    counts = tensorrt_backend.layer_precisions(engine.layer_information())
+    engine.close()
+    assert counts['fp32'] >= sidecar.fp32_layers >= 1 and counts['fp16'] >= 1
+    assert tensorrt_backend.layer_precisions({'Layers': ['a', 'b']}) == {'unknown': 2}
 
 
 def test_the_overflow_is_real_in_the_emulation(fake10, risky_onnx):

@@ -14,8 +14,10 @@ that rebuilds it.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -515,6 +517,17 @@ class TensorRTEngine(DepthEngine):
         self._context = None
         self._engine = None
 
+    def layer_information(self) -> dict[str, Any]:
+        """Return the engine inspector's JSON: each layer with its tensors' types."""
+        if self._closed:
+            raise EngineError(f'{self.path}: engine is closed')
+        inspector = self._engine.create_engine_inspector()
+        text = inspector.get_engine_information(self._trt.LayerInformationFormat.JSON)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise EngineError(f'{self.path}: the engine inspector gave no JSON: {e}') from e
+
     def describe(self) -> str:
         """One line for logs: model, backend, precision and GPU."""
         tf32 = ', TF32' if self.sidecar.tf32 else ''
@@ -522,3 +535,29 @@ class TensorRTEngine(DepthEngine):
             f'{super().describe()} [{self.sidecar.precision}{tf32}, {self.sidecar.gpu_name}, '
             f'TensorRT {self.sidecar.tensorrt_version}]'
         )
+
+
+def layer_precisions(information: dict[str, Any]) -> dict[str, int]:
+    """Count an engine's layers by the type of their first output ('fp16', 'fp32', ...).
+
+    Reads ``TensorRTEngine.layer_information()`` of a DETAILED build: TensorRT 10 writes a
+    tensor's type inside "Format/Datatype" ("Row major linear FP16 format"), TensorRT 11 in
+    its own "DataType" field. Layers without detail (names only) count as 'unknown'.
+    """
+    counts: collections.Counter[str] = collections.Counter()
+    for layer in information.get('Layers', []):
+        outputs = layer.get('Outputs') if isinstance(layer, dict) else None
+        if not outputs:
+            counts['unknown'] += 1
+            continue
+        text = str(outputs[0].get('DataType') or outputs[0].get('Format/Datatype') or '')
+        upper = text.upper()
+        if 'FP16' in upper or 'HALF' in upper:
+            counts['fp16'] += 1
+        elif 'FP32' in upper or 'FLOAT' in upper:
+            counts['fp32'] += 1
+        elif 'INT' in upper or 'BOOL' in upper:
+            counts['int'] += 1
+        else:
+            counts['other'] += 1
+    return dict(counts)

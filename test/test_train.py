@@ -222,7 +222,14 @@ def test_unknown_recipe_key_is_named(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'name', ['moa_depthclip_nyu', 'space_clip_nyu', 'space_clip_kitti', 'quickstart']
+    'name',
+    [
+        'moa_depthclip_nyu',
+        'space_clip_nyu',
+        'space_clip_siglip_nyu',
+        'space_clip_kitti',
+        'quickstart',
+    ],
 )
 def test_shipped_recipes_load(name):
     from training.config import build_data_config, load_config

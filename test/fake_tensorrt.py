@@ -24,6 +24,7 @@ process can load it quickly.
 from __future__ import annotations
 
 import enum
+import importlib.machinery
 import json
 import os
 import threading
@@ -288,6 +289,8 @@ def make_fake_tensorrt(
     weak = major < 11
     default_cuda = cuda or FakeCuda()
     trt = types.ModuleType('tensorrt')
+    # A spec as an imported module has (torch's dynamo looks tensorrt up with find_spec).
+    trt.__spec__ = importlib.machinery.ModuleSpec('tensorrt', None)
     trt.__version__ = version
     trt.builds = []  # (network, config) of every build_serialized_network call
     trt.executions = []

@@ -685,6 +685,27 @@ def test_build_engine_command_line(fake, onnx_files, tmp_path, capsys):
     assert 'does not exist' in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_gpu_acceptance_script_runs_against_the_fake(fake, monkeypatch, tmp_path):
+    # The script is for a GPU machine; here its logic runs on the fake with tiny towers.
+    import gpu_acceptance
+
+    monkeypatch.setattr(gpu_acceptance, '_free_device_memory', lambda cuda: 1 << 30)
+    monkeypatch.setattr(gpu_acceptance, '_device_count', lambda: 1)
+    monkeypatch.setattr(gpu_acceptance, 'ITERATIONS', 20)
+    monkeypatch.setattr(  # its children would import the real tensorrt
+        gpu_acceptance, 'concurrent_builds', lambda report, *_: report.skip('lock', 'fake')
+    )
+    monkeypatch.setenv('OUT', str(tmp_path / 'out'))
+    assert gpu_acceptance.main(['--tiny', '--work', str(tmp_path / 'work')]) == 0
+    result = json.loads((tmp_path / 'out' / 'gpu_acceptance.json').read_text())
+    statuses = {check['check']: check['status'] for check in result['checks']}
+    assert statuses['refusal: an FP16 engine that misses the bar'] == 'pass'
+    assert statuses['cache: a second start reuses the engine'] == 'pass'
+    assert statuses['MoA-DepthCLIP fp16: 20 iterations leak no device memory'] == 'pass'
+    assert result['facts']['tensorrt'] == fake.trt.__version__ and not result['failed']
+
+
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 def test_real_tensorrt_fp16_engine_matches_onnxruntime(onnx_files, tmp_path):

@@ -262,7 +262,7 @@ _LAYER_TYPES = {
     'REDUCE': ('ReduceL1', 'ReduceL2', 'ReduceMax', 'ReduceMean', 'ReduceMin', 'ReduceSum',
                'ReduceSumSquare', 'ReduceProd'),
     'UNARY': ('Exp', 'Log', 'Sqrt', 'Erf', 'Abs', 'Neg', 'Reciprocal', 'Sin', 'Cos', 'Floor',
-              'Ceil'),
+              'Ceil', 'Not'),
     'MATRIX_MULTIPLY': ('MatMul', 'Gemm', 'Einsum'),
     'ACTIVATION': ('Relu', 'Sigmoid', 'Tanh', 'Clip', 'LeakyRelu', 'Elu', 'Softplus'),
     'SHUFFLE': ('Transpose', 'Reshape', 'Flatten', 'Squeeze', 'Unsqueeze'),
@@ -298,6 +298,7 @@ def make_fake_tensorrt(
     class DataType(enum.Enum):
         FLOAT = 0
         HALF = 1
+        BOOL = 4
 
     LayerType = enum.Enum('LayerType', [*_LAYER_TYPES, 'ELEMENTWISE'])  # noqa: N806
     op_types = {op: LayerType[name] for name, ops in _LAYER_TYPES.items() for op in ops}
@@ -347,7 +348,9 @@ def make_fake_tensorrt(
             self.min_severity = min_severity
 
     def nptype(dtype):
-        return {DataType.FLOAT: np.float32, DataType.HALF: np.float16}[dtype]
+        return {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.BOOL: np.bool_}[
+            dtype
+        ]
 
     class Tensor:
         def __init__(self, name, shape, dtype=DataType.FLOAT):
@@ -356,11 +359,15 @@ def make_fake_tensorrt(
     class Layer11:
         """TensorRT 11's ILayer: no precision, no set_output_type (slots: none can be added)."""
 
-        __slots__ = ('name', 'type', 'num_inputs', 'num_outputs', 'node_key')
+        __slots__ = ('name', 'type', 'num_inputs', 'num_outputs', 'node_key', 'output_dtypes')
 
-        def __init__(self, name, layer_type, num_outputs, key):
+        def __init__(self, name, layer_type, num_outputs, key, output_dtypes=None):
             self.name, self.type, self.num_inputs = name, layer_type, 1
             self.num_outputs, self.node_key = num_outputs, key
+            self.output_dtypes = output_dtypes or [DataType.FLOAT] * num_outputs
+
+        def get_output(self, index):
+            return Tensor(f'{self.name}_out{index}', (), self.output_dtypes[index])
 
     class Layer10(Layer11):
         """TensorRT 10's ILayer: precision and output types are weak-typing hints."""
@@ -448,10 +455,16 @@ def make_fake_tensorrt(
                     self.network.inputs.append(Tensor(value.name, _dims(value)))
             for value in graph.output:
                 self.network.outputs.append(Tensor(value.name, _dims(value)))
+            types_ = _elem_types(proto)
             for i, node in enumerate(graph.node):
                 layer_type = op_types.get(node.op_type, LayerType.ELEMENTWISE)
                 key = node_key(node, i)
-                self.network.layers.append(layer_class(key, layer_type, len(node.output), key))
+                dtypes = [
+                    DataType.BOOL if types_.get(name) == onnx.TensorProto.BOOL else DataType.FLOAT
+                    for name in node.output
+                ]
+                layer = layer_class(key, layer_type, len(node.output), key, dtypes)
+                self.network.layers.append(layer)
             self.network.model = proto
             return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,11 @@ import torch
 from moa_depth_ros import cli
 from moa_depth_ros.engine import cache
 from moa_depth_ros.engine.base import ModelMetadata
-from moa_depth_ros.engine.info import describe_model_file, read_safetensors_header
+from moa_depth_ros.engine.info import (
+    describe_model_file,
+    format_description,
+    read_safetensors_header,
+)
 from moa_depth_ros.errors import EngineError
 from training.onnx_export import export_onnx
 
@@ -85,6 +90,20 @@ def test_engine_info_from_sidecar_and_without_one(tmp_path, capsys):
     assert info['tensorrt']['gpu_name'] == 'NVIDIA Jetson Orin'
     assert info['tensorrt']['precision'] == 'fp16' and info['problems'] == []
     assert info['model']['input_hw'] == [24, 32]
+    assert 'parity                 not recorded' in format_description(info)
+    parity = {
+        'passed': True,
+        'reference': 'onnxruntime fp32 (CPU)',
+        'inputs': {'random': {'mean_rel_err': 2e-4}, 'saturated': {'mean_rel_err': 5e-4}},
+        'attempts': [{'passed': False}, {'passed': True}],
+    }
+    names = tuple(f'/blocks.{i}/norm' for i in range(12))
+    cache.write_sidecar(
+        engine, dataclasses.replace(sidecar, parity=parity, fp32_layer_names=names)
+    )
+    text = format_description(describe_model_file(engine))
+    assert 'passed against onnxruntime fp32 (CPU): worst mean relative depth error 0.050%' in text
+    assert '(saturated input), 2 build(s)' in text and '... (12 in all)' in text
     engine.write_bytes(b'replaced')
     assert 'sha256' in describe_model_file(engine)['problems'][0]
 

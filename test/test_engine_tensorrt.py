@@ -82,6 +82,17 @@ class NormalizedLogitNet(torch.nn.Module):
         }
 
 
+class MaskedLogitNet(NormalizedLogitNet):
+    """The same with a boolean unary layer (Not), which no precision pin may touch."""
+
+    def forward(self, image):
+        x = self.stem(image - 0.5)
+        x = F.normalize(torch.where(~(x > 0), torch.zeros_like(x), x), dim=1)
+        prob = torch.softmax(F.conv2d(x, self.text) * self.logit_scale, dim=1)
+        depth = (prob * self.bin_centers_m).sum(dim=1, keepdim=True)
+        return depth, prob.amax(dim=1, keepdim=True)
+
+
 class TinyDepthClip(TinyDepthNet):
     model_name = 'depthclip'
 
@@ -253,6 +264,18 @@ def test_fp16_overflow_is_rebuilt_with_the_sensitive_layers_in_fp32(fake, risky_
     errors = export.parity_errors(_ort(risky_onnx[0], image), engine.infer(image))
     assert errors['depth_rel'] < 1e-2
     engine.close()
+
+
+def test_the_retry_pins_only_floating_point_layers(fake10, tmp_path):
+    onnx_path = tmp_path / 'masked.onnx'
+    export.export_onnx(MaskedLogitNet().eval(), onnx_path)
+    sidecar = tensorrt_builder.build_engine(onnx_path, tmp_path / 'm.engine', _fp16_options())
+    assert [a['passed'] for a in sidecar.parity['attempts']] == [False, True]
+    layers = fake10.trt.builds[-1][0].layers
+    unary = [layer for layer in layers if layer.type == fake10.trt.LayerType.UNARY]
+    boolean = [layer for layer in unary if layer.output_dtypes == [fake10.trt.DataType.BOOL]]
+    assert boolean and not any(layer.precision_was_set for layer in boolean)
+    assert all(layer.name not in sidecar.fp32_layer_names for layer in boolean)
 
 
 def test_engine_inspector_reports_layer_precisions(fake, risky_onnx, tmp_path):

@@ -128,6 +128,29 @@ def _numel(shape: list[int]) -> int:
     return count
 
 
+def _short(key: str, value: Any) -> Any:
+    """One line for a sidecar field: the parity record summarised, long name lists cut."""
+    if key == 'parity' and isinstance(value, dict):
+        if not value:
+            return 'not recorded (an engine from before parity checks: rebuild it)'
+        worst = max(
+            (
+                (result.get('mean_rel_err') or 0.0, name)
+                for name, result in (value.get('inputs') or {}).items()
+                if isinstance(result, dict)
+            ),
+            default=(0.0, '-'),
+        )
+        verdict = 'passed' if value.get('passed') else 'FAILED'
+        return (
+            f'{verdict} against {value.get("reference", "?")}: worst mean relative depth error '
+            f'{worst[0]:.3%} ({worst[1]} input), {len(value.get("attempts") or [])} build(s)'
+        )
+    if isinstance(value, list) and len(value) > 4:
+        return f'{", ".join(map(str, value[:4]))}, ... ({len(value)} in all)'
+    return value
+
+
 def format_description(info: dict[str, Any]) -> str:
     """Render ``describe_model_file`` output as aligned text lines."""
     lines = [f'{info["path"]}: {info.get("kind", "?")} -> backend {info["backend"]}']
@@ -152,7 +175,7 @@ def format_description(info: dict[str, Any]) -> str:
         lines.append(f'  {"metric scale":<22} {scale}')
     for section in ('onnx', 'checkpoint', 'tensorrt'):
         for key, value in (info.get(section) or {}).items():
-            lines.append(f'  {key:<22} {value}')
+            lines.append(f'  {key:<22} {_short(key, value)}')
     for key, value in sorted((info.get('metadata') or {}).items()):
         if key == 'config_json':
             value = value if len(value) <= 72 else value[:69] + '...'

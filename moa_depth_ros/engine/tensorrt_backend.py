@@ -38,7 +38,7 @@ from moa_depth_ros.engine.cache import (
 from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
 
 _LOG = logging.getLogger(__name__)
-# JetPack 6 ships TensorRT 10.3; 11.x is the newest API this package is written against.
+# JetPack 6.1 ships TensorRT 10.3; 11.x is the newest API this package is written against.
 MIN_TENSORRT_VERSION = (10, 3)
 MAX_TENSORRT_MAJOR = 11
 
@@ -63,7 +63,8 @@ def import_tensorrt() -> ModuleType:
     if version[:2] < MIN_TENSORRT_VERSION:
         raise EngineError(
             f'TensorRT {trt.__version__} is too old: moa_depth_ros needs TensorRT '
-            f'{".".join(map(str, MIN_TENSORRT_VERSION))} or newer (JetPack 6)'
+            f'{".".join(map(str, MIN_TENSORRT_VERSION))} or newer (JetPack 6.1 or later on a '
+            f'Jetson)'
         )
     if version[0] > MAX_TENSORRT_MAJOR:
         raise EngineError(

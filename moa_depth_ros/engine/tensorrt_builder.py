@@ -175,6 +175,12 @@ def _layers_of_types(trt: ModuleType, network: Any, type_names: Sequence[str]) -
     return [layer for layer in layers if layer.type in wanted]
 
 
+def _computes_floats(trt: ModuleType, layer: Any) -> bool:
+    """Tell whether all outputs of a layer are floating point (a unary NOT is boolean)."""
+    floats = (trt.float32, trt.float16)
+    return all(layer.get_output(j).dtype in floats for j in range(layer.num_outputs))
+
+
 def _pin_fp32(trt: ModuleType, layers: Sequence[Any]) -> None:
     """Make each layer compute and output FP32 (TensorRT 10 weak typing only)."""
     for layer in layers:
@@ -280,7 +286,11 @@ def _build_once(
             # The parser computes LayerNorm in FP32 already; report those layers as such.
             fp32 = _layers_of_types(trt, network, ('NORMALIZATION',))
             if sensitive_fp32:
-                fp32 = _layers_of_types(trt, network, SENSITIVE_LAYER_TYPES)
+                fp32 = [
+                    layer
+                    for layer in _layers_of_types(trt, network, SENSITIVE_LAYER_TYPES)
+                    if _computes_floats(trt, layer)
+                ]
                 _pin_fp32(trt, fp32)
                 config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
             kept = tuple(str(layer.name) for layer in fp32)

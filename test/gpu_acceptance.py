@@ -321,12 +321,20 @@ def main(argv: list[str] | None = None) -> int:
         if engine is not None:
             engine.close()
     cache_and_refusal(report, onnx['tiny'], cache_dir)
+    refuse = tensorrt_builder.BuildOptions(fallback_fp32=False)
     try:
-        tensorrt_builder.ensure_engine(onnx['hopeless'], precision='fp16', cache_dir=cache_dir)
+        tensorrt_builder.ensure_engine(onnx['hopeless'], cache_dir=cache_dir, options=refuse)
     except EngineError as e:
         report.check('refusal: an FP16 engine that misses the bar', 'refused' in str(e))
     else:
         report.check('refusal: an FP16 engine that misses the bar', False, why='it was built')
+    path = tensorrt_builder.ensure_engine(onnx['hopeless'], cache_dir=cache_dir)
+    sidecar = cache.read_sidecar(path)
+    report.check(
+        'fallback: by default it is rebuilt in FP32 and the sidecar says why',
+        sidecar.precision == 'fp32' and bool(sidecar.parity.get('fallback')),
+        fallback=sidecar.parity.get('fallback', '')[:120],
+    )
     concurrent_builds(report, onnx['tiny_dynamic'], work)
     moa = build_and_judge(
         report, 'MoA-DepthCLIP default (fp16)', onnx['moa_depthclip'], cache_dir, None
@@ -337,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, name, precision, refusal_ok in (
         ('DepthCLIP default (fp32)', 'depthclip', None, False),
         ('MoA-DepthCLIP fp32', 'moa_depthclip', 'fp32', False),
-        ('DepthCLIP fp16 (built within the bar or refused)', 'depthclip', 'fp16', True),
+        ('DepthCLIP fp16 (within the bar, else FP32)', 'depthclip', 'fp16', False),
     ):
         engine = build_and_judge(
             report, label, onnx[name], cache_dir, precision, refusal_ok=refusal_ok

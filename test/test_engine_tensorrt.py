@@ -215,7 +215,7 @@ def test_every_build_records_its_parity_with_onnxruntime(fake, onnx_files, tmp_p
         assert result['passed'] and result['finite']
         assert 0 < result['mean_rel_err'] < 1e-3 and result['delta1_agreement'] == 1.0
     assert parity['attempts'] == [
-        {'fp32_layers': 1, 'sensitive_fp32': False, 'passed': True},
+        {'precision': 'fp16', 'fp32_layers': 1, 'sensitive_fp32': False, 'passed': True},
     ]
 
 
@@ -307,9 +307,25 @@ def test_the_overflow_is_real_in_the_emulation(fake10, risky_onnx):
     assert np.abs(depth - reference).mean() / reference.mean() > 0.01
 
 
-def test_fp16_that_misses_the_bar_is_refused_with_the_reason(fake, risky_onnx, tmp_path):
+def test_fp16_that_misses_the_bar_falls_back_to_fp32_and_says_so(
+    fake, risky_onnx, tmp_path, caplog
+):
+    engine_path = tmp_path / 'x.engine'
+    sidecar = tensorrt_builder.build_engine(risky_onnx[1], engine_path, _fp16_options())
+    assert sidecar.precision == 'fp32' and sidecar.requested_precision == 'fp16'
+    assert [a['precision'] for a in sidecar.parity['attempts']] == ['fp16', 'fp16', 'fp32']
+    assert [a['passed'] for a in sidecar.parity['attempts']] == [False, False, True]
+    assert 'built in FP32 instead' in sidecar.parity['fallback']
+    assert 'built in FP32 instead' in caplog.text  # never silently
+    engine = TensorRTEngine(engine_path)
+    assert 'fp32' in engine.describe()
+    engine.close()
+
+
+def test_fp16_that_misses_the_bar_is_refused_when_asked(fake, risky_onnx, tmp_path):
+    options = _fp16_options(fallback_fp32=False)
     with pytest.raises(EngineError, match=r'refused: the FP16 .*misses the accuracy bar.*fp32'):
-        tensorrt_builder.build_engine(risky_onnx[1], tmp_path / 'x.engine', _fp16_options())
+        tensorrt_builder.build_engine(risky_onnx[1], tmp_path / 'x.engine', options)
     assert list(tmp_path.iterdir()) == []  # nothing served, nothing written
     assert len(fake.trt.builds) == 2  # tried again with the sensitive layers in FP32
 
@@ -522,11 +538,17 @@ def test_cache_key_holds_build_options_and_gpu_facts(fake10, onnx_files, tmp_pat
     assert len(fake10.trt.builds) == 3
 
 
-def test_a_refused_engine_is_never_cached(fake10, risky_onnx, tmp_path):
+def test_a_refused_engine_is_never_cached_a_fallback_is(fake10, risky_onnx, tmp_path):
+    refuse = tensorrt_builder.BuildOptions(fallback_fp32=False)
     for _ in range(2):
         with pytest.raises(EngineError, match='refused'):
-            load_engine(risky_onnx[1], backend='tensorrt', cache_dir=tmp_path, precision='fp16')
+            tensorrt_builder.ensure_engine(risky_onnx[1], cache_dir=tmp_path, options=refuse)
     assert not list(tmp_path.glob('*.engine'))
+    first = load_engine(risky_onnx[1], backend='tensorrt', cache_dir=tmp_path, precision='fp16')
+    builds = len(fake10.trt.builds)
+    second = load_engine(risky_onnx[1], backend='tensorrt', cache_dir=tmp_path, precision='fp16')
+    assert second.path == first.path and len(fake10.trt.builds) == builds  # not rebuilt
+    assert second.sidecar.precision == 'fp32' and second.sidecar.requested_precision == 'fp16'
 
 
 def test_builds_and_runs_on_the_device_it_is_given(monkeypatch, onnx_files, tmp_path):
@@ -695,7 +717,7 @@ def test_build_options_validation():
         tensorrt_builder.BuildOptions(workspace_bytes=10)
 
 
-def test_build_engine_command_line(fake, onnx_files, tmp_path, capsys):
+def test_build_engine_command_line(fake, onnx_files, risky_onnx, tmp_path, capsys):
     out = tmp_path / 'cli.engine'
     args = ['--onnx', str(onnx_files[1]), '--output', str(out), '--batch', '1', '2', '3']
     assert build_engine_cli.main(args) == 0
@@ -704,6 +726,12 @@ def test_build_engine_command_line(fake, onnx_files, tmp_path, capsys):
     assert cache.read_sidecar(out).batch_profile == (1, 2, 3)
     assert build_engine_cli.main([*args, '--precision', 'fp32', '--tf32']) == 0
     assert cache.read_sidecar(out).tf32
+    capsys.readouterr()
+    hopeless = ['--onnx', str(risky_onnx[1]), '--output', str(out)]
+    assert build_engine_cli.main(hopeless) == 0
+    assert 'built in FP32 instead' in capsys.readouterr().out
+    assert build_engine_cli.main([*hopeless, '--no-fp32-fallback', '--precision', 'fp16']) == 2
+    assert 'refused' in capsys.readouterr().err
     assert build_engine_cli.main(['--onnx', str(tmp_path / 'none.onnx')]) == 2
     assert 'does not exist' in capsys.readouterr().err
 

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         '--tf32', action='store_true', help='let FP32 layers use TF32 (off: FP32 is FP32)'
     )
     parser.add_argument(
+        '--no-fp32-fallback',
+        action='store_true',
+        help='refuse an FP16 engine that misses the accuracy bar instead of building FP32',
+    )
+    parser.add_argument(
         '--workspace-gib', type=float, default=2.0, help='builder workspace limit in GiB'
     )
     parser.add_argument(
@@ -69,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workspace_bytes=int(args.workspace_gib * (1 << 30)),
             batch_profile=tuple(args.batch),
             tf32=args.tf32,
+            fallback_fp32=not args.no_fp32_fallback,
             timing_cache=args.timing_cache,
             verbose=args.verbose,
         )
@@ -85,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f'{sidecar.fp32_layers} layers in FP32) for {sidecar.gpu.describe()}, TensorRT '
         f'{sidecar.tensorrt_version}\n'
         f'parity with ONNX Runtime FP32: passed, worst mean relative depth error {worst:.3%}\n'
-        f'sidecar {sidecar_path(output)}'
+        + (f'{sidecar.parity["fallback"]}\n' if sidecar.parity.get('fallback') else '')
+        + f'sidecar {sidecar_path(output)}'
     )
     return 0

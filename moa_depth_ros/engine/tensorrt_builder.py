@@ -14,9 +14,11 @@ FP32 means FP32: ``BuilderFlag.TF32``, on by default, is cleared unless asked fo
 
 Every build is then run on fixed inputs (random, all-zero, saturated) and compared with ONNX
 Runtime FP32 (``engine.accuracy``); the result goes into the sidecar. An FP16 engine that
-misses the bar is rebuilt once with the sensitive layers in FP32, and refused with the
-numbers if it still misses: never served silently. DepthCLIP builds in FP32 by default: its
-x1000 logit scale turns FP16 rounding in the backbone into errors of ~0.25 logit.
+misses the bar is rebuilt with the sensitive layers in FP32; if it still misses, it is
+rebuilt in FP32 (as every reduced precision in this package: logged and recorded), or
+refused with the numbers when ``BuildOptions.fallback_fp32`` is off: never served silently.
+DepthCLIP builds in FP32 by default: its x1000 logit scale turns FP16 rounding in the
+backbone into errors of ~0.25 logit.
 
 ``ensure_engine`` is what the node calls on start: it builds on the device that will run
 the engine, once per cache key (``cache.engine_cache_key``), under an inter-process lock
@@ -95,6 +97,9 @@ class BuildOptions:
     batch_profile: tuple[int, int, int] = (1, 1, 8)
     # Let FP32 layers use TF32 tensor cores (10-bit mantissa products). Off: FP32 is FP32.
     tf32: bool = False
+    # An FP16 build that misses the accuracy bar even with its sensitive layers in FP32 is
+    # rebuilt in FP32 (logged, and recorded in the sidecar); False refuses it instead.
+    fallback_fp32: bool = True
     timing_cache: str | os.PathLike | None = None
     verbose: bool = False
 
@@ -121,6 +126,7 @@ class BuildOptions:
             'workspace_bytes': int(self.workspace_bytes),
             'batch_profile': list(self.batch_profile),
             'tf32': bool(self.tf32),
+            'fallback_fp32': bool(self.fallback_fp32),
         }
 
 
@@ -397,10 +403,17 @@ def build_engine(
 
     attempts: list[dict[str, Any]] = []
     reference = inputs = None
-    stages = (False, True) if requested == 'fp16' else (False,)
-    for sensitive_fp32 in stages:
+    # (precision, sensitive layers in FP32): FP16, FP16 with the sensitive layers pinned,
+    # then (unless refused instead) FP32.
+    stages = [(requested, False)]
+    if requested == 'fp16':
+        stages.append(('fp16', True))
+        if options.fallback_fp32:
+            stages.append(('fp32', False))
+    fallback = ''
+    for stage_precision, sensitive_fp32 in stages:
         build = _build_once(
-            trt, onnx_path, metadata, options, requested, sensitive_fp32=sensitive_fp32
+            trt, onnx_path, metadata, options, stage_precision, sensitive_fp32=sensitive_fp32
         )
         sidecar = EngineSidecar(
             tensorrt_version=str(trt.__version__),
@@ -434,6 +447,7 @@ def build_engine(
             engine.close()
         attempts.append(
             {
+                'precision': build.precision,
                 'fp32_layers': len(build.fp32_layer_names),
                 'sensitive_fp32': sensitive_fp32,
                 **result,
@@ -448,6 +462,12 @@ def build_engine(
                 onnx_path,
                 _summary(result),
             )
+        elif options.fallback_fp32:
+            fallback = (
+                f'FP16 missed the accuracy bar even with {len(build.fp32_layer_names)} '
+                f'sensitive layers in FP32 ({_summary(result)}): built in FP32 instead'
+            )
+            _LOG.warning('%s: %s', onnx_path, fallback)
     last = attempts[-1]
     if not last['passed']:
         if build.precision == 'fp16':
@@ -456,7 +476,8 @@ def build_engine(
                 f'(mean relative depth error <= {ACCURACY_BAR["mean_rel_err"]:.0%}, '
                 f'>= {ACCURACY_BAR["delta1_agreement"]:.0%} of pixels within 1.25x of ONNX '
                 f'Runtime FP32) even with {last["fp32_layers"]} sensitive layers in FP32: '
-                f'{_summary(last)}; build it in FP32 (precision fp32) instead'
+                f'{_summary(last)}; build it in FP32 (precision fp32) instead, or allow the '
+                f'FP32 fallback'
             )
         raise EngineError(
             f'{onnx_path}: refused: the FP32 TensorRT engine disagrees with ONNX Runtime FP32 '
@@ -468,6 +489,7 @@ def build_engine(
         'reference': 'onnxruntime fp32 (CPU)',
         'bar': dict(ACCURACY_BAR),
         'batch': int(inputs[0].shape[0]),
+        'fallback': fallback,
         'inputs': last['inputs'],
         'attempts': [
             {key: value for key, value in attempt.items() if key != 'inputs'}

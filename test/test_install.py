@@ -114,14 +114,21 @@ def test_the_gpu_variants_resolve(tmp_path, cuda, python):
         canonicalize_name(Requirement(line).name): Requirement(line)
         for line in _requirements(path, python, 'x86_64')
     }
-    assert set(wanted) == {f'tensorrt-{cuda}', 'cuda-python'}
-    # cuda-python: wheels for this Python on a desktop.
+    # onnx: TensorRT 11 builds FP16 from an FP16 copy of the ONNX file that onnx writes.
+    assert set(wanted) == {f'tensorrt-{cuda}', 'cuda-python', 'onnx'}
+    # cuda-python and onnx: wheels for this Python on a desktop.
     found = _resolve(
         tmp_path,
         python,
-        ['--only-binary=:all:', *_platform_args('x86_64', '2_35'), str(wanted['cuda-python'])],
+        [
+            '--only-binary=:all:',
+            *_platform_args('x86_64', '2_35'),
+            str(wanted['cuda-python']),
+            str(wanted['onnx']),
+        ],
     )
     assert Version(found['cuda-python']) in wanted['cuda-python'].specifier
+    assert Version(found['onnx']) in wanted['onnx'].specifier
     # tensorrt-cuXX: a source package on PyPI that fetches NVIDIA's libraries when installed;
     # resolving it alone proves a release in the range exists.
     found = _resolve(tmp_path, python, ['--no-deps', str(wanted[f'tensorrt-{cuda}'])])

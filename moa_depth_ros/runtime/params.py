@@ -170,10 +170,12 @@ SPECS: tuple[ParamSpec, ...] = (
         'precision',
         'auto',
         "Arithmetic of the network. 'auto' is the backend's default: fp32, except a TensorRT "
-        "engine built from ONNX (fp16) and OpenVINO (the device's preference: bf16 on CPUs "
-        'with AMX or AVX512-BF16, fp16 on Intel GPUs). A reduced precision, default or asked '
-        'for, is checked against fp32 on fixed inputs and kept only if its depth stays within '
-        '1 %; else fp32 runs and the log says why. fp32 forces full precision. With backend '
+        'engine built from ONNX (fp16; DepthCLIP fp32, without TF32) and OpenVINO (the '
+        "device's preference: bf16 on CPUs with AMX or AVX512-BF16, fp16 on Intel GPUs). A "
+        'reduced precision, default or asked for, is checked against fp32 on fixed inputs and '
+        'kept only if its depth stays within 1 % (TensorRT first retries with the sensitive '
+        'layers in fp32); else fp32 runs and the log says why. fp32 forces full precision. '
+        'With backend '
         'auto, bf16 or fp16 on an .onnx file selects OpenVINO. '
         'ONNX Runtime runs a file as exported (int8: export an int8 file).',
         'model',

@@ -135,6 +135,11 @@ _SKIPS = {
         None if _tensorrt_usable() else 'TensorRT Python libraries are not installed'
     ),
     'gpu': lambda: None if _cuda_available() else 'no CUDA GPU on this machine',
+    'openvino': lambda: (
+        None
+        if _importable('openvino')
+        else 'OpenVINO is not installed (requirements-openvino.txt)'
+    ),
     'registry': _registry_problem,
 }
 

@@ -216,6 +216,7 @@ def test_bag_gets_the_node_outputs_with_image_stamps_frames_and_rays(
         _check_with_the_mcap_reader(tmp_path / 'out', stamps)
 
 
+@pytest.mark.openvino
 def test_openvino_backend_writes_what_onnx_runtime_writes(tmp_path, model_path):
     write_input_bag(tmp_path / 'in', 'mcap')
     outputs = {}

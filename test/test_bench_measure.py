@@ -118,6 +118,7 @@ def test_moa_depth_bench_times_a_model_file_as_the_node_runs_it(tmp_path, capsys
     assert results['machine']['cores_available'] >= 1
 
 
+@pytest.mark.openvino
 def test_moa_depth_bench_times_other_backends_and_peers_beside_the_model(tmp_path, capsys):
     import json
 

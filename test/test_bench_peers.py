@@ -23,6 +23,7 @@ def test_the_peer_has_depth_anything_v2_smalls_size():
         peers.build_peer('depth_anything_v2_large@518x518')
 
 
+@pytest.mark.openvino
 def test_export_peer_writes_a_model_file_the_runtimes_run(tmp_path, capsys):
     out = tmp_path / 'peer.onnx'
     assert bench_main(['export-peer', 'depth_anything_v2_small@392x518', str(out)]) == 0

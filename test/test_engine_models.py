@@ -37,7 +37,9 @@ def exported(request, tmp_path_factory):
     return name, model, checkpoint, onnx_path
 
 
-@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
+@pytest.mark.parametrize(
+    'backend', ['onnxruntime', pytest.param('openvino', marks=pytest.mark.openvino)]
+)
 def test_torch_and_the_cpu_runtimes_agree(exported, backend):
     name, _, checkpoint, onnx_path = exported
     reference = load_engine(checkpoint, device='cpu')

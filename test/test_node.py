@@ -177,6 +177,7 @@ def test_frame_gives_depth_info_confidence_and_cloud_on_the_image_rays(make_node
     assert (colored.encoding, colored.header) == ('bgr8', depth.header)
 
 
+@pytest.mark.openvino
 def test_openvino_backend_gives_the_depth_onnx_runtime_gives(make_node, probe):
     # fp32: the same arithmetic as ONNX Runtime (auto may take the CPU's bf16).
     node = make_node(

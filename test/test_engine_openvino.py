@@ -154,7 +154,7 @@ def test_files_openvino_cannot_run_are_refused_with_the_reason(tmp_path, onnx_fi
     unknown = onnx.load(os.fspath(onnx_files[0]))
     unknown.graph.node[0].op_type = 'NoSuchOperator'
     onnx.save(unknown, os.fspath(tmp_path / 'unknown.onnx'))
-    with pytest.raises(EngineError, match='OpenVINO cannot read the model'):
+    with pytest.raises(EngineError, match='OpenVINO cannot read or compile the model'):
         OpenVinoEngine(tmp_path / 'unknown.onnx', cache_dir=tmp_path)
     bare = onnx.load(os.fspath(onnx_files[0]))
     del bare.metadata_props[:]
@@ -211,19 +211,25 @@ def test_auto_precision_is_the_devices_own_kept_only_within_the_bar(onnx_files, 
 def test_the_compiled_model_is_cached_and_a_replaced_file_is_compiled_again(tmp_path):
     path = tmp_path / 'model.onnx'
     export.export_onnx(TinyDepthNet(seed=0), path)
+    cache = tmp_path / 'cache' / 'openvino'
     first = OpenVinoEngine(path, precision='fp32', cache_dir=tmp_path / 'cache')
-    blobs = sorted((tmp_path / 'cache' / 'openvino').glob('*.blob'))
+    blobs = sorted(cache.rglob('*.blob'))
     assert blobs, 'OpenVINO wrote no compiled model to its cache'
     image = random_image(first.input_hw)
     again = OpenVinoEngine(path, precision='fp32', cache_dir=tmp_path / 'cache')
-    assert sorted((tmp_path / 'cache' / 'openvino').glob('*.blob')) == blobs  # reused
+    assert sorted(cache.rglob('*.blob')) == blobs  # reused
+    assert again.cache_dir == first.cache_dir
     np.testing.assert_array_equal(first.infer(image)[0], again.infer(image)[0])
 
-    export.export_onnx(TinyDepthNet(seed=1), path)  # new weights at the same path
+    # New weights at the same path (OpenVINO alone would key them by the path and hand out
+    # the old compiled model): compiled again, and the old version's blobs are gone.
+    export.export_onnx(TinyDepthNet(seed=1), path)
     replaced = OpenVinoEngine(path, precision='fp32', cache_dir=tmp_path / 'cache')
     reference = load_engine(path, backend='onnxruntime').infer(image)
     assert parity_errors(reference, replaced.infer(image))['depth_rel'] < PARITY
     assert not np.allclose(replaced.infer(image)[0], first.infer(image)[0])
+    assert not first.cache_dir.exists() and replaced.cache_dir.parent == first.cache_dir.parent
+    assert sorted(cache.rglob('*.blob')) and not set(cache.rglob('*.blob')) & set(blobs)
 
 
 def test_an_unwritable_cache_costs_the_cache_not_the_engine(onnx_files, tmp_path, caplog):

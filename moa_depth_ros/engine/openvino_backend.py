@@ -22,10 +22,12 @@ The graph is checked against its metadata (tensor names, [N,3,H,W] float32 in, t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pathlib
 import re
+import shutil
 import time
 from typing import Any, Sequence
 
@@ -117,6 +119,27 @@ def _check_io(model: Any, path: pathlib.Path, input_hw: tuple[int, int]) -> None
             )
 
 
+def model_cache_dir(root: pathlib.Path, model: pathlib.Path) -> pathlib.Path:
+    """Return (and create) the OpenVINO cache directory for this version of ``model``.
+
+    OpenVINO keys a model compiled from a file by the file's path, so a model re-exported to
+    the same path would get the old compiled blob. Each version of the file (size and
+    modification time) gets a directory of its own, and the directories of its earlier
+    versions are deleted: one compiled model per path and precision is kept.
+    """
+    resolved = model.resolve()
+    stat = resolved.stat()
+    digest = hashlib.sha256(os.fspath(resolved).encode()).hexdigest()[:12]
+    per_path = root / f'{resolved.stem}-{digest}'
+    version = per_path / f'{stat.st_size}-{stat.st_mtime_ns}'
+    if per_path.is_dir():
+        for old in per_path.iterdir():
+            if old != version:
+                shutil.rmtree(old, ignore_errors=True)
+    version.mkdir(parents=True, exist_ok=True)
+    return version
+
+
 class OpenVinoEngine(DepthEngine):
     """An exported ``.onnx`` depth model compiled and run by OpenVINO."""
 
@@ -165,34 +188,24 @@ class OpenVinoEngine(DepthEngine):
                     f'{sorted(c for c in capabilities if c in _CAPABILITY.values())}); '
                     f'use precision:=fp32'
                 )
-        self.cache_dir = (
-            pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        ) / 'openvino'
+        root = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self.cache_dir = model_cache_dir(root / 'openvino', self.path)
             self._core.set_property({'CACHE_DIR': os.fspath(self.cache_dir)})
         except OSError as e:
             # A read-only home (some robots) costs the cache, not the engine.
-            _LOG.warning('OpenVINO model cache disabled: cannot create %s: %s', self.cache_dir, e)
-        try:
-            model = self._core.read_model(os.fspath(self.path))
-        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
-            raise EngineError(
-                f'{self.path}: OpenVINO cannot read the model (corrupt, truncated or not '
-                f'ONNX): {type(e).__name__}: {e}'
-            ) from e
-        _check_io(model, self.path, self.input_hw)
-        self._model = model
+            self.cache_dir = None
+            _LOG.warning('OpenVINO model cache disabled: cannot create it under %s: %s', root, e)
         self._threads = int(intra_op_threads or 0)
         started = time.perf_counter()
         self.precision = precision
         self.precision_note = ''
         self.precision_check: dict[str, float] = {}
-        self._compiled, self._request = self._compile(precision)
-        if precision != 'fp32':
+        if precision == 'fp32':
+            self._compiled, self._request = self._compile(precision)
+        else:
             self._verify_precision(precision)
         self.compile_s = time.perf_counter() - started
-        self._model = None  # the compiled model keeps what it needs
 
     def _capabilities(self) -> list[str]:
         try:
@@ -217,21 +230,33 @@ class OpenVinoEngine(DepthEngine):
         if self._threads and self.device == 'CPU':
             config['INFERENCE_NUM_THREADS'] = self._threads
         try:
-            compiled = self._core.compile_model(self._model, self.device, config)
-        except Exception as e:
+            # From the file, not a model read first: with the cache on, a later start loads
+            # the compiled blob without building the graph in memory at all.
+            compiled = self._core.compile_model(os.fspath(self.path), self.device, config)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
             raise EngineError(
-                f'{self.path}: OpenVINO cannot compile the model for {self.device} '
-                f'({precision}): {type(e).__name__}: {e}'
+                f'{self.path}: OpenVINO cannot read or compile the model for {self.device} '
+                f'({precision}; corrupt, truncated, or an operator it lacks): '
+                f'{type(e).__name__}: {e}'
             ) from e
+        _check_io(compiled, self.path, self.input_hw)
         return compiled, compiled.create_infer_request()
 
     def _verify_precision(self, precision: str) -> None:
-        """Keep a reduced precision only if its depth meets the accuracy bar against FP32."""
+        """Keep a reduced precision only if its depth meets the accuracy bar against FP32.
+
+        The FP32 reference is compiled, run and released before the reduced precision is
+        compiled, so the two compiled models never take memory at once (a refusal recompiles
+        FP32 from OpenVINO's cache).
+        """
         reference, request = self._compile('fp32')
-        batch = self._static_batch(reference) or 1
+        images = reference_inputs(self.input_hw, self._static_batch(reference) or 1)
+        expected = [self._run(request, image)[0] for image in images]
+        reference = request = None
+        self._compiled, self._request = self._compile(precision)
         results = [
-            depth_agreement(self._run(request, image)[0], self._run(self._request, image)[0])
-            for image in reference_inputs(self.input_hw, batch)
+            depth_agreement(want, self._run(self._request, image)[0])
+            for want, image in zip(expected, images)
         ]
         failing = [numbers for numbers in results if not accuracy_holds(numbers)]
         worst = failing[0] if failing else max(results, key=lambda n: n['mean_rel_err'])
@@ -247,7 +272,8 @@ class OpenVinoEngine(DepthEngine):
             f'{1 - ACCURACY_BAR["delta1_agreement"]:.0%}); running fp32'
         )
         _LOG.warning('%s: %s', self.path, self.precision_note)
-        self._compiled, self._request = reference, request
+        self._compiled = self._request = None
+        self._compiled, self._request = self._compile('fp32')
         self.precision = 'fp32'
 
     @staticmethod

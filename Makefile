@@ -14,13 +14,14 @@ OLDEST := -c constraints/tools.txt -c constraints/runtime-oldest.txt
 # loopback up, so DDS never reaches the network (see .ci/netns-run).
 ISOLATED := .ci/netns-run
 # The tests of what a robot runs (no training stack): rerun on Kilted and on the oldest
-# supported NumPy, OpenCV and ONNX Runtime. ROS_TESTS are the ones that use ROS 2.
+# supported NumPy, OpenCV, ONNX Runtime and OpenVINO. ROS_TESTS are the ones that use ROS 2.
 ROS_TESTS := test/test_node.py test/test_node_live.py test/test_msgs_rclpy.py
 RUNTIME_TESTS := $(ROS_TESTS) test/test_pipeline.py test/test_msgs.py test/test_msgs_cdr.py \
 	test/test_geometry.py test/test_engine_onnxruntime.py test/test_engine_cache.py \
 	test/test_bag.py test/test_bag_recovery.py test/test_worker.py test/test_params.py \
 	test/test_node_diagnostics.py test/test_fileio.py test/test_launch.py test/test_bench_measure.py
-LANE_REQUIREMENTS := -r requirements-venv.txt -r requirements-test-runtime.txt
+LANE_REQUIREMENTS := -r requirements-venv.txt -r requirements-test-runtime.txt \
+	-r requirements-openvino.txt
 
 .PHONY: all venv test test-kilted test-compat demo bench config lint format clean
 
@@ -53,11 +54,11 @@ define lane
 endef
 
 .venv-kilted/.deps-stamp: requirements.txt requirements-venv.txt requirements-test-runtime.txt \
-		requirements-ros-kilted.txt constraints/*.txt setup.py
+		requirements-openvino.txt requirements-ros-kilted.txt constraints/*.txt setup.py
 	$(call lane,.venv-kilted,requirements-ros-kilted.txt,$(CURRENT))
 
 .venv-compat/.deps-stamp: requirements.txt requirements-venv.txt requirements-test-runtime.txt \
-		requirements-ros-jazzy.txt constraints/*.txt setup.py
+		requirements-openvino.txt requirements-ros-jazzy.txt constraints/*.txt setup.py
 	$(call lane,.venv-compat,requirements-ros-jazzy.txt,$(OLDEST))
 
 # The ROS tests again on ROS 2 Kilted (rclpy 9) instead of Jazzy (rclpy 7).

@@ -119,7 +119,7 @@ def write_input_bag(path, storage='sqlite3', distro=Stores.ROS2_HUMBLE):
 
 def _settings(model_path, **values):
     return params.NodeSettings.from_values(
-        {'model_path': model_path, 'min_depth_m': MIN_DEPTH_M, **values}
+        {'model_path': model_path, 'min_depth_m': MIN_DEPTH_M, 'backend': 'onnxruntime', **values}
     )
 
 

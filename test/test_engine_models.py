@@ -125,5 +125,7 @@ def test_real_tensorrt_round_trip(exported, tmp_path):
     engine = load_engine(tmp_path / 'model.engine')
     assert engine.sidecar == sidecar
     image = random_image(engine.input_hw, seed=5)
-    errors = export.parity_errors(load_engine(onnx_path).infer(image), engine.infer(image))
+    errors = export.parity_errors(
+        load_engine(onnx_path, backend='onnxruntime').infer(image), engine.infer(image)
+    )
     assert errors['depth_rel'] < 2e-3 and errors['confidence_rel'] < 2e-2

@@ -62,7 +62,7 @@ def test_export_writes_named_tensors_metadata_and_opset(static_onnx):
 
 def test_onnxruntime_matches_torch(model, static_onnx):
     path, _ = static_onnx
-    engine = load_engine(path)
+    engine = load_engine(path, backend='onnxruntime')
     assert engine.backend == 'onnxruntime'
     assert engine.providers == ['CPUExecutionProvider']
     assert engine.input_hw == (24, 32) and engine.depth_range_m == (0.25, 8.0)
@@ -75,7 +75,7 @@ def test_onnxruntime_matches_torch(model, static_onnx):
 
 
 def test_static_batch_model_runs_a_larger_batch_in_chunks(model, static_onnx):
-    engine = load_engine(static_onnx[0], intra_op_threads=1)
+    engine = load_engine(static_onnx[0], backend='onnxruntime', intra_op_threads=1)
     image = random_image(engine.input_hw, batch=3, seed=4)
     depth, _ = engine.infer(image)
     assert depth.shape == (3, 1, 24, 32)
@@ -86,7 +86,7 @@ def test_dynamic_batch_export(model, tmp_path):
     path = tmp_path / 'dyn.onnx'
     report = export.export_onnx(model, path, dynamic_batch=True, opset=18)
     assert report.dynamic_batch and report.metadata['dynamic_batch'] == 'true'
-    engine = load_engine(path)
+    engine = load_engine(path, backend='onnxruntime')
     image = random_image(engine.input_hw, batch=4, seed=5)
     depth, confidence = engine.infer(image)
     errors = export.parity_errors(_torch_outputs(model, image), (depth, confidence))
@@ -94,7 +94,7 @@ def test_dynamic_batch_export(model, tmp_path):
 
 
 def test_wrong_input_size_is_a_clear_error(static_onnx):
-    engine = load_engine(static_onnx[0])
+    engine = load_engine(static_onnx[0], backend='onnxruntime')
     with pytest.raises(EngineError, match=r'\[N, 3, 24, 32\].*got \[1, 3, 32, 24\]'):
         engine.infer(np.zeros((1, 3, 32, 24), np.float32))
     with pytest.raises(EngineError, match='numpy array'):
@@ -190,11 +190,11 @@ def test_loader_rejects_unknown_types_and_mismatched_backends(static_onnx, tmp_p
     with pytest.raises(EngineError, match='does not exist'):
         load_engine(tmp_path / 'missing.onnx')
     with pytest.raises(ConfigError, match='backend must be'):
-        load_engine(static_onnx[0], backend='openvino')
+        load_engine(static_onnx[0], backend='tflite')
     with pytest.raises(EngineError, match='torch backend runs .safetensors'):
         load_engine(static_onnx[0], backend='torch')
     with pytest.raises(ConfigError, match='int8'):
-        load_engine(static_onnx[0], precision='bf16')
+        load_engine(static_onnx[0], backend='onnxruntime', precision='bf16')
 
 
 def test_opset_below_17_is_refused(model, tmp_path):

@@ -23,7 +23,7 @@ def tiny(tmp_path_factory):
 
 
 def test_runs_the_graph_and_reads_sizes_and_range_from_its_metadata(tiny):
-    engine = load_engine(tiny, device='cpu')
+    engine = load_engine(tiny, backend='onnxruntime', device='cpu')
     assert engine.backend == 'onnxruntime'
     assert engine.input_hw == (24, 32) and engine.depth_range_m == (0.5, 10.0)
     image = np.random.default_rng(0).random((2, 3, 24, 32), dtype=np.float32)
@@ -41,14 +41,14 @@ def test_threads_do_not_spin_between_frames_unless_asked(tiny):
         options = engine.session.get_session_options()
         return options.get_session_config_entry('session.intra_op.allow_spinning')
 
-    assert spinning(load_engine(tiny, device='cpu')) == '0'
-    assert spinning(load_engine(tiny, device='cpu', spin_wait=True)) == '1'
-    engine = load_engine(tiny, device='cpu', intra_op_threads=1)
+    assert spinning(load_engine(tiny, backend='onnxruntime', device='cpu')) == '0'
+    assert spinning(load_engine(tiny, backend='onnxruntime', device='cpu', spin_wait=True)) == '1'
+    engine = load_engine(tiny, backend='onnxruntime', device='cpu', intra_op_threads=1)
     assert engine.session.get_session_options().intra_op_num_threads == 1
 
 
 def test_a_wrong_input_size_is_a_clear_error(tiny):
-    engine = load_engine(tiny, device='cpu')
+    engine = load_engine(tiny, backend='onnxruntime', device='cpu')
     with pytest.raises(EngineError, match='24'):
         engine.infer(np.zeros((1, 3, 48, 64), np.float32))
 
@@ -58,11 +58,11 @@ def test_truncated_and_foreign_files_are_engine_errors(tiny, tmp_path):
     cut = tmp_path / 'cut.onnx'
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(EngineError):
-        load_engine(cut, device='cpu')
+        load_engine(cut, backend='onnxruntime', device='cpu')
     foreign = tmp_path / 'photo.onnx'
     foreign.write_bytes(b'\xff\xd8\xff\xe0 not a model')
     with pytest.raises(EngineError):
-        load_engine(foreign, device='cpu')
+        load_engine(foreign, backend='onnxruntime', device='cpu')
 
 
 def test_a_model_without_its_metadata_is_refused_with_the_missing_keys(tiny, tmp_path):
@@ -71,4 +71,4 @@ def test_a_model_without_its_metadata_is_refused_with_the_missing_keys(tiny, tmp
     bare = tmp_path / 'bare.onnx'
     onnx.save(model, str(bare))
     with pytest.raises(ModelMetadataError, match='input_height'):
-        load_engine(bare, device='cpu')
+        load_engine(bare, backend='onnxruntime', device='cpu')

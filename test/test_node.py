@@ -79,7 +79,9 @@ def make_node(graph, model_path):
     from moa_depth_ros.runtime.node import DepthNode
 
     def make(**overrides):
-        values = {'model_path': model_path, **overrides}
+        # ONNX Runtime unless a test asks: backend auto may measure OpenVINO faster and run
+        # the CPU's bf16, and these tests compare depth to 1e-5 (the startup test runs auto).
+        values = {'model_path': model_path, 'backend': 'onnxruntime', **overrides}
         node = DepthNode(
             context=graph.context,
             parameter_overrides=[Parameter(k, value=v) for k, v in values.items()],
@@ -121,7 +123,7 @@ def set_param(node, name, value):
 def test_startup_declares_typed_documented_parameters_and_topics(make_node, probe):
     from rclpy.qos import ReliabilityPolicy
 
-    node = make_node()
+    node = make_node(backend='auto')
     for spec in params.SPECS:
         descriptor = node.describe_parameter(spec.name)
         assert descriptor.description, spec.name
@@ -496,6 +498,7 @@ def test_depth_takes_the_cameras_focal_length_and_says_how(graph, probe, tmp_pat
             context=graph.context,
             parameter_overrides=[
                 Parameter('model_path', value=model),
+                Parameter('backend', value='onnxruntime'),
                 Parameter('diagnostics_period_s', value=0.2),
             ],
         )

@@ -60,6 +60,8 @@ def node_args(model_path, *params):
     args += ['-r', f'__ns:={NS}', '-r', 'image:=image_raw']
     args += ['-r', 'image/compressed:=image_raw/compressed']
     args += ['-p', f'model_path:={model_path}']
+    # The depth is compared to 1e-5: not the CPU's bf16, which backend auto may pick.
+    args += ['-p', 'backend:=onnxruntime']
     for param in params:
         args += ['-p', param]
     return args

@@ -32,6 +32,8 @@ PIP_DISTS = {
     'tensorrt': 'tensorrt-cu12',  # or tensorrt-cu13; JetPack's python3-libnvinfer on Jetson
     'cuda': 'cuda-python',
     'onnx': 'onnx',
+    'openvino': 'openvino',
+    'timm': 'timm',
     'tqdm': 'tqdm',
     'apsw': 'apsw',
     'lz4': 'lz4',

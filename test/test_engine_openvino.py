@@ -182,7 +182,9 @@ def test_a_reduced_precision_within_the_bar_is_kept(onnx_files, tmp_path):
         pytest.skip('this CPU has no bf16 in OpenVINO (no AVX512-BF16 / AMX)')
     engine = OpenVinoEngine(onnx_files[0], precision='bf16', cache_dir=tmp_path)
     assert engine.precision == 'bf16' and engine.precision_note == ''
-    assert engine.precision_check['mean_rel_err'] <= 0.01
+    # Compared with a real FP32 run (not with itself: OpenVINO's cache once served one
+    # precision's blob for the other), and within the bar.
+    assert 0 < engine.precision_check['mean_rel_err'] <= 0.01
     assert engine.precision_check['delta1_agreement'] >= 0.99
     assert 'OpenVINO CPU bf16' in engine.describe()
     image = random_image(engine.input_hw)

@@ -190,8 +190,7 @@ class OpenVinoEngine(DepthEngine):
                 )
         root = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         try:
-            self.cache_dir = model_cache_dir(root / 'openvino', self.path)
-            self._core.set_property({'CACHE_DIR': os.fspath(self.cache_dir)})
+            self.cache_dir: pathlib.Path | None = model_cache_dir(root / 'openvino', self.path)
         except OSError as e:
             # A read-only home (some robots) costs the cache, not the engine.
             self.cache_dir = None
@@ -229,6 +228,16 @@ class OpenVinoEngine(DepthEngine):
         }
         if self._threads and self.device == 'CPU':
             config['INFERENCE_NUM_THREADS'] = self._threads
+        if self.cache_dir is not None:
+            # A directory per precision: OpenVINO 2026.4's cache key leaves out the precision
+            # hint, so a bf16 compile after an fp32 one of the same file loaded the fp32 blob
+            # (and crashed in it, for Depth-Anything-V2).
+            directory = self.cache_dir / precision
+            try:
+                directory.mkdir(exist_ok=True)
+                config['CACHE_DIR'] = os.fspath(directory)
+            except OSError as e:
+                _LOG.warning('OpenVINO model cache disabled: cannot create %s: %s', directory, e)
         try:
             # From the file, not a model read first: with the cache on, a later start loads
             # the compiled blob without building the graph in memory at all.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 
 import pytest
@@ -33,6 +34,9 @@ def test_onnx_info_text(onnx_file, capsys):
     assert cli.main(['info', str(onnx_file)]) == 0
     out = capsys.readouterr().out
     assert 'ONNX model -> backend onnxruntime' in out
+    assert ('or openvino (backend auto' in out) == (
+        importlib.util.find_spec('openvino') is not None
+    )
     assert 'tiny_standin, input 32x24 (WxH), 0.25-8 m' in out
     assert 'opsets' in out and 'meta.config_digest' in out
 

@@ -153,7 +153,13 @@ def _short(key: str, value: Any) -> Any:
 
 def format_description(info: dict[str, Any]) -> str:
     """Render ``describe_model_file`` output as aligned text lines."""
-    lines = [f'{info["path"]}: {info.get("kind", "?")} -> backend {info["backend"]}']
+    backend = info['backend']
+    if backend == 'onnxruntime':  # what backend auto does with an .onnx file (engine.choice)
+        from moa_depth_ros.engine.choice import openvino_installed
+
+        if openvino_installed():
+            backend += ' or openvino (backend auto: the faster here, measured once)'
+    lines = [f'{info["path"]}: {info.get("kind", "?")} -> backend {backend}']
     size_mb = info['size_bytes'] / 1e6
     lines.append(
         f'  {"size":<22} {size_mb:.1f} MB'

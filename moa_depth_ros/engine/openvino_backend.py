@@ -7,7 +7,9 @@ keep in step) and compiles it for one device. What this module adds around it:
   ``gpu``/``gpu:N`` -> GPU/GPU.N, ``npu`` -> NPU); a device this machine lacks is an
   ``EngineError`` that lists the ones it has;
 - compiled-model caching (OpenVINO's ``CACHE_DIR``): the first start compiles, later starts
-  load the compiled blob (``compile_s`` says how long it took);
+  load the compiled blob (``compile_s`` says how long it took). OpenVINO keys a file's blob
+  by its path alone, so the cache has a directory per file version (``model_cache_dir``)
+  and per precision;
 - precision: ``auto`` (the default) is the device's own preference, OpenVINO's default
   inference precision for it: ``bf16`` on CPUs with native BF16 (AMX, AVX512-BF16), ``fp16``
   on Intel GPUs, else ``fp32``. A reduced precision, asked for or preferred, is kept only if,

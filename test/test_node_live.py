@@ -168,6 +168,11 @@ def of_stamp(inbox, sec, timeout_s=10.0):
 
 def test_every_output_carries_the_image_header_and_the_right_values(outputs):
     live = outputs
+    # A first frame: on a freshly matched connection its CameraInfo can arrive after the
+    # node's 0.1 s wait for it (seen once on a loaded 2-core VM), which costs that frame its
+    # cloud and depth/camera_info. What is checked here is the steady state.
+    send_frame(live, sec=99, grey=128)
+    assert of_stamp(live.out['depth'], 99) is not None
     send_frame(live, sec=100, grey=128)
     got = {name: of_stamp(inbox, 100) for name, inbox in live.out.items()}
     assert all(got.values()), {k: v is not None for k, v in got.items()}

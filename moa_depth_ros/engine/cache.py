@@ -317,6 +317,11 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(base).expanduser() / 'moa_depth_ros' / 'engines'
 
 
+def cache_root(cache_dir: PathLike | None) -> pathlib.Path:
+    """Return ``cache_dir`` (``~`` expanded) when given, else ``default_cache_dir()``."""
+    return pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
 def build_fingerprint(options: Mapping[str, Any]) -> str:
     """Return a stable digest of build options (JSON, sorted keys) for the cache key."""
     text = json.dumps(dict(options), sort_keys=True, default=str)
@@ -357,7 +362,7 @@ def cached_engine_path(
     cache_dir: PathLike | None = None,
 ) -> pathlib.Path:
     """Return where the engine for this key lives in the cache."""
-    directory = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    directory = cache_root(cache_dir)
     key = engine_cache_key(
         onnx_sha256,
         tensorrt_version,
@@ -413,7 +418,7 @@ def timing_cache_path(
     cache_dir: PathLike | None, tensorrt_version: str, gpu: GpuInfo
 ) -> pathlib.Path:
     """Return the TensorRT timing-cache file for one (TensorRT version, GPU) pair."""
-    directory = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    directory = cache_root(cache_dir)
     text = '\n'.join([tensorrt_version, *gpu.key_fields()])
     tag = hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
     return directory / f'timing-{tag}.cache'

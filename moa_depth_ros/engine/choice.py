@@ -33,7 +33,7 @@ import numpy as np
 
 from moa_depth_ros.engine.accuracy import accuracy_holds, depth_agreement, parity_errors
 from moa_depth_ros.engine.base import DepthEngine
-from moa_depth_ros.engine.cache import default_cache_dir
+from moa_depth_ros.engine.cache import cache_root
 from moa_depth_ros.fileio import atomic_write_text
 
 _LOG = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def choice_path(
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    directory = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    directory = cache_root(cache_dir)
     return directory / 'backend-choice' / f'{model.stem}-{digest}.json'
 
 

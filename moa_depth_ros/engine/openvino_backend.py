@@ -42,7 +42,7 @@ from moa_depth_ros.engine.accuracy import (
     reference_inputs,
 )
 from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES, DepthEngine
-from moa_depth_ros.engine.cache import default_cache_dir
+from moa_depth_ros.engine.cache import cache_root
 from moa_depth_ros.engine.onnx_backend import read_onnx_metadata
 from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
 
@@ -190,7 +190,7 @@ class OpenVinoEngine(DepthEngine):
                     f'{sorted(c for c in capabilities if c in _CAPABILITY.values())}); '
                     f'use precision:=fp32'
                 )
-        root = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        root = cache_root(cache_dir)
         try:
             self.cache_dir: pathlib.Path | None = model_cache_dir(root / 'openvino', self.path)
         except OSError as e:

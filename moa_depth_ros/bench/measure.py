@@ -317,7 +317,8 @@ def current_rss_mib() -> float:
 _ISA_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')
 
 
-def _cpu() -> tuple[str, list[str]]:
+def cpu_description() -> tuple[str, list[str]]:
+    """Return the CPU's model name and the matrix-math ISA extensions it reports."""
     name, flags = platform.processor() or platform.machine(), set()
     try:
         with open('/proc/cpuinfo', encoding='utf-8') as f:
@@ -383,7 +384,7 @@ def machine_description() -> dict[str, Any]:
 
     from moa_depth_ros import __version__
 
-    cpu, isa = _cpu()
+    cpu, isa = cpu_description()
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

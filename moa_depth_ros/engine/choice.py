@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import pathlib
-import platform
 import time
 from typing import Any, Callable
 
@@ -109,14 +108,9 @@ def choice_path(
 
 
 def _cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from moa_depth_ros.bench.measure import cpu_description  # what the benchmarks report
+
+    return cpu_description()[0]
 
 
 def read_choice(path: pathlib.Path) -> dict[str, Any] | None:

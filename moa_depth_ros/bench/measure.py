@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from moa_depth_ros.engine.machine import cpu_description
 from moa_depth_ros.errors import ConfigError
 from moa_depth_ros.frame.pipeline import STAGES as PIPELINE_STAGES
 
@@ -312,25 +313,6 @@ def current_rss_mib() -> float:
 
 
 # ------------------------------------------------------------------------------ machine
-
-# The matrix-math ISA extensions a CPU report names.
-_ISA_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')
-
-
-def cpu_description() -> tuple[str, list[str]]:
-    """Return the CPU's model name and the matrix-math ISA extensions it reports."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() == 'model name' and name in ('', platform.machine(), 'x86_64'):
-                    name = value.strip()
-                elif key.strip() in ('flags', 'Features'):  # x86 / arm64
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return name, [flag for flag in _ISA_FLAGS if flag in flags]
 
 
 def _ram_gib() -> float | None:

@@ -33,6 +33,7 @@ import numpy as np
 from moa_depth_ros.engine.accuracy import accuracy_holds, depth_agreement, parity_errors
 from moa_depth_ros.engine.base import DepthEngine
 from moa_depth_ros.engine.cache import cache_root
+from moa_depth_ros.engine.machine import cpu_description  # what the benchmarks report
 from moa_depth_ros.fileio import atomic_write_text
 
 _LOG = logging.getLogger(__name__)
@@ -108,8 +109,6 @@ def choice_path(
 
 
 def _cpu_name() -> str:
-    from moa_depth_ros.bench.measure import cpu_description  # what the benchmarks report
-
     return cpu_description()[0]
 
 

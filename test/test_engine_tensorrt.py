@@ -93,6 +93,19 @@ class MaskedLogitNet(NormalizedLogitNet):
         return depth, prob.amax(dim=1, keepdim=True)
 
 
+class ZeroNormNet(NormalizedLogitNet):
+    """F.normalize of an all-zero feature map: FP32 gives 0 / eps = 0; an eps of 0 gives NaN."""
+
+    model_name = 'zero_norm'
+
+    def forward(self, image):
+        silent = (image.mean() > 2).float()  # always 0, not folded by the exporter
+        x = F.normalize(torch.relu(self.stem(image - 0.5)) * silent, dim=1)
+        prob = torch.softmax(F.conv2d(x, self.text) * self.logit_scale, dim=1)
+        depth = (prob * self.bin_centers_m).sum(dim=1, keepdim=True)
+        return depth, prob.amax(dim=1, keepdim=True)
+
+
 class TinyDepthClip(TinyDepthNet):
     model_name = 'depthclip'
 
@@ -189,6 +202,39 @@ def test_fp16_on_tensorrt_11_without_onnx_is_a_clear_refusal(monkeypatch, onnx_f
         tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'm.engine', _fp16_options())
     options = tensorrt_builder.BuildOptions(precision='fp32')
     assert tensorrt_builder.build_engine(onnx_files[0], tmp_path / 'm.engine', options).parity
+
+
+def test_fp16_graph_keeps_normalize_eps_nonzero(monkeypatch, tmp_path):
+    """F.normalize's eps (1e-12) flushed to FP16 zero made a zero-norm vector 0/0 = NaN."""
+    from fake_tensorrt import emulate_fp16, strongly_typed_emulation
+    import onnx
+    import onnxruntime as ort
+
+    from moa_depth_ros.engine import fp16_onnx
+
+    onnx_path = tmp_path / 'zero_norm.onnx'
+    export.export_onnx(ZeroNormNet(feature_gain=0.1).eval(), onnx_path)
+    converted, _ = fp16_onnx.convert_to_fp16(onnx.load(onnx_path))
+    model, fp16_nodes = strongly_typed_emulation(converted)
+    model = emulate_fp16(model, fp16_nodes, round_inputs=False)
+    session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+    image = random_image((24, 32), seed=3)
+    depth, confidence = session.run(['depth', 'confidence'], {'image': image})
+    assert np.isfinite(depth).all() and np.isfinite(confidence).all()
+    np.testing.assert_allclose(depth, 2.0, rtol=1e-3)  # uniform bins: their mean
+    # The whole build: FP16 on the first attempt, no retry, no FP32 fallback.
+    _install(monkeypatch, '11.0.0')
+    sidecar = tensorrt_builder.build_engine(onnx_path, tmp_path / 'z.engine', _fp16_options())
+    assert sidecar.precision == 'fp16' and len(sidecar.parity['attempts']) == 1
+
+
+def test_fp16_constants_raise_only_small_tiny_values():
+    from moa_depth_ros.engine import fp16_onnx
+
+    eps = fp16_onnx.fp16_constant(np.array([1e-12, -1e-9, 0.0, 0.5], np.float32))
+    assert eps.dtype == np.float16 and eps.tolist() == [2.0**-14, -(2.0**-14), 0.0, 0.5]
+    weights = np.full(fp16_onnx.SMALL_CONSTANT_SIZE + 1, 1e-12, np.float32)
+    assert not fp16_onnx.fp16_constant(weights).any()  # weights round as FP16 rounds them
 
 
 def test_the_tensorrt_11_fake_has_no_weak_typing_surface(monkeypatch):
@@ -575,6 +621,21 @@ def test_builds_and_runs_on_the_device_it_is_given(monkeypatch, onnx_files, tmp_
     engine = load_engine(onnx_files[0], backend='tensorrt', device='cuda:1', cache_dir=tmp_path)
     assert engine.path == path and len(trt.builds) == builds
     engine.close()
+
+
+def test_close_frees_on_the_engine_device_whatever_is_current(monkeypatch, onnx_files, tmp_path):
+    """cudaFree / cudaStreamDestroy act on the current device; close() makes it the engine's."""
+    gpus = [FakeCuda('NVIDIA GPU Zero', index=0), FakeCuda('NVIDIA GPU One', index=1)]
+    monkeypatch.setitem(sys.modules, 'tensorrt', make_fake_tensorrt('10.3.0', cuda=gpus[0]))
+    gpus[1].activate()
+    path = tmp_path / 'one.engine'
+    tensorrt_builder.build_engine(onnx_files[0], path, cuda=gpus[1])
+    engine = TensorRTEngine(path, cuda=gpus[1])
+    engine.infer(random_image(engine.input_hw, seed=2))
+    assert gpus[1].memory and gpus[1].streams
+    gpus[0].activate()  # another engine (or the node's other work) made cuda:0 current
+    engine.close()
+    assert not gpus[1].memory and not gpus[1].streams and not gpus[1].pinned
 
 
 _CHILD = """

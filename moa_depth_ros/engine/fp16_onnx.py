@@ -7,6 +7,10 @@ element-wise arithmetic) in FP16, the graph's inputs and outputs kept FP32, and 
 types in ``keep_fp32_ops`` (LayerNorm always; reductions, softmax, exp/log when a parity
 check asked for them) kept FP32, with a Cast wherever a tensor crosses between the two.
 
+Constants are converted once, at conversion time, and a small constant (an epsilon, a clamp
+bound) whose nonzero values FP16 would flush to zero is raised to FP16's smallest normal
+instead: F.normalize's eps (1e-12) would otherwise become 0, and a zero-norm vector 0/0 = NaN.
+
 Our own converter rather than a dependency: the graphs are this package's exports (no
 control flow, opset 17), and the rules it needs fit in one page. Needs ``onnx``.
 """
@@ -14,6 +18,8 @@ control flow, opset 17), and the rules it needs fit in one page. Needs ``onnx``.
 from __future__ import annotations
 
 from typing import Any, Iterable
+
+import numpy as np
 
 from moa_depth_ros.errors import EngineError
 
@@ -60,6 +66,12 @@ _FIXED_INPUTS = {
 
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _FLOAT16 = 10  # onnx.TensorProto.FLOAT16
+# FP16's smallest normal, 2**-14. Not a subnormal: GPU kernels may flush FP16 subnormals to
+# zero, which would bring the 0/0 back.
+FP16_SMALLEST_NORMAL = float(np.finfo(np.float16).tiny)
+# A constant of at most this many values is a scalar-like setting (eps, clamp bound, scale),
+# whose tiny values matter; a weight tensor's tiny values are rounding noise, left to FP16.
+SMALL_CONSTANT_SIZE = 64
 
 
 def load_onnx() -> Any:
@@ -86,6 +98,39 @@ def _float_tensors(onnx: Any, model: Any) -> set[str]:
     return floats
 
 
+def fp16_constant(array: Any) -> np.ndarray:
+    """Return ``array`` in FP16; a small constant's nonzero values never become zero.
+
+    Values FP16 cannot hold apart from zero (below 2**-14 in magnitude) are raised to
+    +-2**-14 when the constant has at most ``SMALL_CONSTANT_SIZE`` values: an epsilon must
+    stay nonzero. Larger tensors (weights) are rounded as they are.
+    """
+    values = np.asarray(array, dtype=np.float32)
+    if values.size <= SMALL_CONSTANT_SIZE:
+        tiny = (values != 0) & (np.abs(values) < FP16_SMALLEST_NORMAL)
+        values = np.where(tiny, np.copysign(FP16_SMALLEST_NORMAL, values), values)
+    return values.astype(np.float16)
+
+
+def _float_constants(graph: Any) -> dict[str, Any]:
+    """Map each FP32 initializer and FP32 Constant node output to its value (numpy)."""
+    from onnx import numpy_helper
+
+    constants = {t.name: t for t in graph.initializer if t.data_type == _FLOAT}
+    values = {name: (lambda t=t: numpy_helper.to_array(t)) for name, t in constants.items()}
+    for node in graph.node:
+        if node.op_type != 'Constant' or len(node.output) != 1:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == 'value' and attribute.t.data_type == _FLOAT:
+                values[node.output[0]] = lambda t=attribute.t: numpy_helper.to_array(t)
+            elif attribute.name == 'value_float':
+                values[node.output[0]] = lambda f=attribute.f: np.float32(f)
+            elif attribute.name == 'value_floats':
+                values[node.output[0]] = lambda fs=attribute.floats: np.asarray(fs, np.float32)
+    return values
+
+
 def convert_to_fp16(
     model: Any, keep_fp32_ops: Iterable[str] = ALWAYS_FP32_OPS
 ) -> tuple[Any, list[str]]:
@@ -106,7 +151,7 @@ def convert_to_fp16(
     if any(a.type in (a.GRAPH, a.GRAPHS) for node in graph.node for a in node.attribute):
         raise EngineError('the FP16 converter does not handle control flow (If/Loop/Scan)')
     floats = _float_tensors(onnx, model)
-    initializers = {t.name: t for t in graph.initializer}
+    constants = _float_constants(graph)
     # Where each float tensor lives: 'fp16' if an FP16 node produced it, else 'fp32'.
     home: dict[str, str] = dict.fromkeys(floats, 'fp32')
     new_nodes = []
@@ -116,10 +161,11 @@ def convert_to_fp16(
     def cast(name: str, target: str) -> str:
         if (name, target) in casts:
             return casts[(name, target)]
-        if target == 'fp16' and name in initializers:
-            # Convert the weight once instead of casting it at run time.
+        if target == 'fp16' and name in constants:
+            # Convert a weight or constant once instead of casting it at run time (a Cast
+            # node would flush an eps of 1e-12 to zero).
             new_name = f'{name}__fp16'
-            array = numpy_helper.to_array(initializers[name]).astype('float16')
+            array = fp16_constant(constants[name]())
             graph.initializer.append(numpy_helper.from_array(array, new_name))
         else:
             new_name = f'{name}__to_{target}'

@@ -17,7 +17,9 @@ graph) are not rounded. So FP16 accuracy can fail here the way it fails on a GPU
 
 ``FakeCuda`` keeps "device memory" in numpy arrays, tracks the current device per thread
 (the builder builds for, and the runtime runs on, the current device), hands out "pinned"
-host memory and counts copies from pageable memory. Nothing here imports torch, so a child
+host memory and counts copies from pageable memory. Device memory and streams belong to a
+device: as the CUDA runtime (cudaMalloc, cudaFree, cudaStreamCreate, cudaStreamDestroy act
+on the calling thread's current device), the fake refuses them unless its device is current. Nothing here imports torch, so a child
 process can load it quickly.
 """
 
@@ -82,13 +84,23 @@ class FakeCuda:
     def is_current(self):
         return current_cuda() is self
 
+    def _require_current(self, what):
+        if not self.is_current():
+            current = current_cuda()
+            raise RuntimeError(
+                f'{what} for cuda:{self.device_index} while cuda:'
+                f'{"none" if current is None else current.device_index} is current'
+            )
+
     def alloc(self, nbytes):
+        self._require_current('cudaMalloc')
         ptr = self._next
         self._next += int(nbytes) + 256
         self.memory[ptr] = np.zeros(int(nbytes), dtype=np.uint8)
         return ptr
 
     def free(self, ptr):
+        self._require_current('cudaFree')
         del self.memory[ptr]
 
     def alloc_host(self, nbytes):
@@ -107,6 +119,7 @@ class FakeCuda:
         self.pageable_copies += 1
 
     def create_stream(self):
+        self._require_current('cudaStreamCreate')
         handle = 0x7000 + len(self.streams) + 1
         while handle in self.streams:
             handle += 1
@@ -114,6 +127,7 @@ class FakeCuda:
         return handle
 
     def destroy_stream(self, stream):
+        self._require_current('cudaStreamDestroy')
         self.streams.remove(stream)
 
     def copy_to_device(self, ptr, host, stream):

@@ -504,10 +504,15 @@ class TensorRTEngine(DepthEngine):
         )
 
     def close(self) -> None:
-        """Free device and pinned host buffers and the stream. Idempotent."""
+        """Free device and pinned host buffers and the stream. Idempotent.
+
+        Frees on the engine's device: cudaFree and cudaStreamDestroy act on the calling
+        thread's current device, which another engine or thread may have changed.
+        """
         if getattr(self, '_closed', True):
             return
         self._closed = True
+        self._cuda.activate()
         for ptr, _ in self._buffers.values():
             self._cuda.free(ptr)
         self._buffers.clear()

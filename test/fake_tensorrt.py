@@ -19,8 +19,8 @@ graph) are not rounded. So FP16 accuracy can fail here the way it fails on a GPU
 (the builder builds for, and the runtime runs on, the current device), hands out "pinned"
 host memory and counts copies from pageable memory. Device memory and streams belong to a
 device: as the CUDA runtime (cudaMalloc, cudaFree, cudaStreamCreate, cudaStreamDestroy act
-on the calling thread's current device), the fake refuses them unless its device is current. Nothing here imports torch, so a child
-process can load it quickly.
+on the calling thread's current device), the fake refuses them unless its device is current.
+Nothing here imports torch, so a child process can load it quickly.
 """
 
 from __future__ import annotations

@@ -624,7 +624,7 @@ def test_builds_and_runs_on_the_device_it_is_given(monkeypatch, onnx_files, tmp_
 
 
 def test_close_frees_on_the_engine_device_whatever_is_current(monkeypatch, onnx_files, tmp_path):
-    """cudaFree / cudaStreamDestroy act on the current device; close() makes it the engine's."""
+    """The CUDA runtime frees on the current device; close() must make it the engine's."""
     gpus = [FakeCuda('NVIDIA GPU Zero', index=0), FakeCuda('NVIDIA GPU One', index=1)]
     monkeypatch.setitem(sys.modules, 'tensorrt', make_fake_tensorrt('10.3.0', cuda=gpus[0]))
     gpus[1].activate()

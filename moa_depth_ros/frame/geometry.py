@@ -6,7 +6,9 @@ in the way image_geometry's PinholeCameraModel does). A depth pixel (u, v) with 
 the optical axis is the point Z * ray(u, v), where ray = (x/z, y/z, 1) is the undistorted
 direction of that pixel. The rays of a camera are computed once (OpenCV's iterative
 undistortion, then checked against the closed-form forward model) and cached, keyed by the
-camera model and decimation, so each frame costs two multiplies and an interleave.
+camera model and decimation, so each frame costs two multiplies and an interleave. The cache
+(``ByteBoundedCache``) is bounded in bytes, not entries: a 4K table weighs what a hundred
+QVGA ones do, and a node fed by a zooming or re-calibrating camera must not grow.
 ``CameraModelCache`` keeps the model of the newest CameraInfo, converted once per calibration,
 for the node's worker and the bag tool alike.
 
@@ -15,11 +17,13 @@ Points are in the optical frame (REP 103): z forward, x right, y down, metres.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
 import sys
-from typing import Any
+import threading
+from typing import Any, Callable, Hashable
 
 import cv2
 import numpy as np
@@ -418,8 +422,92 @@ def _read_only(*arrays: np.ndarray | None) -> None:
             a.setflags(write=False)
 
 
-@functools.lru_cache(maxsize=16)
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    if dataclasses.is_dataclass(value):
+        return sum(_nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return 0
+
+
+class ByteBoundedCache:
+    """A thread-safe LRU cache of numpy tables whose total size stays under ``max_bytes``.
+
+    Entries are weighed by the bytes of the arrays they hold (arrays in nested tuples and
+    dataclasses; anything else weighs nothing). The least recently used entries are evicted
+    until a new one fits; an entry larger than the whole budget is returned to its caller but
+    not kept. Values are computed outside the lock (a second thread asking for the same key
+    computes it too, and the first one stored wins), so a slow table never blocks lookups of
+    the others.
+    """
+
+    def __init__(self, max_bytes: int, name: str = 'cache') -> None:
+        if isinstance(max_bytes, bool) or int(max_bytes) != max_bytes or max_bytes < 0:
+            raise ConfigError(f'{name} max_bytes must be an integer >= 0, got {max_bytes!r}')
+        self.max_bytes = int(max_bytes)
+        self.name = name
+        self._entries: collections.OrderedDict[Hashable, tuple[Any, int]] = (
+            collections.OrderedDict()
+        )
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """Return the cached value of ``key``, computing and storing it when missing."""
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit[0]
+        value = compute()
+        size = _nbytes(value)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                return hit[0]
+            if size > self.max_bytes:
+                return value
+            while self._entries and self._bytes + size > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
+            self._entries[key] = (value, size)
+            self._bytes += size
+        return value
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+#: Ray tables of recent cameras: 12 B per pixel at most (x, y and the validity plane), so
+#: 64 MiB holds a 1080p table with its decimated copies and a few VGA ones.
+RAY_TABLE_CACHE = ByteBoundedCache(64 * 1024 * 1024, 'ray table cache')
+
+
 def _ray_planes(
+    camera: CameraModel, decimation: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    return RAY_TABLE_CACHE.get(
+        (camera, decimation), functools.partial(_build_ray_planes, camera, decimation)
+    )
+
+
+def _build_ray_planes(
     camera: CameraModel, decimation: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if decimation == 1:
@@ -499,7 +587,13 @@ def _depth_plane(depth_m: np.ndarray, camera: CameraModel) -> np.ndarray:
     if depth.ndim != 2:
         raise InvalidImageError(f'depth_m must be [H, W], got shape {depth.shape}')
     camera.check_size(depth.shape[1], depth.shape[0], what='depth map')
-    return np.ascontiguousarray(depth, dtype=np.float32)
+    depth = np.ascontiguousarray(depth, dtype=np.float32)
+    # REP 117's +Inf (nothing within range) and -Inf (too close) are no point: NaN points in
+    # an organized cloud, as depth_image_proc's point_cloud_xyz makes of them.
+    infinite = np.isinf(depth)
+    if infinite.any():
+        depth = np.where(infinite, np.float32(np.nan), depth)
+    return depth
 
 
 def _points(
@@ -519,7 +613,7 @@ def _points(
 def backproject(depth_m: np.ndarray, camera: CameraModel) -> np.ndarray:
     """Back-project a depth map [H, W] (metres along z) to optical-frame points [H, W, 3].
 
-    Invalid depth (NaN) and pixels without a lens ray give NaN points.
+    Invalid depth (NaN, and REP 117's +-Inf) and pixels without a lens ray give NaN points.
     """
     return _points(_depth_plane(depth_m, camera), camera, 1)
 
@@ -582,9 +676,9 @@ def make_cloud(
     """Build a point cloud from a depth map aligned with ``camera``.
 
     Every ``decimation``-th pixel in both directions is kept (rows 0, n, 2n, ...), so an
-    organized cloud is ceil(H/n) x ceil(W/n). Invalid depth (NaN: the pipeline has already
-    blanked what lies outside the depth range) becomes NaN points (organized) or is dropped
-    (unorganized, which keeps finite points only). ``rgb`` is uint8 [H, W, 3] aligned with
+    organized cloud is ceil(H/n) x ceil(W/n). Invalid depth (NaN, and the +-Inf REP 117 uses
+    for depth outside the range) becomes NaN points (organized) or is dropped (unorganized,
+    which keeps finite points only). ``rgb`` is uint8 [H, W, 3] aligned with
     the depth map.
     """
     n = _check_decimation(decimation)

@@ -286,6 +286,23 @@ _LAYER_TYPES = {
 }  # fmt: skip
 
 
+# How the engine inspector's JSON may give a tensor's type, as NVIDIA's readers of it take
+# it (see tensorrt_backend.TYPE_KEYS for the sources): precision ('fp16' / 'fp32') -> fields.
+INSPECTOR_SPELLINGS = {
+    # Polygraphy's reading: the type inside the format description.
+    'format/datatype': lambda p: {
+        'Format/Datatype': f'Row major linear {"FP16" if p == "fp16" else "FP32"} format'
+    },
+    # The same key without an execution context: the type alone.
+    'format/datatype short': lambda p: {'Format/Datatype': 'Half' if p == 'fp16' else 'Float'},
+    # TensorRT 11.1's trt-perf-analysis: "Datatype" beside "Format".
+    'datatype': lambda p: {
+        'Format': 'Row major linear',
+        'Datatype': 'half' if p == 'fp16' else 'float',
+    },
+}
+
+
 def make_fake_tensorrt(
     version='10.3.0',
     fast_fp16=True,
@@ -293,14 +310,21 @@ def make_fake_tensorrt(
     fail_build=False,
     build_log=None,
     build_delay_s=0.0,
+    inspector_spelling=None,
 ):
     """Return a module object mimicking ``tensorrt`` ``version`` (10.x or 11.x).
 
     ``cuda``: the device used when no FakeCuda is current. ``build_log``: a file each build
     appends its pid to (then sleeps ``build_delay_s``), to count builds across processes.
+    ``inspector_spelling``: a key of ``INSPECTOR_SPELLINGS`` (default: "format/datatype"
+    for 10.x, "datatype" for 11.x).
     """
     major = int(version.split('.')[0])
     weak = major < 11
+    if inspector_spelling is None:
+        inspector_spelling = 'format/datatype' if weak else 'datatype'
+    if inspector_spelling not in INSPECTOR_SPELLINGS:
+        raise ValueError(f'inspector_spelling must be one of {list(INSPECTOR_SPELLINGS)}')
     default_cuda = cuda or FakeCuda()
     trt = types.ModuleType('tensorrt')
     # A spec as an imported module has (torch's dynamo looks tensorrt up with find_spec).
@@ -691,12 +715,7 @@ def make_fake_tensorrt(
                 return json.dumps({'Layers': [name for name, _ in self.header['layers']]})
             layers = []
             for name, precision in self.header['layers']:
-                if weak:  # TensorRT 10: the type inside "Format/Datatype"
-                    kind = 'FP16' if precision == 'fp16' else 'FP32'
-                    output = {'Name': name, 'Format/Datatype': f'Row major linear {kind} format'}
-                else:  # TensorRT 11 splits the field
-                    kind = 'Half' if precision == 'fp16' else 'Float'
-                    output = {'Name': name, 'Format': 'Row major linear', 'DataType': kind}
+                output = {'Name': name, **INSPECTOR_SPELLINGS[inspector_spelling](precision)}
                 layers.append({'Name': name, 'Outputs': [output]})
             return json.dumps({'Layers': layers, 'Bindings': ['image', 'depth', 'confidence']})
 

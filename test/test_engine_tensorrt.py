@@ -19,7 +19,7 @@ import sys
 import threading
 import types
 
-from fake_tensorrt import FakeCuda, make_fake_tensorrt
+from fake_tensorrt import INSPECTOR_SPELLINGS, FakeCuda, make_fake_tensorrt
 import numpy as np
 import pytest
 from test_engine_support import TinyDepthNet, random_image
@@ -324,14 +324,30 @@ def test_the_retry_pins_only_floating_point_layers(fake10, tmp_path):
     assert all(layer.name not in sidecar.fp32_layer_names for layer in boolean)
 
 
-def test_engine_inspector_reports_layer_precisions(fake, risky_onnx, tmp_path):
+@pytest.mark.parametrize('spelling', sorted(INSPECTOR_SPELLINGS))
+@pytest.mark.parametrize('version', VERSIONS)
+def test_engine_inspector_reports_layer_precisions(
+    monkeypatch, risky_onnx, tmp_path, version, spelling
+):
+    """Every key NVIDIA's own readers take the type from (Polygraphy, trt-perf-analysis)."""
+    _install(monkeypatch, version, inspector_spelling=spelling)
     engine_path = tmp_path / 'n.engine'
     sidecar = tensorrt_builder.build_engine(risky_onnx[0], engine_path, _fp16_options())
     engine = TensorRTEngine(engine_path)
     counts = tensorrt_backend.layer_precisions(engine.layer_information())
     engine.close()
     assert counts['fp32'] >= sidecar.fp32_layers >= 1 and counts['fp16'] >= 1
+    assert set(counts) == {'fp16', 'fp32'}
     assert tensorrt_backend.layer_precisions({'Layers': ['a', 'b']}) == {'unknown': 2}
+
+
+def test_inspector_type_strings_are_read_as_whole_words():
+    read = tensorrt_backend.tensor_precision
+    assert read({'Datatype': 'bf16'}) == read({'Format/Datatype': 'BFloat16'}) == 'bf16'
+    assert read({'Format/Datatype': 'Channel major FP16 format where channel % 8 == 0'}) == 'fp16'
+    assert read({'Datatype': 'float16'}) == 'fp16' and read({'Datatype': 'Float'}) == 'fp32'
+    assert read({'Format/Datatype': 'Row major linear Int32 format'}) == 'int'
+    assert read({'Datatype': 'fp8'}) == 'fp8' and read({'Format/Datatype': 'N/A'}) == 'other'
 
 
 def test_the_overflow_is_real_in_the_emulation(fake10, risky_onnx):

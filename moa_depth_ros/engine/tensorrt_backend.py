@@ -543,12 +543,42 @@ class TensorRTEngine(DepthEngine):
         )
 
 
+# The keys a tensor's type goes by in the engine inspector's JSON, as NVIDIA's own readers
+# of it take them (NVIDIA/TensorRT at the 11.1 release): Polygraphy reads "Format/Datatype"
+# (tools/Polygraphy/polygraphy/backend/trt/util.py: "Row major linear FP16 format", or just
+# "Half" when the inspector has no execution context); the trt-perf-analysis tool reads
+# "Datatype" beside "Format" (.agents/skills/trt-perf-analysis/scripts/trt_perf/data.py and
+# its report_template/app.js: "float", "half", "bf16", "fp8", ...). Matched without regard
+# to case.
+TYPE_KEYS = ('datatype', 'format/datatype')
+# Words of a type string -> precision, checked in this order (BFLOAT16 and FLOAT16 both
+# contain FLOAT, so whole words, never substrings).
+_TYPE_WORDS = (
+    ('bf16', {'BF16', 'BFLOAT16'}),
+    ('fp8', {'FP8', 'FLOAT8', 'E4M3', 'E5M2'}),
+    ('fp16', {'FP16', 'HALF', 'FLOAT16'}),
+    ('fp32', {'FP32', 'FLOAT', 'FLOAT32'}),
+)
+
+
+def tensor_precision(tensor: Any) -> str:
+    """Return 'fp16', 'fp32', 'bf16', 'fp8', 'int' or 'other' for one inspector tensor."""
+    fields = {str(k).lower(): v for k, v in tensor.items()} if isinstance(tensor, dict) else {}
+    text = next((str(fields[key]) for key in TYPE_KEYS if fields.get(key)), '')
+    words = set(re.findall(r'[A-Z0-9]+', text.upper()))
+    for precision, names in _TYPE_WORDS:
+        if words & names:
+            return precision
+    if any(word.startswith(('INT', 'UINT', 'BOOL')) for word in words):
+        return 'int'
+    return 'other'
+
+
 def layer_precisions(information: dict[str, Any]) -> dict[str, int]:
     """Count an engine's layers by the type of their first output ('fp16', 'fp32', ...).
 
-    Reads ``TensorRTEngine.layer_information()`` of a DETAILED build: TensorRT 10 writes a
-    tensor's type inside "Format/Datatype" ("Row major linear FP16 format"), TensorRT 11 in
-    its own "DataType" field. Layers without detail (names only) count as 'unknown'.
+    Reads ``TensorRTEngine.layer_information()`` of a DETAILED build, whichever key the
+    type is under (``TYPE_KEYS``). Layers without detail (names only) count as 'unknown'.
     """
     counts: collections.Counter[str] = collections.Counter()
     for layer in information.get('Layers', []):
@@ -556,14 +586,5 @@ def layer_precisions(information: dict[str, Any]) -> dict[str, int]:
         if not outputs:
             counts['unknown'] += 1
             continue
-        text = str(outputs[0].get('DataType') or outputs[0].get('Format/Datatype') or '')
-        upper = text.upper()
-        if 'FP16' in upper or 'HALF' in upper:
-            counts['fp16'] += 1
-        elif 'FP32' in upper or 'FLOAT' in upper:
-            counts['fp32'] += 1
-        elif 'INT' in upper or 'BOOL' in upper:
-            counts['int'] += 1
-        else:
-            counts['other'] += 1
+        counts[tensor_precision(outputs[0])] += 1
     return dict(counts)

@@ -106,6 +106,22 @@ class ZeroNormNet(NormalizedLogitNet):
         return depth, prob.amax(dim=1, keepdim=True)
 
 
+class CancellingConfidenceNet(TinyDepthNet):
+    """TinyDepthNet's depth, and a confidence that FP16 alone gets wrong.
+
+    (a + 3000) - (a + 2999.5) is 0.5 in FP32 and 0 in FP16 (spacing 2 at 3000), so the
+    sigmoid gives 0.5 instead of 0.62 while the depth is unharmed.
+    """
+
+    model_name = 'cancelling_confidence'
+
+    def forward(self, image):
+        depth, _ = super().forward(image)
+        a = image.mean(dim=1, keepdim=True) * 1e-3
+        confidence = torch.sigmoid((a + 3000.0) - (a + 2999.5))
+        return depth, confidence
+
+
 class TinyDepthClip(TinyDepthNet):
     model_name = 'depthclip'
 
@@ -382,6 +398,33 @@ def test_fp16_that_misses_the_bar_falls_back_to_fp32_and_says_so(
     engine = TensorRTEngine(engine_path)
     assert 'fp32' in engine.describe()
     engine.close()
+
+
+def test_confidence_that_misses_its_bar_fails_the_build(fake, tmp_path):
+    """Depth alone met the bar: an FP16 engine publishing a wrong confidence was kept."""
+    onnx_path = tmp_path / 'cancelling.onnx'
+    export.export_onnx(CancellingConfidenceNet().eval(), onnx_path)
+    sidecar = tensorrt_builder.build_engine(onnx_path, tmp_path / 'c.engine', _fp16_options())
+    assert sidecar.precision == 'fp32' and 'confidence' in sidecar.parity['fallback']
+    first = sidecar.parity['attempts'][0]
+    assert first['precision'] == 'fp16' and not first['passed']
+    assert all(r['confidence_passed'] for r in sidecar.parity['inputs'].values())
+    refuse = _fp16_options(fallback_fp32=False)
+    with pytest.raises(EngineError, match='refused.*mean confidence error 0.12'):
+        tensorrt_builder.build_engine(onnx_path, tmp_path / 'r.engine', refuse)
+
+
+def test_the_confidence_bar_sits_beside_the_depth_bar():
+    from moa_depth_ros.engine import accuracy
+
+    reference = np.full((1, 1, 4, 5), 0.6, np.float32)
+    close = accuracy.confidence_agreement(reference, reference + 0.004)
+    assert accuracy.confidence_holds(close)
+    off = accuracy.confidence_agreement(reference, reference - 0.1)
+    assert off['confidence_within_0_05'] == 0.0 and not accuracy.confidence_holds(off)
+    broken = accuracy.confidence_agreement(reference, np.full_like(reference, np.nan))
+    assert broken['confidence_mean_abs_err'] == 1.0 and not accuracy.confidence_holds(broken)
+    assert set(accuracy.ACCURACY_BAR) == {'mean_rel_err', 'delta1_agreement'}  # depth's, as it was
 
 
 def test_fp16_that_misses_the_bar_is_refused_when_asked(fake, risky_onnx, tmp_path):

@@ -4,7 +4,8 @@
 Runtime FP32) by the largest error relative to each output's scale. ``depth_agreement`` and
 ``ACCURACY_BAR`` judge a reduced-precision variant (int8 ONNX, bf16 torch, an OpenVINO or
 TensorRT FP16/BF16 build) against FP32 on the same input: it is used only where it meets the
-bar. Pure NumPy, so the runtime (OpenVINO precision hints, TensorRT builds) and the training
+bar; ``confidence_agreement`` and ``CONFIDENCE_BAR`` do the same for the confidence output.
+Pure NumPy, so the runtime (OpenVINO precision hints, TensorRT builds) and the training
 tools apply the same bar.
 """
 
@@ -73,6 +74,37 @@ def accuracy_holds(agreement: Mapping[str, float]) -> bool:
     return bool(
         agreement['mean_rel_err'] <= ACCURACY_BAR['mean_rel_err']
         and agreement['delta1_agreement'] >= ACCURACY_BAR['delta1_agreement']
+    )
+
+
+# The published confidence meets a bar of its own (a variant that keeps the depth but not
+# the confidence would mislead every consumer that thresholds it): against FP32 on the same
+# input, mean absolute error <= 0.01 on the [0, 1] scale (the depth bar's 1 %) and >= 99 %
+# of pixels within 0.05 (a twentieth of the scale: a threshold a user sets stays meaningful).
+CONFIDENCE_BAR = {'confidence_mean_abs_err': 0.01, 'confidence_within_0_05': 0.99}
+
+
+def confidence_agreement(reference: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
+    """How closely ``confidence`` follows ``reference`` (both in [0, 1]; finite pixels)."""
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    got = np.asarray(confidence, dtype=np.float64).ravel()
+    if ref.shape != got.shape:
+        raise EngineError(f'confidence: shapes differ, {ref.size} vs {got.size} values')
+    if not ref.size:
+        return {'confidence_mean_abs_err': 0.0, 'confidence_within_0_05': 1.0}
+    # A non-finite value is as far off as a value can be.
+    error = np.where(np.isfinite(got) & np.isfinite(ref), np.abs(got - ref), np.inf)
+    return {
+        'confidence_mean_abs_err': float(np.mean(np.minimum(error, 1.0))),
+        'confidence_within_0_05': float(np.mean(error <= 0.05)),
+    }
+
+
+def confidence_holds(agreement: Mapping[str, float]) -> bool:
+    """Tell whether a reduced-precision variant's confidence meets ``CONFIDENCE_BAR``."""
+    return bool(
+        agreement['confidence_mean_abs_err'] <= CONFIDENCE_BAR['confidence_mean_abs_err']
+        and agreement['confidence_within_0_05'] >= CONFIDENCE_BAR['confidence_within_0_05']
     )
 
 

@@ -141,10 +141,20 @@ def _short(key: str, value: Any) -> Any:
             ),
             default=(0.0, '-'),
         )
+        confidence = max(
+            (
+                result.get('confidence_mean_abs_err') or 0.0
+                for result in (value.get('inputs') or {}).values()
+                if isinstance(result, dict) and 'confidence_mean_abs_err' in result
+            ),
+            default=None,
+        )
         verdict = 'passed' if value.get('passed') else 'FAILED'
         return (
             f'{verdict} against {value.get("reference", "?")}: worst mean relative depth error '
-            f'{worst[0]:.3%} ({worst[1]} input), {len(value.get("attempts") or [])} build(s)'
+            f'{worst[0]:.3%} ({worst[1]} input)'
+            + ('' if confidence is None else f', worst mean confidence error {confidence:.4f}')
+            + f', {len(value.get("attempts") or [])} build(s)'
         )
     if isinstance(value, list) and len(value) > 4:
         return f'{", ".join(map(str, value[:4]))}, ... ({len(value)} in all)'

@@ -45,7 +45,10 @@ from moa_depth_ros import __version__
 from moa_depth_ros.engine import tensorrt_backend
 from moa_depth_ros.engine.accuracy import (
     ACCURACY_BAR,
+    CONFIDENCE_BAR,
     accuracy_holds,
+    confidence_agreement,
+    confidence_holds,
     depth_agreement,
     parity_errors,
     reference_inputs,
@@ -341,19 +344,28 @@ def compare_with_reference(
     inputs: Sequence[np.ndarray],
     reference: Sequence[tuple[np.ndarray, np.ndarray]],
 ) -> dict[str, Any]:
-    """Run ``engine`` on ``inputs``; judge its depth against ``reference`` with the bar."""
+    """Run ``engine`` on ``inputs``; judge depth and confidence against ``reference``.
+
+    Depth must meet ``ACCURACY_BAR`` and confidence ``CONFIDENCE_BAR``, on every input.
+    """
     results = {}
     passed = True
     for name, x, ref in zip(PARITY_INPUTS, inputs, reference):
         got = engine.infer(x)
         finite = bool(np.isfinite(got[0]).all() and np.isfinite(got[1]).all())
         agreement = depth_agreement(ref[0], got[0])
+        confidence = confidence_agreement(ref[1], got[1])
         errors = parity_errors(ref, got) if finite else {}
-        ok = finite and accuracy_holds(agreement)
+        depth_ok = accuracy_holds(agreement)
+        confidence_ok = confidence_holds(confidence)
+        ok = finite and depth_ok and confidence_ok
+        numbers = {**agreement, **confidence, **errors}
         results[name] = {
             'passed': ok,
             'finite': finite,
-            **{key: _finite_or_none(value) for key, value in {**agreement, **errors}.items()},
+            'depth_passed': depth_ok,
+            'confidence_passed': confidence_ok,
+            **{key: _finite_or_none(value) for key, value in numbers.items()},
         }
         passed = passed and ok
     return {'passed': passed, 'inputs': results}
@@ -365,12 +377,19 @@ def _summary(parity: dict[str, Any]) -> str:
         if not result['finite']:
             parts.append(f'{name} input: non-finite outputs (FP16 overflow)')
         elif not result['passed']:
-            mean = result['mean_rel_err']
-            mean = 'nan' if mean is None else f'{mean:.2%}'
-            parts.append(
-                f'{name} input: mean relative depth error {mean}, '
-                f'{result["delta1_agreement"]:.1%} of pixels within 1.25x'
-            )
+            if not result.get('depth_passed', False):
+                mean = result['mean_rel_err']
+                mean = 'nan' if mean is None else f'{mean:.2%}'
+                parts.append(
+                    f'{name} input: mean relative depth error {mean}, '
+                    f'{result["delta1_agreement"]:.1%} of pixels within 1.25x'
+                )
+            if not result.get('confidence_passed', False):
+                parts.append(
+                    f'{name} input: mean confidence error '
+                    f'{result["confidence_mean_abs_err"]:.3f}, '
+                    f'{result["confidence_within_0_05"]:.1%} of pixels within 0.05'
+                )
     return '; '.join(parts) or 'all inputs within the bar'
 
 
@@ -475,7 +494,10 @@ def build_engine(
                 f'{onnx_path}: refused: the FP16 TensorRT engine misses the accuracy bar '
                 f'(mean relative depth error <= {ACCURACY_BAR["mean_rel_err"]:.0%}, '
                 f'>= {ACCURACY_BAR["delta1_agreement"]:.0%} of pixels within 1.25x of ONNX '
-                f'Runtime FP32) even with {last["fp32_layers"]} sensitive layers in FP32: '
+                f'Runtime FP32; mean confidence error <= '
+                f'{CONFIDENCE_BAR["confidence_mean_abs_err"]}, '
+                f'>= {CONFIDENCE_BAR["confidence_within_0_05"]:.0%} of pixels within 0.05) '
+                f'even with {last["fp32_layers"]} sensitive layers in FP32: '
                 f'{_summary(last)}; build it in FP32 (precision fp32) instead, or allow the '
                 f'FP32 fallback'
             )
@@ -487,7 +509,7 @@ def build_engine(
     parity = {
         'passed': True,
         'reference': 'onnxruntime fp32 (CPU)',
-        'bar': dict(ACCURACY_BAR),
+        'bar': {**ACCURACY_BAR, **CONFIDENCE_BAR},
         'batch': int(inputs[0].shape[0]),
         'fallback': fallback,
         'inputs': last['inputs'],

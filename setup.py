@@ -45,6 +45,7 @@ setup(
         'console_scripts': [
             'moa-depth = moa_depth_ros.cli:main',
             'depth_node = moa_depth_ros.runtime.node:main',
+            'managed_depth_node = moa_depth_ros.runtime.lifecycle:main',
         ],
     },
 )

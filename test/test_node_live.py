@@ -307,16 +307,28 @@ def test_every_vga_frame_of_a_reliable_camera_reaches_the_node(ros_domain, tmp_p
 
 
 def test_a_best_effort_camera_and_best_effort_outputs(ros_domain, tmp_path, model_path):
+    from rclpy.qos import ReliabilityPolicy
+
     live = Live(
         ros_domain,
         tmp_path,
         model_path,
-        'output_reliability:=best_effort',
+        # ROS 2's standard QoS overrides (rclpy QoSOverridingOptions), as a launch file or
+        # an override file (config/qos_overrides.yaml) sets them.
+        *[
+            f'qos_overrides.{NS}/{topic}.publisher.reliability:=best_effort'
+            for topic in ('depth', 'points')
+        ],
         reliable_outputs=False,
     )
     try:
         live.wait_started()
         live.camera_reliability(reliable=False)
+        for topic in ('depth', 'points'):
+            (info,) = live.probe.get_publishers_info_by_topic(f'{NS}/{topic}')
+            assert info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT, topic
+        (info,) = live.probe.get_publishers_info_by_topic(f'{NS}/depth/confidence')
+        assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE  # not overridden
         send_frame(live, sec=300, reliable=False)
         # Best effort may lose a frame: keep sending until one comes through.
         for sec in range(301, 310):

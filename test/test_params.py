@@ -41,7 +41,7 @@ def test_settings_fields_are_exactly_the_declared_parameters_with_their_defaults
         ('diagnostics_period_s', 0.05, 'diagnostics_period_s must be >= 0.1'),
         ('backend', 'cuda', 'backend must be one of auto, tensorrt, onnxruntime, openvino, torch'),
         ('device', 'gpu0', 'device must match'),
-        ('output_reliability', 'RELIABLE', 'output_reliability must be one of'),
+        ('image_transport', 'theora', 'image_transport must be one of raw, compressed'),
     ],
 )
 def test_bad_values_are_refused_with_a_reason_naming_field_and_value(name, value, reason):

@@ -16,6 +16,9 @@ import threading
 import time
 from typing import Callable, Deque, Mapping
 
+# Transport loss is judged over this window: /diagnostics is OK again this long after a
+# lossy moment ends (plus one diagnostics period).
+LOSS_WINDOW_S = 3.0
 # Levels, mapped by the node onto DiagnosticStatus.OK / WARN / ERROR / STALE.
 OK = 'ok'
 WARN = 'warn'
@@ -45,6 +48,11 @@ class RateMeter:
         while self._times and now - self._times[0] > self._window_s:
             self._times.popleft()
 
+    def in_window(self) -> int:
+        """Events in the window."""
+        self._trim(self._clock())
+        return len(self._times)
+
     def rate_hz(self) -> float:
         """Events per second in the window (0 with fewer than two events)."""
         now = self._clock()
@@ -58,6 +66,30 @@ class RateMeter:
         """Seconds since the last event (inf if none)."""
         # Not from the window: an event that left it still happened.
         return math.inf if self._last is None else self._clock() - self._last
+
+
+class WindowedCount:
+    """A total and the part of it counted within a sliding time window."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic):
+        self.window_s = float(window_s)
+        self._clock = clock
+        self._events: Deque[tuple[float, int]] = collections.deque()
+        self.total = 0
+
+    def add(self, count: int = 1) -> None:
+        now = self._clock()
+        self._events.append((now, count))
+        self.total += count
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._events and now - self._events[0][0] > self.window_s:
+            self._events.popleft()
+
+    def in_window(self) -> int:
+        self._trim(self._clock())
+        return sum(count for _, count in self._events)
 
 
 class LatencyStats:
@@ -103,6 +135,7 @@ class NodeStatistics:
         model: str,
         window_s: float = 5.0,
         stale_after_s: float = 5.0,
+        loss_window_s: float = LOSS_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
@@ -110,6 +143,11 @@ class NodeStatistics:
         self._stale_after_s = float(stale_after_s)
         self._lock = threading.Lock()
         self._input = RateMeter(window_s, clock)
+        # Loss is judged over its own, shorter window: a lossy moment (a camera matched
+        # best effort for a moment) must not keep the status at WARN long after.
+        self._loss_inputs = RateMeter(loss_window_s, clock)
+        self._lost = WindowedCount(loss_window_s, clock)
+        self._idle = 0
         self._output = RateMeter(window_s, clock)
         self._latency = LatencyStats()
         self._camera_info = False
@@ -119,6 +157,17 @@ class NodeStatistics:
         """Count an arriving image."""
         with self._lock:
             self._input.tick()
+            self._loss_inputs.tick()
+
+    def idle_frame(self) -> None:
+        """Count an image left unprocessed because no output has a subscriber."""
+        with self._lock:
+            self._idle += 1
+
+    def frames_lost(self, count: int) -> None:
+        """Count images the middleware reported lost before they reached the node."""
+        with self._lock:
+            self._lost.add(count)
 
     def output_frame(self, timings_ms: Mapping[str, float]) -> None:
         """Count a published depth image; ``timings_ms`` maps stage -> ms."""
@@ -147,13 +196,15 @@ class NodeStatistics:
         last_error: str = '',
         cloud_enabled: bool = True,
         worker_stopped: str = '',
-        lost_in_transport: int | None = None,
+        loss_reported: bool = True,
+        listened: bool = True,
     ) -> DiagnosticsSnapshot:
         """Build the status; drop/failure counters come from the worker.
 
         ``worker_stopped`` is why the inference thread ended ('' while it runs): an error,
-        since no depth comes out any more. ``lost_in_transport`` counts images the
-        middleware reported lost before they reached the node (None: not reported).
+        since no depth comes out any more. ``loss_reported``: whether the middleware reports
+        images lost before they reached the node. ``listened``: whether any output has a
+        subscriber (without one, frames are counted and not processed).
         """
         with self._lock:
             in_hz = self._input.rate_hz()
@@ -164,6 +215,10 @@ class NodeStatistics:
             latency = self._latency.summary()
             camera_info = self._camera_info
             notes = dict(self.notes)
+            lost_total = self._lost.total
+            lost_recent = self._lost.in_window()
+            received_recent = self._loss_inputs.in_window()
+            idle = self._idle
         values = [
             ('backend', self.backend),
             ('model', self.model),
@@ -175,10 +230,9 @@ class NodeStatistics:
             ('frames failed', str(failed)),
             (
                 'frames lost in transport',
-                'not reported by the middleware'
-                if lost_in_transport is None
-                else str(lost_in_transport),
+                str(lost_total) if loss_reported else 'not reported by the middleware',
             ),
+            ('frames not processed (no subscriber)', str(idle)),
             ('camera_info received', 'yes' if camera_info else 'no'),
         ]
         for stage, (mean_ms, max_ms) in latency.items():
@@ -194,17 +248,23 @@ class NodeStatistics:
             level, message = STALE, 'no image received yet'
         elif since_input_s > self._stale_after_s:
             level, message = STALE, f'no image for {since_input_s:.1f} s'
+        elif not listened:
+            level, message = (
+                OK,
+                f'idle: no subscriber on any output, {in_hz:.1f} Hz images not processed',
+            )
         elif published == 0 and failed > 0:
             level, message = ERROR, f'every frame fails: {last_error}'
         elif failed > 0 and out_hz == 0.0:
             level, message = WARN, f'frames failing: {last_error}'
-        elif lost_in_transport and lost_in_transport > 0.05 * (received + lost_in_transport):
-            share = 100.0 * lost_in_transport / (received + lost_in_transport)
+        elif lost_recent > 0.05 * (received_recent + lost_recent):
+            share = 100.0 * lost_recent / (received_recent + lost_recent)
             level, message = (
                 WARN,
                 (
-                    f'{share:.0f} % of images lost before reaching the node (a best-effort '
-                    f'subscription to a reliable camera? see input_reliability)'
+                    f'{share:.0f} % of images lost before reaching the node in the last '
+                    f'{self._lost.window_s:g} s (a best-effort subscription to a reliable '
+                    f'camera? see input_reliability)'
                 ),
             )
         elif cloud_enabled and not camera_info:

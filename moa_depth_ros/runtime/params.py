@@ -35,6 +35,8 @@ BACKENDS = ('auto', *ENGINE_BACKENDS)
 DEPTH_ENCODINGS = ('32FC1', '16UC1')
 RELIABILITIES = ('reliable', 'best_effort')
 INPUT_RELIABILITIES = ('auto', *RELIABILITIES)
+# image_transport's transports the node reads (its plugins' names).
+TRANSPORTS = ('raw', 'compressed')
 _DEVICE_RE = re.compile(r'^(auto|cpu|cuda(:\d+)?|gpu(:\d+)?|npu)$')
 PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16')
 _TYPE_WORDS = {
@@ -289,10 +291,13 @@ SPECS: tuple[ParamSpec, ...] = (
         offline=True,
     ),
     ParamSpec(
-        'subscribe_compressed',
-        False,
-        'Also subscribe to `image/compressed` (sensor_msgs/CompressedImage, jpeg/png).',
+        'image_transport',
+        'raw',
+        "How images arrive, as image_transport's subscriber parameter of the same name: 'raw' "
+        "subscribes `image` (sensor_msgs/Image), 'compressed' `image/compressed` "
+        '(sensor_msgs/CompressedImage, jpeg/png). One transport: never both.',
         'inputs',
+        choices=TRANSPORTS,
     ),
     ParamSpec(
         'max_rate_hz',
@@ -303,31 +308,15 @@ SPECS: tuple[ParamSpec, ...] = (
         min_value=0.0,
     ),
     ParamSpec(
-        'output_reliability',
-        'reliable',
-        "QoS reliability of the outputs: 'reliable' (RViz's default; matches every "
-        "subscriber) or 'best_effort'.",
-        'inputs',
-        choices=RELIABILITIES,
-    ),
-    ParamSpec(
-        'output_history_depth',
-        5,
-        'Frames each output publisher keeps for a reliable subscriber that has not '
-        'acknowledged them yet (KEEP_LAST depth). Fewer lose frames to a briefly slow '
-        'subscriber; each costs up to one frame of that output in memory (~5 MB for a '
-        '640x480 cloud).',
-        'inputs',
-        min_value=1,
-        max_value=100,
-    ),
-    ParamSpec(
         'input_reliability',
         'auto',
         "QoS reliability of the image and camera_info subscriptions: 'auto' follows the "
-        'publishers (reliable when every publisher offers it, as rosbag2 records), '
-        "'reliable' or 'best_effort'. A best-effort reader loses large frames from a "
-        'reliable camera under Fast DDS defaults.',
+        'publishers (reliable when every publisher offers it, as rosbag2 records; before '
+        "any publisher is known both, each frame taken once), 'reliable' or 'best_effort'. A "
+        'best-effort reader loses large frames from a reliable camera under Fast DDS '
+        'defaults. The one source of input reliability (no qos_overrides reliability for '
+        'inputs); output QoS: the standard qos_overrides parameters, see '
+        'config/qos_overrides.yaml.',
         'inputs',
         choices=INPUT_RELIABILITIES,
     ),

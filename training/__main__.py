@@ -15,6 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'train': ('training.train', 'train a depth model from a YAML recipe (torchrun for DDP)'),
     'eval': ('training.eval', "score a checkpoint or exported model: the papers' metrics table"),
     'quickstart': ('training.quickstart', 'the demo: train, evaluate, export, run a bag (CPU)'),
+    'finetune': (
+        'training.finetune',
+        "fine-tune on a robot's own RGB-D rosbag2 recording (held-out metrics, ONNX)",
+    ),
     'export': ('training.export', 'checkpoint -> verified ONNX (opset 17, metadata embedded)'),
     'build-engine': ('training.build_engine', 'ONNX -> TensorRT engine + sidecar (on the GPU)'),
     'synthetic-bag': ('training.data.synthetic_bag', 'write a synthetic camera rosbag2'),

@@ -33,6 +33,9 @@ class ModelConfig:
     pretrained: Union[str, None] = None
     # Fields of the model's own config dataclass (input_size, clip_cfg, depth range, ...).
     overrides: dict = dataclasses.field(default_factory=dict)
+    # A checkpoint (.safetensors) to start from: it defines the architecture and the
+    # weights (fine-tuning); name must match it and overrides stay empty.
+    init_checkpoint: Union[str, None] = None
 
 
 @dataclasses.dataclass
@@ -325,6 +328,18 @@ def build_data_config(values: Mapping[str, Any], **defaults: Any) -> Any:
     ):
         if isinstance(merged.get(key), list):
             merged[key] = tuple(cast(v) for v in merged[key])
+    recording = merged.get('recording')
+    if isinstance(recording, Mapping):
+        from training.data.recording import RecordingConfig
+
+        rec_known = {f.name for f in dataclasses.fields(RecordingConfig)}
+        bad = sorted(set(recording) - rec_known)
+        if bad:
+            raise ConfigError(
+                f'unknown key data.dataset.recording.{bad[0]!r}; known keys: '
+                f'{", ".join(sorted(rec_known))}'
+            )
+        merged['recording'] = RecordingConfig(**recording)
     augment = merged.get('augment_cfg')
     if isinstance(augment, Mapping):
         aug_known = {f.name for f in dataclasses.fields(AugmentConfig)}

@@ -329,7 +329,7 @@ def _datasets(config: TrainConfig, model_hw, run_dir: pathlib.Path, dist, given=
             'data.dataset.dataset=nyu_labeled is an evaluation set (its validation split is '
             'the test split); train on the nyu list files'
         )
-    if name == 'synthetic':
+    if name in ('synthetic', 'recording'):  # validation scenes / block of their own
         return build_dataset(data_cfg, 'train'), build_dataset(data_cfg, 'val'), data_cfg
     train_list, val_list = _holdout_lists(
         data_cfg, config.data.val_holdout_fraction, config.seed, run_dir
@@ -344,6 +344,25 @@ def _datasets(config: TrainConfig, model_hw, run_dir: pathlib.Path, dist, given=
         eval_depth_root=data_cfg.train_depth_root,
     )
     return build_dataset(train_cfg, 'train'), build_dataset(val_cfg, 'val'), data_cfg
+
+
+def _model_from_checkpoint(config: TrainConfig):
+    """Load ``model.init_checkpoint``: its architecture and weights (fine-tuning)."""
+    from moa_depth_ros.model import load_model
+    from moa_depth_ros.model.checkpoint import read_checkpoint_metadata
+
+    path = config.model.init_checkpoint
+    if config.model.overrides or config.model.pretrained:
+        raise ConfigError(
+            'model.init_checkpoint defines the architecture and weights: leave '
+            'model.overrides and model.pretrained empty'
+        )
+    stored = read_checkpoint_metadata(path)['model_name']
+    if stored != config.model.name:
+        raise ConfigError(
+            f'model.name is {config.model.name!r} but {path} holds a {stored!r} model'
+        )
+    return load_model(path).train()
 
 
 def _to_canonical(
@@ -414,7 +433,6 @@ def train(
 
     from moa_depth_ros.model import create_model, save_checkpoint
     from training.checkpointing import load_training_state, save_training_state
-    from training.data import DEPTH_RANGES_M
     from training.eval import evaluate_model
     from training.losses import build_loss
 
@@ -440,14 +458,17 @@ def train(
 
     # -- seeds: the model starts identical on every rank (DDP also broadcasts rank 0's)
     _seed_everything(config.seed)
-    model = create_model(
-        config.model.name, pretrained=config.model.pretrained, **config.model.overrides
-    )
+    if config.model.init_checkpoint:
+        model = _model_from_checkpoint(config)
+    else:
+        model = create_model(
+            config.model.name, pretrained=config.model.pretrained, **config.model.overrides
+        )
     model.to(dist.device)
 
     # -- data
     train_set, val_set, data_cfg = _datasets(config, model.input_hw, run_dir, dist, datasets)
-    depth_range_m = DEPTH_RANGES_M.get(data_cfg.dataset, (1e-3, model.max_depth_m))
+    depth_range_m = data_cfg.depth_range_m
     ranks_x_micro = dist.world_size * config.grad_accum_steps
     if config.batch_size % ranks_x_micro:
         raise ConfigError(

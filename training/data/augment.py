@@ -53,6 +53,15 @@ class AugmentConfig:
         """NYU recipe without the crop: synthetic frames are rendered at model size."""
         return cls(rotate_deg=2.5, brightness_range=(0.75, 1.25), crop_hw=None)
 
+    @classmethod
+    def recording(cls) -> AugmentConfig:
+        """Return the recipe of a robot's own recording: flips and colours, no rotation or crop.
+
+        The robot's camera is mounted level at one height: a roll or a crop would show the
+        network views the robot never has (``RGBDRecording`` applies the flip and colours).
+        """
+        return cls(rotate_deg=0.0, brightness_range=(0.8, 1.2), crop_hw=None)
+
 
 def as_numpy_rng(rng: np.random.Generator | torch.Generator | int | None) -> np.random.Generator:
     """Accept a numpy Generator, a torch Generator (one draw seeds numpy) or a seed."""

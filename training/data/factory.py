@@ -3,7 +3,9 @@
 Splits: 'train' reads the training list with augmentation (when ``augment``); 'val' and
 'test' read the evaluation list without augmentation (as BTS/AdaBins, which validate on
 the test list). The labeled NYU .mat uses the index file for 'val'/'test' and every other
-frame for 'train'. Synthetic scenes have three disjoint seed ranges.
+frame for 'train'. Synthetic scenes have three disjoint seed ranges. A robot's RGB-D
+recording (``training.data.recording``) is split in time: 'train' its training block, 'val'
+its validation block, 'test' its held-out block at the end.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from moa_depth_ros.errors import ConfigError
 from training.data.augment import AugmentConfig
 from training.data.kitti import KITTIEigen
 from training.data.nyu import NYUDepthV2, NYULabeled
+from training.data.recording import Recording, RecordingConfig, RGBDRecording, load_recording
 from training.data.rooms import SyntheticRooms
 from training.data.splits import SPLITS
 from training.data.synthetic import CAMERA_HEIGHT_RANGE_M
 
-DATASETS = ('synthetic', 'nyu', 'nyu_labeled', 'kitti')
+DATASETS = ('synthetic', 'nyu', 'nyu_labeled', 'kitti', 'recording')
 
 # Evaluation depth caps of the papers (BTS / AdaBins / SPACE-CLIP configs).
 DEPTH_RANGES_M = {
@@ -77,12 +80,16 @@ class DataConfig:
     #: window of up to this zoom, resized to the input: longer lenses of the same room, with
     #: K and labels to match (``SyntheticRooms``). Validation and test render at input size.
     synthetic_zoom_max: float = 1.0
+    #: dataset 'recording': the rosbag2, its topics, blocks, masks (``RecordingConfig``).
+    recording: RecordingConfig | None = None
     seed: int = 0
     check_files: bool = True
 
     @property
     def depth_range_m(self) -> tuple[float, float]:
         """Depth caps (min, max) of this dataset's training masks and evaluation."""
+        if self.dataset == 'recording':
+            return _recording_config(self).depth_range_m
         if self.dataset not in DEPTH_RANGES_M:
             raise ConfigError(
                 f'DataConfig.dataset must be one of {DATASETS}, got {self.dataset!r}'
@@ -99,7 +106,31 @@ def _augment_for(cfg: DataConfig, split: str) -> AugmentConfig | None:
         return AugmentConfig.kitti()
     if cfg.dataset == 'synthetic':
         return AugmentConfig.synthetic()
+    if cfg.dataset == 'recording':
+        return AugmentConfig.recording()
     return AugmentConfig.nyu()
+
+
+def _recording_config(cfg: DataConfig) -> RecordingConfig:
+    if cfg.recording is None or not cfg.recording.bag:
+        raise ConfigError("DataConfig.recording.bag is required for dataset='recording'")
+    return cfg.recording
+
+
+# A recording is read once per process, whichever splits are built from it.
+_RECORDINGS: dict[tuple, Recording] = {}
+
+
+def recording_for(cfg: DataConfig) -> Recording:
+    """Return the ``Recording`` of ``cfg`` (read on first use, then reused by every split)."""
+    hw = tuple(cfg.image_hw) if cfg.image_hw else None
+    if hw is None:
+        raise ConfigError("DataConfig.image_hw (the network input) is needed for 'recording'")
+    key = (_recording_config(cfg), hw)
+    if key not in _RECORDINGS:
+        _RECORDINGS.clear()  # one recording in memory at a time
+        _RECORDINGS[key] = load_recording(key[0], hw)
+    return _RECORDINGS[key]
 
 
 def _require(value: str, name: str, cfg: DataConfig, split: str) -> str:
@@ -130,6 +161,14 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
             hfov_deg=cfg.synthetic_hfov_deg,
             lens_sampling=cfg.synthetic_lens_sampling,
             zoom_max=cfg.synthetic_zoom_max if split == 'train' else 1.0,
+        )
+    if cfg.dataset == 'recording':
+        return RGBDRecording(
+            recording_for(cfg),
+            split,
+            cfg.image_hw,
+            augment_cfg=aug,
+            seed=cfg.seed,
         )
     if cfg.dataset == 'nyu_labeled':
         mat = _require(cfg.labeled_mat, 'labeled_mat', cfg, split)

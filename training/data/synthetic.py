@@ -476,11 +476,17 @@ def _pattern_values(pattern_id, s1, s2, scale, sid) -> np.ndarray:
     return out
 
 
-def render(spec: SceneSpec, *, noise_seed: int | None = None) -> SceneSample:
+def render(
+    spec: SceneSpec,
+    *,
+    noise_seed: int | None = None,
+    depth_range_m: tuple[float, float] = DEPTH_RANGE_M,
+) -> SceneSample:
     """Ray-cast ``spec`` into RGB, depth along optical z, and surface labels.
 
     ``noise_seed`` picks the sensor-noise pattern (default: the scene seed); a video of
-    one room passes a different one per frame.
+    one room passes a different one per frame. Depth outside ``depth_range_m`` is 0 (a
+    simulated depth sensor passes its own, wider range and applies its own limits).
     """
     width, height = spec.width, spec.height
     rot = camera_rotation(spec.yaw_rad, spec.pitch_rad, spec.roll_rad)
@@ -585,7 +591,7 @@ def render(spec: SceneSpec, *, noise_seed: int | None = None) -> SceneSample:
     rgb_u8 = np.clip(rgb * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8).reshape(height, width, 3)
 
     depth = t_hit
-    depth[(depth < DEPTH_RANGE_M[0]) | (depth > DEPTH_RANGE_M[1])] = 0.0
+    depth[(depth < depth_range_m[0]) | (depth > depth_range_m[1])] = 0.0
     cam_to_world = np.eye(4)
     cam_to_world[:3, :3] = rot
     cam_to_world[:3, 3] = origin

@@ -102,8 +102,13 @@ def trajectory_pose(
 
 
 def _clear_path(spec: SceneSpec, times_s: Sequence[float]) -> SceneSpec:
-    """Drop blocks the camera path would come too close to (and legs left without a top)."""
-    path_xz = np.array([[p[0][0], p[0][2]] for p in (trajectory_pose(spec, t) for t in times_s)])
+    """Drop blocks the camera's loop (``trajectory_pose``) would come too close to."""
+    return clear_path(spec, [trajectory_pose(spec, t)[0] for t in times_s])
+
+
+def clear_path(spec: SceneSpec, positions: Sequence[tuple[float, float, float]]) -> SceneSpec:
+    """Drop blocks a camera at ``positions`` comes too close to (and legs left without a top)."""
+    path_xz = np.array([[p[0], p[2]] for p in positions])
     gap = CAMERA_CLEARANCE_M
     kept, removed = [], []
     for box in spec.boxes:

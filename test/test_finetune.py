@@ -152,6 +152,7 @@ def _write_bag(
     depth_frame_id='cam',
     depth_wh=(64, 48),
     storage='mcap',
+    d=(0.0, 0.0, 0.0, 0.0, 0.0),
 ):
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -174,7 +175,7 @@ def _write_bag(
             height=48,
             width=64,
             distortion_model='plumb_bob',
-            d=np.zeros(5),
+            d=np.array(d, np.float64),
             k=k,
             r=np.eye(3).ravel(),
             p=np.array([50.0, 0, 31.5, 0, 0, 50.0, 23.5, 0, 0, 0, 1, 0]),
@@ -233,6 +234,26 @@ def test_refuses_depth_at_another_size_and_accepts_a_binning(tmp_path):
     frame = rec.frames['train'][0]
     assert frame.depth_m.shape == (48, 64)  # on the colour grid
     assert np.all(frame.depth_m == np.float32(2.0))
+
+
+def test_frames_are_rectified_as_the_node_rectifies_them(tmp_path):
+    from moa_depth_ros.frame import rectify
+    from moa_depth_ros.frame.geometry import CameraModel
+
+    stamps = [START + i * PERIOD for i in range(40)]
+    d = (-0.2, 0.05, 0.001, -0.002, 0.0)
+    _write_bag(tmp_path / 'bag', colour_ns=stamps, depth_ns=stamps, d=d)
+    rec = load_recording(_config(tmp_path / 'bag', edge_jump_rel=0.0), INPUT_HW)
+    raw = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)  # frame 0
+    camera = CameraModel(64, 48, 50.0, 50.0, 31.5, 23.5, d=d)
+    rect = rectify.Rectifier(camera)
+    first = rec.frames['train'][0]
+    assert np.array_equal(first.rgb, rect.rectify_image(raw))
+    np.testing.assert_allclose(first.K, rect.output.k)
+    # Depth: nearest raw pixel, and nothing (0) where the rectified pixel sees no raw one.
+    seen = ~rect.invalid if rect.invalid is not None else np.ones((48, 64), bool)
+    assert np.all(first.depth_m[seen] == np.float32(2.0))
+    assert np.all(first.depth_m[~seen] == 0.0)
 
 
 def test_pairing_counts_in_a_recording(tmp_path):

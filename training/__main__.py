@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'training.finetune',
         "fine-tune on a robot's own RGB-D rosbag2 recording (held-out metrics, ONNX)",
     ),
+    'finetune-demo': (
+        'training.finetune_demo',
+        'the fine-tuning demo: a synthetic ground-robot RGB-D recording (CPU)',
+    ),
     'export': ('training.export', 'checkpoint -> verified ONNX (opset 17, metadata embedded)'),
     'build-engine': ('training.build_engine', 'ONNX -> TensorRT engine + sidecar (on the GPU)'),
     'synthetic-bag': ('training.data.synthetic_bag', 'write a synthetic camera rosbag2'),

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.02,
         help='keep a frame when its thumbnail changed this much (mean |grey| in [0, 1])',
     )
+    parser.add_argument(
+        '--input-rectified',
+        action='store_true',
+        help='the colour topic is already rectified (image_rect): as the node parameter',
+    )
     parser.add_argument('--steps', type=int, default=0, help='optimizer steps (0: the recipe)')
     parser.add_argument('--threads', type=int, default=2, help='torch threads (0: default)')
     parser.add_argument('--resume', action='store_true', help='continue a killed run')
@@ -138,6 +143,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         min_depth_m=args.min_depth,
         max_depth_m=args.max_depth,
         keyframe_change=args.keyframe_change,
+        input_rectified=args.input_rectified,
         progress=not args.no_progress,
     )
     overrides = [

@@ -26,7 +26,9 @@ far as it goes, as ``moa-depth bag`` does):
    metres (NaN or 0 = none) or image_transport compressedDepth (PNG / RVL,
    ``training.data.compressed_depth``). Calibration is the colour camera_info, as the node
    reads it (``CameraModel.from_camera_info``: binning, ROI). Depth is brought to the colour
-   grid (a binned depth image by nearest neighbour, never blended).
+   grid (a binned depth image by nearest neighbour, never blended), then both are rectified
+   as the node rectifies its input (``frame.rectify.Rectifier``: colour bilinear, depth
+   nearest; ``input_rectified`` for an image_rect topic), and K is the rectified camera's.
 
 Sensor depth is not ground truth everywhere. Masked (0 = no label): no return (0 / NaN),
 depth outside [``min_depth_m``, ``max_depth_m``] (the sensor's trustworthy range: stereo
@@ -103,6 +105,9 @@ class RecordingConfig:
     #: Largest stamp difference of a pair; 0 = half the colour frame period (median).
     max_pair_dt_s: float = 0.0
     label_scale: float = 2.0
+    #: The colour topic is already rectified (image_proc's image_rect): P is its camera, as
+    #: the node's ``input_rectified`` parameter declares it.
+    input_rectified: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -522,7 +527,7 @@ def load_recording(config: RecordingConfig, image_hw: tuple[int, int]) -> Record
         rgb, depth_m = decoded_rgb.pop(ci), decoded_depth.pop(ci)
         if (bx, by) != (1, 1):  # binned depth onto the colour grid, never blended
             depth_m = cv2.resize(depth_m, (cw, ch), interpolation=cv2.INTER_NEAREST_EXACT)
-        rgb, depth_m, camera = _rectified(rgb, depth_m, camera)
+        rgb, depth_m, camera = _rectified(rgb, depth_m, camera, config.input_rectified)
         depth_m, counts = clean_depth(depth_m, config)
         for key, value in counts.items():
             mask_counts[key] = mask_counts.get(key, 0) + value
@@ -560,9 +565,17 @@ def load_recording(config: RecordingConfig, image_hw: tuple[int, int]) -> Record
     return Recording(config=config, frames=frames, report=report)
 
 
-def _rectified(rgb: np.ndarray, depth_m: np.ndarray, camera: CameraModel):
-    """Colour, depth and camera on the node's output grid (see ``training.finetune`` docs)."""
-    return rgb, depth_m, camera
+def _rectified(rgb: np.ndarray, depth_m: np.ndarray, camera: CameraModel, input_rectified: bool):
+    """Colour, depth and their camera on the rectified grid the node works on.
+
+    ``frame.rectify.Rectifier``, as ``DepthPipeline`` builds it from the same camera_info:
+    colour bilinear, depth nearest (NaN where no raw pixel is seen), and the rectified
+    camera (K = P[:3, :3]) whose focal length gives the canonical-camera conversion.
+    """
+    from moa_depth_ros.frame import rectify
+
+    rect = rectify.Rectifier(camera, input_rectified=input_rectified)
+    return rect.rectify_image(rgb), rect.rectify_depth(depth_m), rect.output
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ RUNTIME_TESTS := $(ROS_TESTS) test/test_pipeline.py test/test_msgs.py test/test_
 LANE_REQUIREMENTS := -r requirements-venv.txt -r requirements-test-runtime.txt \
 	-r requirements-openvino.txt
 
-.PHONY: all venv test test-kilted test-compat demo bench config lint format clean
+.PHONY: all venv test test-kilted test-compat demo finetune-demo bench config lint format clean
 
 all: test
 
@@ -72,6 +72,12 @@ test-compat: .venv-compat/.deps-stamp
 
 demo: $(STAMP)
 	$(PY) -m training quickstart
+
+# Fine-tune the quickstart model on a synthetic ground-robot RGB-D recording (README:
+# "Fine-tune on your robot's recordings"); runs the quickstart first if its model is missing.
+finetune-demo: $(STAMP)
+	test -f runs/quickstart/model.safetensors || $(PY) -m training quickstart
+	$(PY) -m training finetune-demo --base runs/quickstart/model.safetensors
 
 bench: $(STAMP)
 	$(ISOLATED) $(PY) -m tools.bench all --readme README.md $(BENCH_ARGS)

@@ -32,6 +32,7 @@ import pytest
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 # Second guard behind the namespace: ROS 2 discovery stays on this host (Jazzy and later).
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ['ROS_LOCALHOST_ONLY'] = '1'  # Humble reads this one
 os.environ.pop('ROS_STATIC_PEERS', None)
 # Engine caches (TensorRT engines, OpenVINO compiled models, the auto backend choice) go to a
 # directory of this run, never the user's ~/.cache: a verdict measured by one run must not

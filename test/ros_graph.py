@@ -295,18 +295,27 @@ def console_script(name: str = 'depth_node') -> Path | None:
 
 
 class NodeProcess:
-    """``depth_node`` as its own process, with ``--ros-args``; output goes to a log file."""
+    """``depth_node`` (or ``managed_depth_node``) as a process; ``--ros-args``; logs to a file."""
 
-    def __init__(self, args: list[str], domain_id: int, log_path: Path, env: dict | None = None):
-        script = console_script()
+    def __init__(
+        self,
+        args: list[str],
+        domain_id: int,
+        log_path: Path,
+        env: dict | None = None,
+        executable: str = 'depth_node',
+    ):
+        script = console_script(executable)
         if script is None:
             raise FileNotFoundError(
-                f'depth_node is not installed beside {sys.executable} (pip install -e .)'
+                f'{executable} is not installed beside {sys.executable} (pip install -e .)'
             )
         environ = dict(os.environ)
         environ.update(
             ROS_DOMAIN_ID=str(domain_id),
+            # Discovery stays on this host: Jazzy and later read the first, Humble the second.
             ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+            ROS_LOCALHOST_ONLY='1',
             PYTHONUNBUFFERED='1',
             RCUTILS_COLORIZED_OUTPUT='0',
             RCUTILS_LOGGING_BUFFERED_STREAM='0',

@@ -168,3 +168,27 @@ def test_stop_gives_up_on_a_frame_that_does_not_finish():
     gate.release.set()
     assert worker.stop(5.0) is True
     assert worker.stats.failed == 1 and log.errors == []  # counted, not logged
+
+
+def test_failures_with_distinct_messages_share_one_throttle_entry_per_kind():
+    # The defect: the throttle was keyed by the message, which carries per-frame byte counts,
+    # so every corrupt frame of another size logged again and kept an entry for good.
+    now = [100.0]
+    log = RecordingLog()
+
+    def process(frame):
+        if frame % 2:
+            raise InvalidImageError(f'{frame} bytes is fewer than step*height')
+        raise RuntimeError(f'bug at byte {frame}')
+
+    worker = LatestFrameWorker(process, log=log, log_throttle_s=5.0, clock=lambda: now[0])
+    worker.start()
+    try:
+        for frame in range(200):
+            worker.submit(frame)
+            assert worker.wait_idle(5.0)
+    finally:
+        worker.stop(1.0)
+    assert len(log.warnings) == 1 and len(log.errors) == 1, (log.warnings, log.errors[:2])
+    assert len(worker._log_state) == 2
+    assert worker.stats.failed == 200

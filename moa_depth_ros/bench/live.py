@@ -66,7 +66,9 @@ def _ros_env(domain_id: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         ROS_DOMAIN_ID=str(domain_id),
+        # Discovery stays on this host: Jazzy and later read the first, Humble the second.
         ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+        ROS_LOCALHOST_ONLY='1',
         PYTHONUNBUFFERED='1',
         RCUTILS_COLORIZED_OUTPUT='0',
     )
@@ -138,6 +140,18 @@ def _camera(spec: dict[str, Any]) -> dict[str, Any]:
     return {'sent': sent, 'period_s': period_s}
 
 
+def publisher_count(node: Any, subscription: Any) -> int:
+    """Count the publishers matched to ``subscription`` (Humble: of its topic, from the graph).
+
+    Humble's Subscription has no get_publisher_count(); the node's graph count of the topic
+    is what it offers there.
+    """
+    count = getattr(subscription, 'get_publisher_count', None)
+    if count is not None:
+        return count()
+    return node.count_publishers(subscription.topic_name)
+
+
 def _viewer(spec: dict[str, Any]) -> dict[str, Any]:
     """Record the arrival time of every output by stamp until SIGINT; return them."""
     from diagnostic_msgs.msg import DiagnosticArray
@@ -166,7 +180,7 @@ def _viewer(spec: dict[str, Any]) -> dict[str, Any]:
         for topic, msgtype in OUTPUT_TYPES.items()
     ]
     deadline = time.monotonic() + spec['ready_timeout_s']
-    while not all(s.get_publisher_count() >= 1 for s in subscriptions):  # discovery done
+    while not all(publisher_count(node, s) >= 1 for s in subscriptions):  # discovery done
         if time.monotonic() > deadline:
             raise TimeoutError('depth_node publishes none of its outputs to the viewer')
         rclpy.spin_once(node, timeout_sec=0.1)

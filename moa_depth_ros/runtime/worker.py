@@ -8,9 +8,11 @@ spaces the starts of consecutive frames; frames arriving meanwhile replace each 
 
 A frame that fails costs that frame only: a ``MoaDepthError`` (bad encoding, size
 mismatch, ...) is logged as a skipped frame with its reason, anything else with its
-traceback; the thread keeps running. Logging is throttled per reason, so a camera that
-sends only bad frames does not flood the log. Should the thread end anyway (a logger or an
-interpreter failure), ``stats.stopped`` says why and the node reports it as an error.
+traceback; the thread keeps running. Logging is throttled per call site and exception type
+(not per message text, which carries per-frame numbers), so a camera that sends only bad
+frames neither floods the log nor grows the throttle's memory. Should the thread end anyway
+(a logger or an interpreter failure), ``stats.stopped`` says why and the node reports it as
+an error.
 
 Pure Python (threading); the node, the bag tool and the tests drive it.
 """
@@ -53,8 +55,8 @@ class LatestFrameWorker(Generic[FrameT]):
     """A thread that processes only the newest submitted frame.
 
     ``process(frame)`` runs on the worker thread. ``log`` receives one line per skipped or
-    failed frame (at most one per ``log_throttle_s`` for the same reason). ``clock`` is a
-    monotonic clock in seconds (replaceable in tests).
+    failed frame (at most one per ``log_throttle_s`` per call site and exception type).
+    ``clock`` is a monotonic clock in seconds (replaceable in tests).
     """
 
     def __init__(
@@ -80,8 +82,8 @@ class LatestFrameWorker(Generic[FrameT]):
         self._stats = WorkerStats()
         self._min_interval_s = 0.0
         self._last_start_s: float | None = None
-        # reason -> (last time logged, occurrences suppressed since)
-        self._log_state: dict[str, tuple[float, int]] = {}
+        # (call site, exception type) -> (last time logged, occurrences suppressed since)
+        self._log_state: dict[tuple[str, str], tuple[float, int]] = {}
         self.set_max_rate(max_rate_hz)
 
     # -- control ------------------------------------------------------------------------
@@ -203,12 +205,12 @@ class LatestFrameWorker(Generic[FrameT]):
                 self._process(frame)  # type: ignore[arg-type]
             except MoaDepthError as e:
                 error = f'{type(e).__name__}: {e}'
-                suffix = self._throttle(error)
+                suffix = self._throttle(('skipped', type(e).__name__))
                 if suffix is not None:
                     self._log_warning(f'skipped a frame: {error}{suffix}')
             except Exception as e:  # a bug must not stop depth output for good
                 error = f'{type(e).__name__}: {e}'
-                suffix = self._throttle(error)
+                suffix = self._throttle(('unexpected', type(e).__name__))
                 if suffix is not None:
                     self._log_error(
                         f'unexpected error while processing a frame (frame skipped, worker keeps '
@@ -226,16 +228,20 @@ class LatestFrameWorker(Generic[FrameT]):
                     )
                 self._cond.notify_all()
 
-    def _throttle(self, reason: str) -> str | None:
-        """None to stay quiet, else a suffix (possibly empty) counting what was held back."""
+    def _throttle(self, kind: tuple[str, str]) -> str | None:
+        """None to stay quiet, else a suffix (possibly empty) counting what was held back.
+
+        Keyed by call site and exception type, never by the message: a message carries
+        per-frame values (byte counts, sizes), and a key per text would grow without bound.
+        """
         if self._stopping:
             return None  # a frame cut short by shutdown (publishers gone) is not worth a log
         now = self._clock()
-        last, suppressed = self._log_state.get(reason, (None, 0))
+        last, suppressed = self._log_state.get(kind, (None, 0))
         if last is not None and now - last < self._log_throttle_s:
-            self._log_state[reason] = (last, suppressed + 1)
+            self._log_state[kind] = (last, suppressed + 1)
             return None
-        self._log_state[reason] = (now, 0)
+        self._log_state[kind] = (now, 0)
         if suppressed:
             return f' ({suppressed} more like this in the last {now - last:.0f} s)'
         return ''

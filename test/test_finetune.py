@@ -86,6 +86,41 @@ def test_every_depth_format_and_storage_reads_the_same_labels(recordings):
                 np.testing.assert_allclose(mine.K, ref.K)
 
 
+@pytest.mark.parametrize('encoding', ['bgr8', 'rgba8', 'yuv422_yuy2', 'mono16', 'jpeg'])
+def test_colour_encodings_the_node_accepts(recordings, tmp_path, encoding):
+    reference = load_recording(_config(recordings['mcap', '16UC1']), INPUT_HW)
+    path = tmp_path / encoding
+    write_rgbd_recording([path], ['16UC1'], SMALL_DRIVE, colour_encoding=encoding)
+    rec = load_recording(_config(path), INPUT_HW)
+    assert rec.report['topics']['colour'] == COLOR_TOPIC + (
+        '/compressed' if encoding == 'jpeg' else ''
+    )
+    got, want = rec.frames['train'][0].rgb.astype(float), reference.frames['train'][0].rgb
+    if encoding == 'mono16':
+        want = np.repeat(want.astype(float).mean(axis=2, keepdims=True), 3, axis=2)
+    # yuv422 shares chroma between two pixels; jpeg is lossy: close, not equal.
+    tolerance = {'bgr8': 0, 'rgba8': 0, 'mono16': 3, 'yuv422_yuy2': 12, 'jpeg': 12}[encoding]
+    assert np.abs(got - want).mean() <= tolerance
+    for block, frames in reference.frames.items():
+        for mine, ref in zip(rec.frames[block], frames):
+            assert np.array_equal(mine.depth_m, ref.depth_m)
+
+
+def test_a_truncated_recording_is_read_as_far_as_it_goes(recordings, tmp_path):
+    import shutil
+
+    whole = load_recording(_config(recordings['mcap', 'compressedDepth rvl']), INPUT_HW)
+    cut = tmp_path / 'cut'
+    shutil.copytree(recordings['mcap', 'compressedDepth rvl'], cut)
+    (mcap,) = cut.glob('*.mcap')
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[: int(len(data) * 0.6)])  # the recorder died: no summary, no footer
+    (cut / 'metadata.yaml').unlink()
+    rec = load_recording(_config(cut), INPUT_HW)
+    assert rec.report['recovered'] and 'input recovered' in rec.report['recovered']
+    assert 10 < rec.report['paired'] < whole.report['paired']
+
+
 def test_blocks_are_contiguous_and_the_holdout_is_last(recordings):
     rec = load_recording(_config(recordings['mcap', '16UC1']), INPUT_HW)
     blocks = rec.report['blocks']

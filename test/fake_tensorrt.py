@@ -25,10 +25,12 @@ Nothing here imports torch, so a child process can load it quickly.
 
 from __future__ import annotations
 
+import atexit
 import enum
 import importlib.machinery
 import json
 import os
+import sys
 import threading
 import time
 import types
@@ -43,6 +45,19 @@ from moa_depth_ros.engine.cache import GpuInfo
 _FAKE_MAGIC = b'FAKETRT1'
 _CURRENT = threading.local()
 _FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT, FLOAT16
+
+
+def log_to_stdout(severity, message):
+    """Write one line as TensorRT's default Python logger does: to stdout.
+
+    NVIDIA/TensorRT python/src/infer/pyCore.cpp, ``DefaultLogger::log``: ``std::cout <<
+    "[TRT] [W] " << msg << std::endl``. C++ writes straight to the file descriptor, so a
+    message logged once Python has flushed its own stdout (objects destroyed as the
+    interpreter exits) comes after anything the script printed.
+    """
+    sys.stdout.flush()
+    stamp = time.strftime('%m/%d/%Y-%H:%M:%S')
+    os.write(1, f'[{stamp}] [TRT] [{severity}] {message}\n'.encode())
 
 
 def current_cuda():
@@ -311,13 +326,15 @@ def make_fake_tensorrt(
     build_log=None,
     build_delay_s=0.0,
     inspector_spelling=None,
+    exit_log=False,
 ):
     """Return a module object mimicking ``tensorrt`` ``version`` (10.x or 11.x).
 
     ``cuda``: the device used when no FakeCuda is current. ``build_log``: a file each build
     appends its pid to (then sleeps ``build_delay_s``), to count builds across processes.
     ``inspector_spelling``: a key of ``INSPECTOR_SPELLINGS`` (default: "format/datatype"
-    for 10.x, "datatype" for 11.x).
+    for 10.x, "datatype" for 11.x). ``exit_log``: log a warning as the process exits, after
+    Python flushed its own stdout (see ``log_to_stdout``).
     """
     major = int(version.split('.')[0])
     weak = major < 11
@@ -332,6 +349,8 @@ def make_fake_tensorrt(
     trt.__version__ = version
     trt.builds = []  # (network, config) of every build_serialized_network call
     trt.executions = []
+    if exit_log:
+        atexit.register(log_to_stdout, 'W', 'a warning logged while the process exits')
 
     class DataType(enum.Enum):
         FLOAT = 0

@@ -1,14 +1,18 @@
 """GPU acceptance of the TensorRT backend; run by test/gpu_acceptance.sh (its header says what).
 
 One process, a time budget (``--budget-s``): the cheap checks first, the full-size builds
-after, and whatever the budget leaves no time for is reported as skipped, never as passed.
-Prints one line per check and writes ``gpu_acceptance.json`` (facts, checks, latencies) to
-$OUT when set, else to the work directory. Exit status 1 if any check failed.
+after. The budget is guarded per TensorRT build (an FP16 model that misses the bar builds up
+to three times), and whatever it leaves no time for is reported as skipped, never as passed.
+Prints one line per check with a running tally, and rewrites ``gpu_acceptance.json`` (facts,
+checks, builds, latencies) after every line, in ``--out`` (default $OUT, else
+runs/gpu-acceptance/ in the repository), so a run stopped by its time limit keeps what it
+did. Exit status 1 if any check failed or the run was interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -18,33 +22,84 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from moa_depth_ros.engine import cache, load_engine, tensorrt_backend, tensorrt_builder
-from moa_depth_ros.engine.accuracy import accuracy_holds, depth_agreement
+from moa_depth_ros.engine.accuracy import (
+    accuracy_holds,
+    confidence_agreement,
+    confidence_holds,
+    depth_agreement,
+)
 from moa_depth_ros.errors import EngineError
+from moa_depth_ros.fileio import atomic_write_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / 'runs' / 'gpu-acceptance'
 LEAK_BUDGET_BYTES = 16 << 20  # free device memory may drift by allocator noise, not more
 ITERATIONS = 1000
+# Seconds a build is assumed to take before one of its size has been timed in this run (a
+# Jetson builds the full-size models several times slower: see gpu_acceptance.sh); later
+# builds expect 1.25x the longest one of that size timed so far.
+FIRST_BUILD_S = {'tiny': 15.0, 'full': 60.0, 'full_jetson': 150.0}
 
 
 class Report:
-    def __init__(self, budget_s: float) -> None:
+    """Checks as they happen: one printed line each, and the JSON rewritten after each."""
+
+    def __init__(self, budget_s: float, path: pathlib.Path | None = None) -> None:
         self.started = time.monotonic()
         self.budget_s = budget_s
+        self.path = path
         self.facts: dict[str, Any] = {}
         self.checks: list[dict[str, Any]] = []
+        self.builds: list[dict[str, Any]] = []
+        self.longest_build_s: dict[str, float] = {}  # model size -> longest build seconds
+        self.finished = False
+        self.save()
 
     def left_s(self) -> float:
         return self.budget_s - (time.monotonic() - self.started)
 
+    def tally(self) -> dict[str, int]:
+        counts = {'pass': 0, 'fail': 0, 'skip': 0}
+        for check in self.checks:
+            if check['status'] in counts:
+                counts[check['status']] += 1
+        return counts
+
+    def failed(self) -> list[str]:
+        return [c['check'] for c in self.checks if c['status'] == 'fail']
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        result = {
+            'finished': self.finished,
+            'elapsed_s': round(time.monotonic() - self.started, 1),
+            'budget_s': self.budget_s,
+            'tally': self.tally(),
+            'failed': self.failed(),
+            'facts': self.facts,
+            'builds': self.builds,
+            'checks': self.checks,
+        }
+        atomic_write_text(self.path, json.dumps(result, indent=2, default=str))
+
     def record(self, name: str, status: str, **details: Any) -> None:
-        self.checks.append({'check': name, 'status': status, **details})
+        elapsed = round(time.monotonic() - self.started, 1)
+        self.checks.append({'check': name, 'status': status, 'at_s': elapsed, **details})
+        self.save()
         extra = ', '.join(f'{k}={v}' for k, v in details.items())
-        print(f'[{status.upper():4}] {name}' + (f': {extra}' if extra else ''), flush=True)
+        t = self.tally()
+        print(
+            f'[{status.upper():4}] {name}'
+            + (f': {extra}' if extra else '')
+            + f'  ({t["pass"]} pass, {t["fail"]} fail, {t["skip"]} skip; {elapsed:.0f} s)',
+            flush=True,
+        )
 
     def check(self, name: str, ok: bool, **details: Any) -> bool:
         self.record(name, 'pass' if ok else 'fail', **details)
@@ -52,6 +107,52 @@ class Report:
 
     def skip(self, name: str, why: str) -> None:
         self.record(name, 'skip', why=why)
+
+
+class OutOfBudget(Exception):
+    """Raised before a TensorRT build the time budget has no room for."""
+
+
+@contextlib.contextmanager
+def guarded_builds(
+    report: Report, label: str, first_build_s: float, size: str = 'tiny'
+) -> Iterator[None]:
+    """Check the budget before every TensorRT build ``label`` starts, not once per check.
+
+    ``ensure_engine`` may build up to three times (FP16, FP16 with its sensitive layers in
+    FP32, FP32); each build needs ``first_build_s`` until a build of this ``size`` has been
+    timed, then 1.25x the longest so far. Every build is recorded (precision, seconds) in
+    the JSON's ``builds``.
+    """
+    original = tensorrt_builder._build_once
+    timed: list[float] = []
+
+    def build_once(trt, onnx_path, metadata, options, precision, *, sensitive_fp32):
+        longest = report.longest_build_s.get(size)
+        need = first_build_s if longest is None else 1.25 * longest
+        attempt = f'build {len(timed) + 1} ({precision}' + (
+            ', sensitive layers in FP32)' if sensitive_fp32 else ')'
+        )
+        if report.left_s() < need:
+            raise OutOfBudget(
+                f'{attempt} needs ~{need:.0f} s, {max(report.left_s(), 0):.0f} s of budget left'
+            )
+        started = time.monotonic()
+        result = original(
+            trt, onnx_path, metadata, options, precision, sensitive_fp32=sensitive_fp32
+        )
+        timed.append(time.monotonic() - started)
+        report.longest_build_s[size] = max(report.longest_build_s.get(size, 0.0), timed[-1])
+        report.builds.append({'label': label, 'attempt': attempt, 'build_s': round(timed[-1], 1)})
+        print(f'       {label}: {attempt} took {timed[-1]:.1f} s', flush=True)
+        report.save()
+        return result
+
+    tensorrt_builder._build_once = build_once
+    try:
+        yield
+    finally:
+        tensorrt_builder._build_once = original
 
 
 def _version(package: str) -> str:
@@ -156,12 +257,15 @@ def judge_engine(report: Report, label: str, onnx_path: pathlib.Path, engine: An
     rng = np.random.default_rng(123)
     image = rng.random((1, 3, *engine.input_hw), dtype=np.float32)
     reference = load_engine(onnx_path, backend='onnxruntime', device='cpu').infer(image)
-    agreement = depth_agreement(reference[0], engine.infer(image)[0])
+    got = engine.infer(image)
+    agreement = depth_agreement(reference[0], got[0])
+    confidence = confidence_agreement(reference[1], got[1])
     report.check(
         f'{label}: a fresh input meets the bar',
-        accuracy_holds(agreement),
+        accuracy_holds(agreement) and confidence_holds(confidence),
         mean_rel_err=f'{agreement["mean_rel_err"]:.2e}',
         delta1=f'{agreement["delta1_agreement"]:.4f}',
+        confidence_mean_abs_err=f'{confidence["confidence_mean_abs_err"]:.2e}',
     )
     counts = tensorrt_backend.layer_precisions(engine.layer_information())
     if sidecar.precision == 'fp16':
@@ -185,14 +289,19 @@ def build_and_judge(
     precision: str | None,
     *,
     refusal_ok: bool = False,
-    min_left_s: float = 60.0,
+    size: str = 'full',
+    first_build_s: float = FIRST_BUILD_S['full'],
 ) -> Any:
-    if report.left_s() < min_left_s:
-        report.skip(label, f'{report.left_s():.0f} s of budget left')
-        return None
+    """Build (guarded per build), load and judge one engine; None if it was not built."""
     started = time.monotonic()
     try:
-        path = tensorrt_builder.ensure_engine(onnx_path, precision=precision, cache_dir=cache_dir)
+        with guarded_builds(report, label, first_build_s, size):
+            path = tensorrt_builder.ensure_engine(
+                onnx_path, precision=precision, cache_dir=cache_dir
+            )
+    except OutOfBudget as e:
+        report.skip(label, str(e))
+        return None
     except EngineError as e:
         refused = 'refused' in str(e)
         report.record(
@@ -215,27 +324,34 @@ def build_and_judge(
 
 
 def leak_and_latency(report: Report, label: str, engine: Any) -> None:
-    if report.left_s() < 30:
-        report.skip(f'{label}: {ITERATIONS} iterations', 'no budget left')
-        return
+    """Up to ``ITERATIONS`` runs: no device memory leaked, and p50/p99 latency.
+
+    The loop is cut to what the budget has left (timed from the warm-up), never below 100
+    (else it is skipped).
+    """
+    name = f'{label}: iterations leak no device memory'
     image = np.random.default_rng(0).random((1, 3, *engine.input_hw), dtype=np.float32)
+    started = time.perf_counter()
     for _ in range(20):
         engine.infer(image)
+    per_run_s = (time.perf_counter() - started) / 20
+    iterations = min(ITERATIONS, int((report.left_s() - 10) / max(per_run_s * 1.2, 1e-6)))
+    if iterations < min(100, ITERATIONS):
+        report.skip(name, f'{report.left_s():.0f} s left, {per_run_s * 1e3:.1f} ms a run')
+        return
     before = _free_device_memory(engine._cuda)
     times = []
-    for _ in range(ITERATIONS):
+    for _ in range(iterations):
         started = time.perf_counter()
         engine.infer(image)
         times.append(time.perf_counter() - started)
     after = _free_device_memory(engine._cuda)
     p50, p99 = (float(np.percentile(times, q) * 1e3) for q in (50, 99))
     report.check(
-        f'{label}: {ITERATIONS} iterations leak no device memory',
-        before - after < LEAK_BUDGET_BYTES,
-        leaked_bytes=before - after,
+        name, before - after < LEAK_BUDGET_BYTES, leaked_bytes=before - after, runs=iterations
     )
     report.record(f'{label}: latency', 'info', p50_ms=round(p50, 3), p99_ms=round(p99, 3))
-    report.facts.setdefault('latency_ms', {})[label] = {'p50': p50, 'p99': p99}
+    report.facts.setdefault('latency_ms', {})[label] = {'p50': p50, 'p99': p99, 'runs': iterations}
 
 
 def cache_and_refusal(report: Report, onnx_path: pathlib.Path, cache_dir: pathlib.Path) -> None:
@@ -266,115 +382,188 @@ def cache_and_refusal(report: Report, onnx_path: pathlib.Path, cache_dir: pathli
             report.check(f'refusal: an engine for {name}', False, why='it loaded')
 
 
+# A child of the lock check. Its result goes through a file: TensorRT's default logger
+# writes to stdout (std::cout in python/src/infer/pyCore.cpp), so stdout is no result channel.
 _CHILD = """
-import logging, sys
+import json, logging, sys
 logging.basicConfig(level=logging.INFO)
 from moa_depth_ros.engine import tensorrt_builder
-print(tensorrt_builder.ensure_engine(sys.argv[1], precision='fp32', cache_dir=sys.argv[2]))
+from moa_depth_ros.fileio import atomic_write_text
+path = tensorrt_builder.ensure_engine(sys.argv[1], precision='fp32', cache_dir=sys.argv[2])
+atomic_write_text(sys.argv[3], json.dumps({'path': str(path)}))
 """
 
 
+def child_results(paths: list[pathlib.Path]) -> list[dict[str, Any] | None]:
+    """Read each child's result file; None where a child wrote none (or garbage)."""
+    results = []
+    for path in paths:
+        try:
+            results.append(json.loads(path.read_text(encoding='utf-8')))
+        except (OSError, ValueError):
+            results.append(None)
+    return results
+
+
 def concurrent_builds(report: Report, onnx_path: pathlib.Path, work: pathlib.Path) -> None:
-    if report.left_s() < 90:
-        report.skip('lock: two processes build once', 'no budget left')
+    need = 3 * FIRST_BUILD_S['tiny']
+    if report.left_s() < need:
+        report.skip('lock: two processes build once', f'{report.left_s():.0f} s of budget left')
         return
     cache_dir = work / 'concurrent-cache'
-    env = {**os.environ, 'PYTHONPATH': str(REPO)}
+    paths = [str(REPO), str(REPO / 'test'), *filter(None, [os.environ.get('PYTHONPATH')])]
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(paths)}
+    result_files = [work / f'lock-child-{i}.json' for i in range(2)]
     children = [
         subprocess.Popen(
-            [sys.executable, '-c', _CHILD, str(onnx_path), str(cache_dir)],
+            [sys.executable, '-c', _CHILD, str(onnx_path), str(cache_dir), str(result)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
-        for _ in range(2)
+        for result in result_files
     ]
     outputs = [child.communicate(timeout=max(report.left_s(), 30)) for child in children]
-    paths = {out.strip().splitlines()[-1] for out, _ in outputs if out.strip()}
+    results = child_results(result_files)
+    paths = {r['path'] for r in results if r}
     builds = sum(err.count('building a fp32 TensorRT engine') for _, err in outputs)
     ok = all(c.returncode == 0 for c in children) and len(paths) == 1 and builds == 1
     if ok:
         path = paths.pop()
         ok = cache.file_sha256(path) == cache.read_sidecar(path).engine_sha256
-    report.check('lock: two processes build once', ok, builds=builds)
+    report.check(
+        'lock: two processes build once',
+        ok,
+        builds=builds,
+        returncodes=[c.returncode for c in children],
+        **({} if ok else {'stderr': outputs[0][1][-300:] + outputs[1][1][-300:]}),
+    )
+
+
+def hopeless_builds(report: Report, onnx_path: pathlib.Path, cache_dir: pathlib.Path) -> None:
+    """Check an FP16 build that cannot meet the bar: refused if asked, else built in FP32."""
+    name = 'refusal: an FP16 engine that misses the bar'
+    refuse = tensorrt_builder.BuildOptions(fallback_fp32=False)
+    try:
+        with guarded_builds(report, 'hopeless, refused', FIRST_BUILD_S['tiny']):
+            tensorrt_builder.ensure_engine(onnx_path, cache_dir=cache_dir, options=refuse)
+    except OutOfBudget as e:
+        report.skip(name, str(e))
+    except EngineError as e:
+        report.check(name, 'refused' in str(e))
+    else:
+        report.check(name, False, why='it was built')
+    name = 'fallback: by default it is rebuilt in FP32 and the sidecar says why'
+    try:
+        with guarded_builds(report, 'hopeless, fallback', FIRST_BUILD_S['tiny']):
+            path = tensorrt_builder.ensure_engine(onnx_path, cache_dir=cache_dir)
+    except OutOfBudget as e:
+        report.skip(name, str(e))
+        return
+    sidecar = cache.read_sidecar(path)
+    report.check(
+        name,
+        sidecar.precision == 'fp32' and bool(sidecar.parity.get('fallback')),
+        fallback=sidecar.parity.get('fallback', '')[:120],
+    )
+
+
+def run_checks(report: Report, work: pathlib.Path, tiny: bool) -> None:
+    """Every check, most important first: what the budget cuts off is the least needed."""
+    print('== facts', flush=True)
+    facts(report)
+    report.save()
+    print('== models', flush=True)
+    onnx = export_models(work, tiny=tiny)
+    cache_dir = work / 'cache'
+    print('== builds', flush=True)
+    for label, precision in (('tiny fp16', 'fp16'), ('tiny fp32', 'fp32')):
+        engine = build_and_judge(
+            report,
+            label,
+            onnx['tiny'],
+            cache_dir,
+            precision,
+            size='tiny',
+            first_build_s=FIRST_BUILD_S['tiny'],
+        )
+        if engine is not None:
+            engine.close()
+    cache_and_refusal(report, onnx['tiny'], cache_dir)
+    hopeless_builds(report, onnx['hopeless'], cache_dir)
+    concurrent_builds(report, onnx['tiny_dynamic'], work)
+    size = 'tiny' if tiny else 'full'
+    first_build_s = FIRST_BUILD_S['tiny'] if tiny else FIRST_BUILD_S['full']
+    if not tiny and any(gpu.get('compute_capability') == '8.7' for gpu in report.facts['gpus']):
+        first_build_s = FIRST_BUILD_S['full_jetson']  # Orin (sm_87): builds are slower
+    full = {'size': size, 'first_build_s': first_build_s}
+    moa = build_and_judge(
+        report, 'MoA-DepthCLIP default (fp16)', onnx['moa_depthclip'], cache_dir, None, **full
+    )
+    if moa is not None:
+        leak_and_latency(report, 'MoA-DepthCLIP fp16', moa)
+        moa.close()
+    for label, name, precision in (
+        ('DepthCLIP default (fp32)', 'depthclip', None),
+        ('MoA-DepthCLIP fp32', 'moa_depthclip', 'fp32'),
+        ('DepthCLIP fp16 (within the bar, else FP32)', 'depthclip', 'fp16'),
+    ):
+        engine = build_and_judge(report, label, onnx[name], cache_dir, precision, **full)
+        if engine is not None:
+            if name == 'depthclip' and precision is None:
+                leak_and_latency(report, 'DepthCLIP fp32', engine)
+            engine.close()
+    label = 'cuda:1: built on and for the second GPU'
+    if len(report.facts['gpus']) < 2:
+        report.skip(label, 'one GPU')
+        return
+    try:
+        with guarded_builds(report, label, FIRST_BUILD_S['tiny']):
+            path = tensorrt_builder.ensure_engine(
+                onnx['tiny'], device='cuda:1', cache_dir=cache_dir
+            )
+    except OutOfBudget as e:
+        report.skip(label, str(e))
+        return
+    built_for = cache.read_sidecar(path).gpu
+    wanted = tensorrt_backend.default_cuda_api('cuda:1').device_info()
+    report.check(label, built_for == wanted)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--budget-s', type=float, default=450.0)
     parser.add_argument('--work', help='work directory (default: a temporary one)')
+    parser.add_argument(
+        '--out', help=f'where gpu_acceptance.json goes (default: $OUT, else {DEFAULT_OUT})'
+    )
     parser.add_argument('--tiny', action='store_true', help='shrunken towers: a quick smoke')
     args = parser.parse_args(argv)
-    report = Report(args.budget_s)
+    out_dir = pathlib.Path(args.out or os.environ.get('OUT') or DEFAULT_OUT)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report(args.budget_s, out_dir / 'gpu_acceptance.json')
+    print(f'== results: {report.path} (rewritten after every check)', flush=True)
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix='moa-depth-gpu-'))
     work.mkdir(parents=True, exist_ok=True)
-    out_dir = pathlib.Path(os.environ.get('OUT') or work)
-    print('== facts', flush=True)
-    facts(report)
-    print('== models', flush=True)
-    onnx = export_models(work, tiny=args.tiny)
-    cache_dir = work / 'cache'
-    print('== builds', flush=True)
-    for label, name, precision in (('tiny fp16', 'tiny', 'fp16'), ('tiny fp32', 'tiny', 'fp32')):
-        engine = build_and_judge(report, label, onnx[name], cache_dir, precision, min_left_s=20)
-        if engine is not None:
-            engine.close()
-    cache_and_refusal(report, onnx['tiny'], cache_dir)
-    refuse = tensorrt_builder.BuildOptions(fallback_fp32=False)
     try:
-        tensorrt_builder.ensure_engine(onnx['hopeless'], cache_dir=cache_dir, options=refuse)
-    except EngineError as e:
-        report.check('refusal: an FP16 engine that misses the bar', 'refused' in str(e))
+        run_checks(report, work, args.tiny)
+    except KeyboardInterrupt:  # `timeout --signal=INT` in gpu_acceptance.sh
+        report.record('run', 'fail', why='stopped by its time limit before the last check')
+    except Exception as e:  # a crash is a result too: record it, then show it
+        report.record('run', 'fail', why=f'crashed: {type(e).__name__}: {str(e)[:300]}')
+        raise
     else:
-        report.check('refusal: an FP16 engine that misses the bar', False, why='it was built')
-    path = tensorrt_builder.ensure_engine(onnx['hopeless'], cache_dir=cache_dir)
-    sidecar = cache.read_sidecar(path)
-    report.check(
-        'fallback: by default it is rebuilt in FP32 and the sidecar says why',
-        sidecar.precision == 'fp32' and bool(sidecar.parity.get('fallback')),
-        fallback=sidecar.parity.get('fallback', '')[:120],
-    )
-    concurrent_builds(report, onnx['tiny_dynamic'], work)
-    moa = build_and_judge(
-        report, 'MoA-DepthCLIP default (fp16)', onnx['moa_depthclip'], cache_dir, None
-    )
-    if moa is not None:
-        leak_and_latency(report, 'MoA-DepthCLIP fp16', moa)
-        moa.close()
-    for label, name, precision, refusal_ok in (
-        ('DepthCLIP default (fp32)', 'depthclip', None, False),
-        ('MoA-DepthCLIP fp32', 'moa_depthclip', 'fp32', False),
-        ('DepthCLIP fp16 (within the bar, else FP32)', 'depthclip', 'fp16', False),
-    ):
-        engine = build_and_judge(
-            report, label, onnx[name], cache_dir, precision, refusal_ok=refusal_ok
+        report.finished = True
+    finally:
+        report.save()
+        t = report.tally()
+        print(
+            f'== {t["fail"]} failed, {t["pass"]} passed, {t["skip"]} skipped in '
+            f'{time.monotonic() - report.started:.0f} s; {report.path}',
+            flush=True,
         )
-        if engine is not None:
-            if name == 'depthclip' and precision is None:
-                leak_and_latency(report, 'DepthCLIP fp32', engine)
-            engine.close()
-    if len(report.facts['gpus']) > 1 and report.left_s() > 60:
-        path = tensorrt_builder.ensure_engine(onnx['tiny'], device='cuda:1', cache_dir=cache_dir)
-        built_for = cache.read_sidecar(path).gpu
-        wanted = tensorrt_backend.default_cuda_api('cuda:1').device_info()
-        report.check('cuda:1: built on and for the second GPU', built_for == wanted)
-    else:
-        report.skip('cuda:1: built on and for the second GPU', 'one GPU (or no budget left)')
-    failed = [c['check'] for c in report.checks if c['status'] == 'fail']
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = {
-        'facts': report.facts,
-        'checks': report.checks,
-        'failed': failed,
-        'elapsed_s': round(time.monotonic() - report.started, 1),
-    }
-    (out_dir / 'gpu_acceptance.json').write_text(json.dumps(result, indent=2, default=str))
-    print(
-        f'== {len(failed)} failed, {len(report.checks)} checks, {result["elapsed_s"]} s',
-        flush=True,
-    )
-    return 1 if failed else 0
+    return 1 if report.failed() else 0
 
 
 if __name__ == '__main__':

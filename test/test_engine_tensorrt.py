@@ -702,12 +702,14 @@ import json, sys
 from fake_tensorrt import FakeCuda, make_fake_tensorrt
 cuda = FakeCuda('NVIDIA Fake GPU')
 sys.modules['tensorrt'] = make_fake_tensorrt(
-    sys.argv[4], cuda=cuda, build_log=sys.argv[3], build_delay_s=1.0
+    sys.argv[4], cuda=cuda, build_log=sys.argv[3], build_delay_s=1.0, exit_log=True
 )
 from moa_depth_ros.engine import tensorrt_backend, tensorrt_builder
+from moa_depth_ros.fileio import atomic_write_text
 path = tensorrt_builder.ensure_engine(sys.argv[1], cache_dir=sys.argv[2], cuda=cuda)
 engine = tensorrt_backend.TensorRTEngine(path, cuda=cuda)
-print(json.dumps({'path': str(path), 'sha256': engine.sidecar.engine_sha256}))
+result = {'path': str(path), 'sha256': engine.sidecar.engine_sha256}
+atomic_write_text(sys.argv[5], json.dumps(result))  # stdout also carries TensorRT's log
 """
 
 
@@ -717,21 +719,22 @@ def test_two_processes_starting_together_build_once(onnx_files, tmp_path, versio
     log = tmp_path / 'builds.log'
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'test')])}
     args = [str(onnx_files[0]), str(tmp_path / 'cache'), str(log), version]
+    result_files = [tmp_path / f'child-{i}.json' for i in range(2)]
     children = [
         subprocess.Popen(
-            [sys.executable, '-c', _CHILD, *args],
+            [sys.executable, '-c', _CHILD, *args, str(result)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
-        for _ in range(2)
+        for result in result_files
     ]
-    results = []
     for child in children:
         out, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        assert '[TRT] [W]' in out.strip().splitlines()[-1]  # the logger had the last word
+    results = [json.loads(path.read_text()) for path in result_files]
     assert len(log.read_text().split()) == 1  # one build; the other process waited for it
     assert results[0] == results[1]
     assert cache.file_sha256(results[0]['path']) == results[0]['sha256']
@@ -864,7 +867,7 @@ def test_gpu_acceptance_script_runs_against_the_fake(fake, monkeypatch, tmp_path
     monkeypatch.setattr(gpu_acceptance, '_free_device_memory', lambda cuda: 1 << 30)
     monkeypatch.setattr(gpu_acceptance, '_device_count', lambda: 1)
     monkeypatch.setattr(gpu_acceptance, 'ITERATIONS', 20)
-    monkeypatch.setattr(  # its children would import the real tensorrt
+    monkeypatch.setattr(  # its children import tensorrt: test_gpu_acceptance_lock_check
         gpu_acceptance, 'concurrent_builds', lambda report, *_: report.skip('lock', 'fake')
     )
     monkeypatch.setenv('OUT', str(tmp_path / 'out'))
@@ -873,8 +876,153 @@ def test_gpu_acceptance_script_runs_against_the_fake(fake, monkeypatch, tmp_path
     statuses = {check['check']: check['status'] for check in result['checks']}
     assert statuses['refusal: an FP16 engine that misses the bar'] == 'pass'
     assert statuses['cache: a second start reuses the engine'] == 'pass'
-    assert statuses['MoA-DepthCLIP fp16: 20 iterations leak no device memory'] == 'pass'
+    assert statuses['MoA-DepthCLIP fp16: iterations leak no device memory'] == 'pass'
+    assert statuses['tiny fp16: inspector layer precisions fit fp16'] == 'pass'
     assert result['facts']['tensorrt'] == fake.trt.__version__ and not result['failed']
+    assert result['finished'] and result['tally']['fail'] == 0
+    # Every build is timed: the hopeless net's fallback built three times.
+    attempts = [b['attempt'] for b in result['builds'] if b['label'] == 'hopeless, fallback']
+    assert attempts == [
+        'build 1 (fp16)',
+        'build 2 (fp16, sensitive layers in FP32)',
+        'build 3 (fp32)',
+    ]
+
+
+def test_gpu_acceptance_keeps_its_result_when_stopped(fake, monkeypatch, tmp_path, capsys):
+    """The JSON is on disk, in its default place, after every check: a stop loses nothing."""
+    import gpu_acceptance
+
+    monkeypatch.delenv('OUT', raising=False)
+    monkeypatch.setattr(gpu_acceptance, 'DEFAULT_OUT', tmp_path / 'runs')
+    monkeypatch.setattr(gpu_acceptance, '_device_count', lambda: 1)
+    monkeypatch.setattr(gpu_acceptance, '_free_device_memory', lambda cuda: 1 << 30)
+    seen = []
+
+    def stopped(report, *_):
+        seen.append(json.loads(report.path.read_text()))  # written before this point
+        raise KeyboardInterrupt  # what `timeout --signal=INT` delivers
+
+    monkeypatch.setattr(gpu_acceptance, 'concurrent_builds', stopped)
+    assert gpu_acceptance.main(['--tiny', '--work', str(tmp_path / 'work')]) == 1
+    result = json.loads((tmp_path / 'runs' / 'gpu_acceptance.json').read_text())
+    assert seen and seen[0]['tally']['pass'] >= 5 and not seen[0]['finished']
+    assert not result['finished'] and result['failed'] == ['run']
+    assert result['tally']['pass'] == seen[0]['tally']['pass']
+    out = capsys.readouterr().out
+    assert 'pass, 0 fail' in out and '== 1 failed' in out  # a tally as it goes, and at the end
+
+
+def test_gpu_acceptance_guards_the_budget_per_build(fake, monkeypatch, risky_onnx, tmp_path):
+    """The hopeless net builds three times; the budget is asked before each build."""
+    import gpu_acceptance
+
+    clock = [1000.0]
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], perf_counter=lambda: clock[0])
+    monkeypatch.setattr(gpu_acceptance, 'time', fake_time)
+    report = gpu_acceptance.Report(10.0, tmp_path / 'r.json')
+    real = tensorrt_builder._build_once
+
+    def four_seconds(*args, **kwargs):  # each build takes 4 s of the budget
+        clock[0] += 4.0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tensorrt_builder, '_build_once', four_seconds)
+    engine = gpu_acceptance.build_and_judge(
+        report, 'hopeless', risky_onnx[1], tmp_path / 'cache', 'fp16', first_build_s=3.0
+    )
+    assert engine is None
+    [check] = report.checks
+    assert check['status'] == 'skip'
+    assert check['why'] == 'build 3 (fp32) needs ~5 s, 2 s of budget left'
+    assert [b['attempt'] for b in report.builds] == [
+        'build 1 (fp16)',
+        'build 2 (fp16, sensitive layers in FP32)',
+    ]
+
+
+_TENSORRT_SHIM = """
+import sys
+from fake_tensorrt import FakeCuda, make_fake_tensorrt
+from moa_depth_ros.engine import tensorrt_backend
+cuda = FakeCuda('NVIDIA Fake GPU')
+tensorrt_backend.default_cuda_api = lambda device='auto': cuda
+sys.modules[__name__] = make_fake_tensorrt(
+    {version!r}, cuda=cuda, build_log={log!r}, build_delay_s=1.0, exit_log=True
+)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('version', VERSIONS)
+def test_gpu_acceptance_lock_check(onnx_files, monkeypatch, tmp_path, version):
+    """Its children hand back the engine path in a file: TensorRT also logs to stdout."""
+    import gpu_acceptance
+
+    shim = tmp_path / 'shim'
+    shim.mkdir()
+    log = tmp_path / 'builds.log'
+    (shim / 'tensorrt.py').write_text(_TENSORRT_SHIM.format(version=version, log=str(log)))
+    monkeypatch.setenv('PYTHONPATH', str(shim))
+    report = gpu_acceptance.Report(120.0)
+    gpu_acceptance.concurrent_builds(report, onnx_files[1], tmp_path)
+    [check] = report.checks
+    assert check['status'] == 'pass', check
+    assert check['builds'] == 1 and len(log.read_text().split()) == 1
+
+
+def test_gpu_preflight_refuses_in_one_line(monkeypatch, capsys):
+    import gpu_preflight
+
+    def importer(missing, trt_module):
+        def load(name):
+            if name in missing:
+                raise ImportError(f'No module named {name!r}')
+            if name == 'tensorrt':
+                return trt_module
+            if name == 'cuda.bindings.runtime':
+                return types.SimpleNamespace(
+                    cudaError_t=types.SimpleNamespace(cudaSuccess=0),
+                    cudaGetDeviceCount=lambda: (0, 1),
+                )
+            return types.SimpleNamespace(__version__='1.0')
+
+        return load
+
+    stub = types.ModuleType('tensorrt')  # the PyPI stub: no libraries
+    assert gpu_preflight.main(importer({'torch', 'timm'}, stub)) == 2
+    out = capsys.readouterr().out
+    assert out.count('\n') == 1 and out.startswith('gpu-acceptance: refused:')
+    assert 'torch (torch' in out and 'timm' in out and 'tensorrt (a stub' in out
+    fake = make_fake_tensorrt('11.1.0')
+    monkeypatch.setitem(sys.modules, 'tensorrt', fake)  # what import_tensorrt checks
+    assert gpu_preflight.main(importer(set(), fake)) == 0
+    assert capsys.readouterr().out.startswith('gpu-acceptance: ready: numpy 1.0')
+
+
+def test_gpu_acceptance_sh_refuses_without_its_environment(tmp_path):
+    """No GPU venv: one line saying how to get one, never a run on whatever python3 is."""
+    env = {
+        **os.environ,
+        'GPU_VENV': str(tmp_path / 'none'),
+        'PATH': f'{tmp_path}:{os.environ["PATH"]}',
+    }
+    env.pop('PYTHON', None)
+    nvidia_smi = tmp_path / 'nvidia-smi'  # a driver that supports CUDA 12.8
+    nvidia_smi.write_text(
+        '#!/bin/sh\necho "| NVIDIA-SMI 570.86   Driver Version: 570.86   CUDA Version: 12.8 |"\n'
+    )
+    nvidia_smi.chmod(0o755)
+    done = subprocess.run(
+        ['bash', str(REPO / 'test' / 'gpu_acceptance.sh')],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and 'make gpu-acceptance' in lines[0], lines
 
 
 @pytest.mark.tensorrt

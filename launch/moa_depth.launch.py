@@ -4,8 +4,13 @@ Everything runs in one namespace (default ``camera``), the way camera drivers la
 topics, so the outputs land next to the image::
 
     /camera/image_raw, /camera/camera_info          (the camera driver)
-    /camera/depth, /camera/depth/camera_info,       (depth_node)
-    /camera/depth/confidence, /camera/points, /camera/depth/colored
+    /camera/depth/image_rect, /camera/depth/camera_info,     (depth_node: one rectified
+    /camera/depth/confidence, /camera/points, /camera/depth/colored    camera)
+    /camera/scan                                    (laserscan:=true)
+
+``laserscan:=true`` also starts depthimage_to_laserscan on depth/image_rect and its sibling
+depth/camera_info (a LaserScan for slam_toolbox or Nav2's obstacle layer, +Inf depth clearing
+free space); it is refused in one line where that package is not installed.
 
 A laptop webcam through v4l2_camera, with RViz::
 
@@ -60,7 +65,7 @@ ARGUMENTS = (
         'image_topic',
         'image_raw',
         'Image topic depth_node subscribes to (relative to the '
-        'namespace; image_topic/compressed for subscribe_compressed).',
+        'namespace; image_topic/compressed for image_transport compressed).',
     ),
     ('camera_info_topic', 'camera_info', 'CameraInfo topic (relative to the namespace).'),
     (
@@ -69,6 +74,18 @@ ARGUMENTS = (
         'Parameter file of depth_node (default: share/moa_depth_ros/config/moa_depth.yaml).',
     ),
     ('use_rviz', 'false', 'Start RViz showing the image, depth and point cloud.'),
+    (
+        'laserscan',
+        'false',
+        'Also start depthimage_to_laserscan on depth/image_rect (publishes scan in the '
+        'namespace, frame laserscan_frame).',
+    ),
+    (
+        'laserscan_frame',
+        'camera_depth_frame',
+        "LaserScan frame (depthimage_to_laserscan's output_frame: x forward, z up, at the "
+        'camera; publish its transform to the optical frame).',
+    ),
     ('log_level', 'info', 'Log level of depth_node.'),
 )
 
@@ -103,7 +120,9 @@ def _camera_driver(camera, video_device, frame_id):
 # Topics config/moa_depth.rviz displays, as named for the default namespace and image topic.
 RVIZ_NAMESPACE = '/camera'
 RVIZ_IMAGE_TOPIC = 'image_raw'
-RVIZ_OUTPUT_TOPICS = ('depth', 'depth/colored', 'points')
+# depth/camera_info too: RViz's DepthCloud pairs the depth with the camera_info beside the
+# topic it was configured with, before the remapping.
+RVIZ_OUTPUT_TOPICS = ('depth/image_rect', 'depth/camera_info', 'depth/colored', 'points')
 
 
 def _rviz_remappings(namespace, image_topic):
@@ -140,6 +159,7 @@ def _launch_setup(context, *args, **kwargs):
     if camera not in CAMERAS:
         raise ValueError(f'camera must be one of {", ".join(CAMERAS)}, got {camera!r}')
     use_rviz = value['use_rviz'].lower() in ('true', '1', 'yes')
+    laserscan = value['laserscan'].lower() in ('true', '1', 'yes')
     # Everything is resolved before any action is returned: launch starts the nodes one by
     # one and would leave the first running when a later one turns out to be missing.
     share = _installed_share(PACKAGE, 'depth_node', 'the depth node')
@@ -148,6 +168,10 @@ def _launch_setup(context, *args, **kwargs):
         _installed_share(driver.package, driver.executable, f'camera:={camera}')
     if use_rviz:
         _installed_share('rviz2', 'rviz2', 'use_rviz:=true')
+    if laserscan:
+        _installed_share(
+            'depthimage_to_laserscan', 'depthimage_to_laserscan_node', 'laserscan:=true'
+        )
     params_file = value['params_file'] or os.path.join(share, 'config', 'moa_depth.yaml')
     if not os.path.isfile(params_file):
         raise RuntimeError(
@@ -177,6 +201,20 @@ def _launch_setup(context, *args, **kwargs):
             emulate_tty=True,
         )
     )
+    if laserscan:
+        actions.append(
+            Node(
+                package='depthimage_to_laserscan',
+                executable='depthimage_to_laserscan_node',
+                name='depthimage_to_laserscan',
+                parameters=[{'output_frame': value['laserscan_frame']}],
+                remappings=[
+                    ('depth', 'depth/image_rect'),
+                    ('depth_camera_info', 'depth/camera_info'),
+                ],
+                output='screen',
+            )
+        )
     if use_rviz:
         actions.append(
             Node(

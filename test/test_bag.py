@@ -20,14 +20,19 @@ from tiny_model import expected_depth_m, write_tiny_onnx
 from moa_depth_ros import cli
 from moa_depth_ros.bag import process as bag
 from moa_depth_ros.errors import ConfigError
-from moa_depth_ros.frame import msgs
+from moa_depth_ros.frame import msgs, rectify
+from moa_depth_ros.frame.geometry import CameraModel
 from moa_depth_ros.runtime import params
 
 W, H = 40, 30
 K = np.array([[45.0, 0.0, 19.5], [0.0, 47.0, 14.5], [0.0, 0.0, 1.0]])
 D = np.array([-0.05, 0.01, 0.001, -0.001, 0.0])
+# The rectified camera (camera_calibration's P): what every output describes.
+P = np.array([47.0, 0.0, 19.8, 0.0, 0.0, 49.0, 14.6, 0.0, 0.0, 0.0, 1.0, 0.0])
+K_RECT = P.reshape(3, 4)[:, :3]
+RAW_CAMERA = CameraModel(W, H, 45.0, 47.0, 19.5, 14.5, 'plumb_bob', tuple(D), p=tuple(P))
 DARK, BRIGHT = 20, 200  # tiny model: 1.31 m and 4.14 m
-MIN_DEPTH_M = 1.5  # the dark half is below it: NaN depth, NaN points
+MIN_DEPTH_M = 1.5  # the dark half is below it: -Inf depth (REP 117), NaN points
 FRAME = 'cam_optical_frame'
 GOOD_ENCODINGS = ('rgb8', 'bgr8', 'mono8', 'yuv422_yuy2', 'mono16')
 T0 = 1_700_000_000
@@ -87,7 +92,7 @@ def write_input_bag(path, storage='sqlite3', distro=Stores.ROS2_HUMBLE):
                 d=D.copy(),
                 k=K.reshape(-1).copy(),
                 r=np.eye(3).reshape(-1),
-                p=np.array([45.0, 0, 19.5, 0, 0, 47.0, 14.5, 0, 0, 0, 1, 0]),
+                p=P.copy(),
                 binning_x=0,
                 binning_y=0,
                 roi=T['sensor_msgs/msg/RegionOfInterest'](
@@ -144,7 +149,7 @@ def _check_depth_and_cloud(depth, cloud, confidence):
     assert (depth.encoding, depth.height, depth.width) == ('32FC1', H, W)
     depth_m = msgs.decode_depth(depth)
     dark, bright = depth_m[:, : W // 2 - 3], depth_m[:, W // 2 + 3 :]
-    assert np.isnan(dark).all()  # 1.31 m is below min_depth_m
+    assert (dark == -np.inf).all()  # 1.31 m is below min_depth_m: REP 117's too close
     np.testing.assert_allclose(bright, expected_depth_m(BRIGHT), rtol=0.02)
     np.testing.assert_allclose(
         msgs.decode_depth(confidence)[:, W // 2 + 3 :], BRIGHT / 255, rtol=0.02
@@ -157,13 +162,17 @@ def _check_depth_and_cloud(depth, cloud, confidence):
     valid = np.isfinite(depth_m)
     assert (np.isnan(xyz[~valid]).all()) and np.isfinite(xyz[valid]).all()
     np.testing.assert_allclose(xyz[..., 2][valid], depth_m[valid], rtol=1e-5)
-    # Each point lies on its pixel's ray: OpenCV's own lens model projects it back onto the
-    # centre of the pixel it came from.
+    # Each point lies on its pixel's ray of the rectified camera: projected with P[:3, :3] and
+    # no distortion (as depth_image_proc reads depth/camera_info) it is back on its pixel.
     v, u = np.mgrid[0:H, 0:W]
-    projected, _ = cv2.projectPoints(xyz[valid].reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K, D)
+    projected, _ = cv2.projectPoints(
+        xyz[valid].reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K_RECT, None
+    )
     np.testing.assert_allclose(projected.reshape(-1, 2), np.stack([u, v], -1)[valid], atol=1e-3)
-    colour = msgs.unpack_rgb(points['rgb']).astype(int)  # each point has its pixel's colour
-    assert (abs(colour - _grey_halves()[..., None])[valid] <= 2).all()
+    # Each point has the colour of its pixel in the rectified image.
+    rectified_grey = rectify.Rectifier(RAW_CAMERA).rectify_image(_grey_halves()).astype(int)
+    colour = msgs.unpack_rgb(points['rgb']).astype(int)
+    assert (abs(colour - rectified_grey[..., None])[valid] <= 2).all()
 
 
 @pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
@@ -192,12 +201,14 @@ def test_bag_gets_the_node_outputs_with_image_stamps_frames_and_rays(
     assert counts == summary['topics_written']
     assert counts['/camera/image_raw'] == 7 and counts['/note'] == 1  # inputs copied
     assert counts['/camera/image_raw/compressed'] == 7 and counts['/camera/camera_info'] == 7
-    assert counts['/camera/depth'] == counts['/camera/depth/confidence'] == 6
+    assert counts['/camera/depth/image_rect'] == counts['/camera/depth/confidence'] == 6
     assert counts['/camera/depth/camera_info'] == counts['/camera/points'] == 5
     assert '/camera/depth/colored' not in counts
 
     processed = [i for i, kind in enumerate(GOOD_ENCODINGS)]
-    assert [t for t, _ in out['/camera/depth']][-1] == log_times[-1]  # the 'small' frame
+    assert [t for t, _ in out['/camera/depth/image_rect']][-1] == log_times[
+        -1
+    ]  # the 'small' frame
     for name in ('/camera/points', '/camera/depth/camera_info'):
         assert [t for t, _ in out[name]] == [log_times[i] for i in processed], name
         for (_, msg), i in zip(out[name], processed):
@@ -205,10 +216,12 @@ def test_bag_gets_the_node_outputs_with_image_stamps_frames_and_rays(
             assert msg.header.frame_id == FRAME
     info = out['/camera/depth/camera_info'][0][1]
     assert (info.width, info.height, info.distortion_model) == (W, H, 'plumb_bob')
-    np.testing.assert_allclose(info.k, K.reshape(-1))
-    np.testing.assert_allclose(info.d, D)
+    np.testing.assert_allclose(info.k, K_RECT.reshape(-1))  # the rectified camera: K = P
+    np.testing.assert_allclose(info.p, P)
+    np.testing.assert_array_equal(info.d, [0.0] * 5)
+    np.testing.assert_array_equal(info.r, np.eye(3).reshape(-1))
     for (_, depth), (_, cloud), (_, confidence) in zip(
-        out['/camera/depth'], out['/camera/points'], out['/camera/depth/confidence']
+        out['/camera/depth/image_rect'], out['/camera/points'], out['/camera/depth/confidence']
     ):
         _check_depth_and_cloud(depth, cloud, confidence)
 
@@ -232,7 +245,7 @@ def test_openvino_backend_writes_what_onnx_runtime_writes(tmp_path, model_path):
         outputs[backend] = _read_rosbags(tmp_path / backend)
     ort, ov = outputs['onnxruntime'], outputs['openvino']
     assert {t: len(v) for t, v in ort.items()} == {t: len(v) for t, v in ov.items()}
-    for topic in ('/camera/depth', '/camera/depth/confidence'):
+    for topic in ('/camera/depth/image_rect', '/camera/depth/confidence'):
         for (t_a, a), (t_b, b) in zip(ort[topic], ov[topic]):
             assert t_a == t_b and a.header == b.header
             np.testing.assert_allclose(
@@ -248,7 +261,7 @@ def test_openvino_backend_writes_what_onnx_runtime_writes(tmp_path, model_path):
                 equal_nan=True,
             )
     for (_, depth), (_, cloud), (_, confidence) in zip(
-        ov['/camera/depth'], ov['/camera/points'], ov['/camera/depth/confidence']
+        ov['/camera/depth/image_rect'], ov['/camera/points'], ov['/camera/depth/confidence']
     ):
         _check_depth_and_cloud(depth, cloud, confidence)
 
@@ -263,12 +276,14 @@ def _check_with_the_mcap_reader(bag_dir, stamps):
         reader = make_reader(f, decoder_factories=[DecoderFactory()])
         for schema, channel, message, msg in reader.iter_decoded_messages():
             decoded.setdefault(channel.topic, []).append((schema.name, message.log_time, msg))
-    assert {schema for schema, _, _ in decoded['/camera/depth']} == {'sensor_msgs/msg/Image'}
+    assert {schema for schema, _, _ in decoded['/camera/depth/image_rect']} == {
+        'sensor_msgs/msg/Image'
+    }
     assert {schema for schema, _, _ in decoded['/camera/points']} == {
         'sensor_msgs/msg/PointCloud2'
     }
     for (_, _, depth), (_, _, cloud), (_, _, confidence), stamp in zip(
-        decoded['/camera/depth'],
+        decoded['/camera/depth/image_rect'],
         decoded['/camera/points'],
         decoded['/camera/depth/confidence'],
         stamps,
@@ -302,8 +317,10 @@ def test_compressed_topic_16uc1_unorganized_and_colored_into_another_storage(tmp
     assert (summary['frames'], summary['processed'], summary['skipped']) == (7, 7, 0)
     assert summary['info_topic'] == '/camera/camera_info'  # beside image_raw, not compressed
     out = _read_rosbags(tmp_path / 'out', Stores.ROS2_JAZZY)
-    assert len(out['/estimated/depth']) == 7 and '/estimated/depth/confidence' not in out
-    depth = out['/estimated/depth'][0][1]
+    assert (
+        len(out['/estimated/depth/image_rect']) == 7 and '/estimated/depth/confidence' not in out
+    )
+    depth = out['/estimated/depth/image_rect'][0][1]
     assert depth.encoding == '16UC1'
     depth_mm = np.frombuffer(depth.data, '<u2').reshape(H, W)
     assert (depth_mm[:, : W // 2 - 3] == 0).all()  # invalid is 0 mm
@@ -348,9 +365,9 @@ def test_without_camera_info_depth_is_written_and_the_cloud_is_not(tmp_path, mod
     assert (summary['processed'], summary['frames_without_cloud'], summary['skipped']) == (1, 1, 1)
     assert 'cannot deserialize' in next(iter(summary['skipped_reasons']))
     out = _read_rosbags(tmp_path / 'out')
-    assert set(out) == {'/image', '/depth', '/depth/confidence'}  # at the top level
+    assert set(out) == {'/image', '/depth/image_rect', '/depth/confidence'}  # at the top level
     assert out['/image'][1][1] == b'\x00\x01\x00\x00garbage'  # copied as it was
-    assert out['/depth'][0][1].header.stamp.sec == 5
+    assert out['/depth/image_rect'][0][1].header.stamp.sec == 5
 
 
 def test_an_interrupted_run_never_leaves_a_complete_looking_output(
@@ -442,15 +459,17 @@ def test_topic_selection_and_output_names():
     assert bag._choose_info_topic(topics, '/b/image_raw', None) == '/a/camera_info'  # the only one
     assert bag.output_topics('/cam/front/image_raw', bag.IMAGE)['points'] == '/cam/front/points'
     assert bag.output_topics('/image', bag.IMAGE)['depth_info'] == '/depth/camera_info'
-    assert bag.output_topics('/x/y', bag.IMAGE, namespace='out/')['depth'] == '/out/depth'
+    assert (
+        bag.output_topics('/x/y', bag.IMAGE, namespace='out/')['depth'] == '/out/depth/image_rect'
+    )
 
 
 def test_clashing_outputs_need_another_namespace(tmp_path, model_path):
     ts = get_typestore(Stores.ROS2_HUMBLE)
     with Writer(tmp_path / 'in', version=8) as writer:
         writer.add_connection('/camera/image_raw', bag.IMAGE, typestore=ts)
-        writer.add_connection('/camera/depth', bag.IMAGE, typestore=ts)  # an RGB-D recording
-    with pytest.raises(ConfigError, match='already has /camera/depth.*--output-namespace'):
+        writer.add_connection('/camera/depth/image_rect', bag.IMAGE, typestore=ts)  # RGB-D
+    with pytest.raises(ConfigError, match='already has /camera/depth/image_rect.*--output-names'):
         bag.process_bag(
             tmp_path / 'in',
             tmp_path / 'out',
@@ -475,8 +494,8 @@ def test_command_line_prints_the_summary_and_reports_errors(tmp_path, model_path
 
     assert cli.main(argv) == 2  # the output exists now
     assert 'exists; pass --overwrite' in capsys.readouterr().err
-    assert cli.main([*argv, '--overwrite', '--cloud-decimation', '0']) == 2
-    assert 'cloud_decimation must be >= 1' in capsys.readouterr().err
+    assert cli.main([*argv, '--overwrite', '--cloud-decimation', '-1']) == 2
+    assert 'cloud_decimation must be >= 0' in capsys.readouterr().err
 
 
 def test_single_mcap_file_input_with_an_uncalibrated_camera(tmp_path, model_path, monkeypatch):
@@ -533,7 +552,7 @@ def test_single_mcap_file_input_with_an_uncalibrated_camera(tmp_path, model_path
     assert set(_read_rosbags(tmp_path / 'out')) == {
         '/cam/image',
         '/cam/info',
-        '/cam/depth',
+        '/cam/depth/image_rect',
         '/cam/depth/confidence',
     }
 
@@ -559,24 +578,28 @@ def test_the_synthetic_room_bag_from_training_goes_through(tmp_path, model_path)
     assert summary['image_topic'] == '/camera/image_raw'  # not the depth_gt Image topic
     assert (summary['frames'], summary['processed']) == (3, 3)
     out = _read_rosbags(tmp_path / 'out')
-    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in out['/camera/depth']]
+    stamps = [
+        m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+        for _, m in out['/camera/depth/image_rect']
+    ]
     assert stamps == info.stamps_ns
     assert len(out['/camera/depth_gt']) == 3
 
 
 def test_depth_is_converted_with_the_bags_camera_info_as_the_node_does(tmp_path):
-    # K of the test bag: fx 45, fy 47 px at 40x30; the tiny model's input is 32x24.
+    # P of the test bag (the rectified camera the network sees): fx 47, fy 49 px at 40x30
+    # (K's 45 and 47 are the raw lens'); the tiny model's input is 32x24.
     model = write_tiny_onnx(tmp_path / 'canonical.onnx', canonical_focal_px=30.0)
     write_input_bag(tmp_path / 'in', 'mcap')
     summary = bag.process_bag(
         tmp_path / 'in', tmp_path / 'out', settings=_settings(model), progress=False
     )
-    scale = np.sqrt(45.0 * 32 / W * 47.0 * 24 / H) / 30.0
+    scale = np.sqrt(47.0 * 32 / W * 49.0 * 24 / H) / 30.0
     frames, mean = summary['depth_scale']['camera']
     assert frames == 5 and mean == pytest.approx(scale)  # the 20x16 frame: canonical assumed
     assert summary['depth_scale']['assumed canonical'][0] == 1
     assert f'x{scale:.3f} on average' in bag.format_summary(summary)
-    depth = _read_rosbags(tmp_path / 'out')['/camera/depth'][0][1]
+    depth = _read_rosbags(tmp_path / 'out')['/camera/depth/image_rect'][0][1]
     bright = msgs.decode_depth(depth)[:, -1]
     np.testing.assert_allclose(bright, expected_depth_m(BRIGHT) * scale, rtol=1e-4)
 

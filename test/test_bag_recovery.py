@@ -141,7 +141,7 @@ def _check_recovered(summary, output, expected, where):
     images = sum(topic == '/camera/image_raw' for topic, _, _ in expected)
     processed = images - (images > 5)  # the sixth image has an unknown encoding
     assert (summary['frames'], summary['processed']) == (images, processed)
-    assert summary['topics_written'].get('/camera/depth', 0) == processed
+    assert summary['topics_written'].get('/camera/depth/image_rect', 0) == processed
 
 
 def _refused(input_path, tmp_path, model_path, capsys, *phrases):
@@ -288,7 +288,7 @@ def test_mcap_directory_without_metadata_reads_its_split_files_in_order(
     assert f'frames: {FRAMES + 1} on /camera/image_raw' in printed
     out = _read_rosbags(tmp_path / 'out')
     assert len(out['/camera/image_raw']) == FRAMES + 1 and len(out['/note']) == 2
-    assert len(out['/camera/depth']) == PROCESSED + 1  # one topic each, over both files
+    assert len(out['/camera/depth/image_rect']) == PROCESSED + 1  # one topic each, over both files
 
     (tmp_path / 'rec' / 'rec_1.mcap').unlink()  # now only the metadata.yaml is missing
     summary = _process(tmp_path / 'rec', tmp_path / 'out2', model_path)

@@ -46,8 +46,11 @@ def test_rviz_config_shows_image_depth_and_cloud_in_the_camera_frame():
     config = yaml.safe_load(RVIZ_FILE.read_text())['Visualization Manager']
     displays = {d['Topic']['Value']: d['Class'] for d in config['Displays'] if 'Topic' in d}
     assert displays['/camera/image_raw'] == 'rviz_default_plugins/Image'
-    assert displays['/camera/depth'] == 'rviz_default_plugins/Image'
+    assert displays['/camera/depth/image_rect'] == 'rviz_default_plugins/Image'
     assert displays['/camera/points'] == 'rviz_default_plugins/PointCloud2'
+    # Full resolution in 3D: DepthCloud on the depth, paired with its sibling camera_info.
+    (depth_cloud,) = [d for d in config['Displays'] if d['Class'].endswith('/DepthCloud')]
+    assert depth_cloud['Depth Map Topic'] == '/camera/depth/image_rect'
     cloud = next(d for d in config['Displays'] if d['Class'].endswith('PointCloud2'))
     assert cloud['Color Transformer'] == 'RGB8'  # matches cloud_rgb's packed rgb field
     assert config['Global Options']['Fixed Frame'] == 'camera_optical_frame'
@@ -200,11 +203,14 @@ def test_rviz_shows_the_topics_of_the_chosen_namespace_and_image(
     _, _, nodes = _run(launch_file, use_rviz='true', namespace=namespace, image_topic=image_topic)
     remap = dict(nodes['rviz2'].get('remappings') or [])
     config = yaml.safe_load(RVIZ_FILE.read_text())['Visualization Manager']
-    shown = {remap.get(d['Topic']['Value'], d['Topic']['Value']) for d in config['Displays']
-             if 'Topic' in d}  # fmt: skip
+    saved = [d['Topic']['Value'] for d in config['Displays'] if 'Topic' in d]
+    saved += [d['Depth Map Topic'] for d in config['Displays'] if 'Depth Map Topic' in d]
+    # RViz's DepthCloud takes the camera_info beside its depth topic (image_transport).
+    saved += [t.rsplit('/', 1)[0] + '/camera_info' for t in saved if t.endswith('/image_rect')]
+    shown = {remap.get(topic, topic) for topic in saved}
     ns = f'/{namespace}' if namespace else ''
     expected = {f'{ns}/{image_topic}'} | {
-        f'{ns}/{t}' for t in ('depth', 'depth/colored', 'points')
+        f'{ns}/{t}' for t in ('depth/image_rect', 'depth/camera_info', 'depth/colored', 'points')
     }
     assert shown == expected
 
@@ -234,6 +240,10 @@ def test_usb_cam_and_remapped_topics(launch_file, prefix, tmp_path):
         ({'camera': 'v4l2'}, "package 'v4l2_camera' is not installed (camera:=v4l2)"),
         ({'camera': 'usb_cam'}, "package 'usb_cam' is not installed (camera:=usb_cam)"),
         ({'params_file': '/no/such/params.yaml'}, "params_file '/no/such/params.yaml' does not"),
+        (
+            {'laserscan': 'true'},
+            "package 'depthimage_to_laserscan' is not installed (laserscan:=true)",
+        ),
     ],
 )
 def test_what_is_missing_stops_the_launch_before_any_node_starts(launch_file, arguments, says):
@@ -242,6 +252,20 @@ def test_what_is_missing_stops_the_launch_before_any_node_starts(launch_file, ar
     with pytest.raises(RuntimeError) as raised:
         _run(launch_file, **arguments)
     assert says in str(raised.value) and 'Nothing was started' in str(raised.value)
+
+
+def test_laserscan_reads_the_depth_and_its_sibling_camera_info(launch_file, prefix):
+    install(prefix, 'depthimage_to_laserscan', 'depthimage_to_laserscan_node')
+    _, namespace, nodes = _run(launch_file, laserscan='true', laserscan_frame='base_scan')
+    scan = nodes['depthimage_to_laserscan']
+    assert scan['executable'] == 'depthimage_to_laserscan_node'
+    # Its inputs are `depth` and `depth_camera_info` (depthimage_to_laserscan's README).
+    assert dict(scan['remappings']) == {
+        'depth': 'depth/image_rect',
+        'depth_camera_info': 'depth/camera_info',
+    }
+    assert scan['parameters'] == [{'output_frame': 'base_scan'}]
+    assert list(nodes) == ['moa_depth_ros', 'depthimage_to_laserscan'] and namespace == 'camera'
 
 
 def test_a_package_without_its_executable_is_refused(launch_file, prefix):

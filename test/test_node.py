@@ -61,7 +61,7 @@ def probe(graph):
 
     probe = graph.probe()
     probe.out = {
-        'depth': probe.subscribe(Image, '/depth'),
+        'depth': probe.subscribe(Image, '/depth/image_rect'),
         'info': probe.subscribe(CameraInfo, '/depth/camera_info'),
         'confidence': probe.subscribe(Image, '/depth/confidence'),
         'points': probe.subscribe(PointCloud2, '/points'),
@@ -132,7 +132,7 @@ def test_startup_declares_typed_documented_parameters_and_topics(make_node, prob
     assert node.describe_parameter('cloud_decimation').integer_range[0].to_value == 16
 
     names = dict(node.get_topic_names_and_types())
-    for topic in ('/depth', '/depth/camera_info', '/depth/confidence', '/points'):
+    for topic in ('/depth/image_rect', '/depth/camera_info', '/depth/confidence', '/points'):
         (info_,) = [i for i in probe.get_publishers_info_by_topic(topic) if i.node_name == NODE]
         assert info_.qos_profile.reliability == ReliabilityPolicy.RELIABLE, topic
         assert topic in names
@@ -330,7 +330,7 @@ def test_parameter_changes_apply_at_run_time(make_node, probe):
     assert set_param(node, 'diagnostics_period_s', 2.5).successful
     assert node._diagnostics_timer.timer_period_ns == 2_500_000_000
 
-    depth_best_effort = probe.subscribe(type(depth), '/depth', reliable=False)
+    depth_best_effort = probe.subscribe(type(depth), '/depth/image_rect', reliable=False)
     assert set_param(node, 'image_transport', 'compressed').successful
     # One transport, as image_transport: the raw subscription is gone.
     assert wait_for(lambda: probe.subscriber_reliabilities('/image', NODE) == [])
@@ -353,7 +353,7 @@ def test_parameter_changes_apply_at_run_time(make_node, probe):
         ('max_depth_m', 0.8, 'min_depth_m'),  # with min_depth_m 1.0 below
         ('min_depth_m', 20.0, 'depth range'),  # beyond the model's 10 m
         ('max_rate_hz', -1.0, 'max_rate_hz must be >= 0'),
-        ('cloud_decimation', 0, 'out of range'),
+        ('cloud_decimation', -1, 'out of range'),
         ('publish_cloud', 'yes', 'Wrong parameter type'),
     ],
 )

@@ -79,7 +79,7 @@ class Live:
         self.out = {
             name: self.probe.subscribe(msg_type, topic, reliable=reliable_outputs)
             for name, msg_type, topic in [
-                ('depth', Image, f'{NS}/depth'),
+                ('depth', Image, f'{NS}/depth/image_rect'),
                 ('info', CameraInfo, f'{NS}/depth/camera_info'),
                 ('confidence', Image, f'{NS}/depth/confidence'),
                 ('points', PointCloud2, f'{NS}/points'),
@@ -198,7 +198,7 @@ def test_best_effort_consumers_get_the_outputs_of_a_reliable_node(outputs):
     from sensor_msgs.msg import Image, PointCloud2
 
     live = outputs
-    depth = live.probe.subscribe(Image, f'{NS}/depth', reliable=False)
+    depth = live.probe.subscribe(Image, f'{NS}/depth/image_rect', reliable=False)
     points = live.probe.subscribe(PointCloud2, f'{NS}/points', reliable=False)
     assert wait_for(lambda: depth.subscription.get_publisher_count() == 1)
     send_frame(live, sec=101)
@@ -227,7 +227,7 @@ def test_parameters_change_through_the_parameter_services(outputs):
         client.set_parameters(
             [
                 Parameter('depth_encoding', value='16UC1'),
-                Parameter('cloud_decimation', value=0),
+                Parameter('cloud_decimation', value=-1),
                 Parameter('model_path', value='/other.onnx'),
             ]
         )
@@ -317,14 +317,14 @@ def test_a_best_effort_camera_and_best_effort_outputs(ros_domain, tmp_path, mode
         # an override file (config/qos_overrides.yaml) sets them.
         *[
             f'qos_overrides.{NS}/{topic}.publisher.reliability:=best_effort'
-            for topic in ('depth', 'points')
+            for topic in ('depth/image_rect', 'points')
         ],
         reliable_outputs=False,
     )
     try:
         live.wait_started()
         live.camera_reliability(reliable=False)
-        for topic in ('depth', 'points'):
+        for topic in ('depth/image_rect', 'points'):
             (info,) = live.probe.get_publishers_info_by_topic(f'{NS}/{topic}')
             assert info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT, topic
         (info,) = live.probe.get_publishers_info_by_topic(f'{NS}/depth/confidence')

@@ -132,8 +132,8 @@ def test_the_bag_tools_options_are_the_offline_parameters():
         0.5,
     )
     assert (settings.backend, settings.cpu_threads, settings.cloud_rgb) == ('torch', 2, True)
-    bad = parser.parse_args(['--model-path', '/m.onnx', '--cloud-decimation', '0'])
-    with pytest.raises(ConfigError, match='cloud_decimation must be >= 1'):
+    bad = parser.parse_args(['--model-path', '/m.onnx', '--cloud-decimation', '-1'])
+    with pytest.raises(ConfigError, match='cloud_decimation must be >= 0'):
         params.settings_from_args(bad)
     with pytest.raises(SystemExit):
         parser.parse_args(['--model-path', '/m', '--backend', 'gpu'])
@@ -156,7 +156,7 @@ def test_pipeline_kwargs_build_a_pipeline_config():
 
 
 def test_constraints_describe_choices_ranges_and_read_only():
-    assert params.SPEC_BY_NAME['cloud_decimation'].constraints == 'in [1, 16]'
+    assert params.SPEC_BY_NAME['cloud_decimation'].constraints == 'in [0, 16]'  # 0: auto
     assert params.SPEC_BY_NAME['max_rate_hz'].constraints == '>= 0'
     backend = params.SPEC_BY_NAME['backend'].constraints
     assert "'onnxruntime'" in backend and 'read-only: restart the node' in backend

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from moa_depth_ros.errors import ConfigError, EngineError, InvalidImageError
-from moa_depth_ros.frame import msgs
+from moa_depth_ros.frame import msgs, rectify
 from moa_depth_ros.frame.geometry import CameraModel
 from moa_depth_ros.frame.pipeline import DepthPipeline, PipelineConfig, preprocess
 from moa_depth_ros.runtime import memory
@@ -89,7 +89,7 @@ def test_depth_comes_back_at_camera_resolution_with_the_network_layout():
     assert np.all(np.diff(depth[:, 0]) >= 0) and depth[-1, 0] > depth[0, 0] + 3
     np.testing.assert_allclose(depth, np.repeat(depth[:, :1], W, axis=1), rtol=1e-6)  # SIMD
     assert depth.min() >= 1.0 and depth.max() <= 5.0
-    assert result.camera == pinhole()
+    assert result.camera == rectify.rectified_camera(pinhole())  # D = 0 written out
     assert set(result.timings_ms) == {'decode', 'preprocess', 'network', 'postprocess', 'cloud'}
 
 
@@ -112,13 +112,16 @@ def test_no_camera_means_no_cloud():
     assert result.depth_m.shape == (H, W)
 
 
-def test_configured_range_blanks_depth_and_zeroes_confidence():
+def test_configured_range_marks_depth_as_rep117_and_zeroes_confidence():
+    # REP 117: too near is -Inf, nothing within range is +Inf (what Nav2's inf_is_valid and
+    # depthimage_to_laserscan clear free space with), NaN is kept for "no estimate".
     pipe = DepthPipeline(RowDepth(), PipelineConfig(min_depth_m=2.0, max_depth_m=4.0))
     result = pipe.process_rgb(RED, pinhole())
     depth, conf = result.depth_m, result.confidence
-    outside = np.isnan(depth)
-    assert outside[0].all() and outside[-1].all() and not outside[H // 2].any()
-    assert np.nanmin(depth) >= 2.0 and np.nanmax(depth) <= 4.0
+    outside = ~np.isfinite(depth)
+    assert (depth[0] == -np.inf).all() and (depth[-1] == np.inf).all()
+    assert not outside[H // 2].any() and not np.isnan(depth).any()
+    assert depth[~outside].min() >= 2.0 and depth[~outside].max() <= 4.0
     np.testing.assert_array_equal(conf[outside], 0.0)
     np.testing.assert_allclose(conf[~outside], 0.8)
     assert np.isnan(result.cloud.xyz[outside]).all()
@@ -131,12 +134,16 @@ def test_clamp_mode_keeps_every_pixel_inside_the_range():
     assert np.isfinite(depth).all() and depth.min() == 2.0 and depth.max() == 4.0
 
 
-def test_network_output_outside_its_range_or_non_finite_is_invalid():
+def test_network_output_outside_its_range_is_inf_and_non_finite_is_nan():
     net = ConstantDepth(20.0, depth_range_m=(0.5, 10.0))
-    assert np.isnan(DepthPipeline(net).process_rgb(RED).depth_m).all()
-    net = ConstantDepth(np.nan)
-    result = DepthPipeline(net).process_rgb(RED, pinhole())
-    assert np.isnan(result.depth_m).all() and (result.confidence == 0).all()
+    result = DepthPipeline(net).process_rgb(RED)
+    assert (result.depth_m == np.inf).all() and (result.confidence == 0).all()
+    net = ConstantDepth(0.1, depth_range_m=(0.5, 10.0))
+    assert (DepthPipeline(net).process_rgb(RED).depth_m == -np.inf).all()
+    for value in (np.nan, np.inf):  # the network gives no finite value: no estimate
+        result = DepthPipeline(ConstantDepth(value)).process_rgb(RED, pinhole())
+        assert np.isnan(result.depth_m).all() and (result.confidence == 0).all()
+        assert np.isnan(result.cloud.xyz).all()
 
 
 def test_nearest_upsampling_only_returns_network_values():
@@ -200,7 +207,7 @@ def test_a_camera_for_another_image_size_costs_the_cloud_not_the_depth():
     assert pipe.process_msg(rgb_msg(RED), pinhole()).camera_error == ''
 
 
-def test_a_camera_function_is_asked_once_the_network_has_run():
+def test_a_camera_function_is_asked_once_before_the_network_rectifies_with_it():
     order = []
 
     class Logged(RowDepth):
@@ -213,7 +220,7 @@ def test_a_camera_function_is_asked_once_the_network_has_run():
         return pinhole()
 
     result = DepthPipeline(Logged()).process_msg(rgb_msg(RED), camera)
-    assert order == ['network', 'camera'] and result.cloud is not None
+    assert order == ['camera', 'network'] and result.cloud is not None
     assert DepthPipeline(Logged()).process_msg(rgb_msg(RED), lambda: None).cloud is None
 
 
@@ -231,8 +238,10 @@ def test_estimator_with_wrong_output_shape_is_an_engine_error():
 @pytest.mark.parametrize(
     ('changes', 'word'),
     [
-        ({'decimation': 0}, 'decimation'),
+        ({'decimation': -1}, 'decimation'),
         ({'decimation': 1.5}, 'decimation'),
+        ({'cloud_budget_bytes': 8}, 'cloud_budget_bytes'),
+        ({'input_rectified': 1}, 'input_rectified'),
         ({'min_depth_m': 5.0, 'max_depth_m': 2.0}, 'min_depth_m'),
         ({'max_depth_m': float('nan')}, 'max_depth_m'),
         ({'interpolation': 'bicubic'}, "'bicubic'"),
@@ -334,3 +343,61 @@ def test_flip_average_is_the_mean_of_the_plain_and_the_mirrored_back_prediction(
     np.testing.assert_allclose(averaged.confidence, want_confidence, rtol=1e-6)
     assert not np.allclose(averaged.depth_m, plain.depth_m)  # the flip changed something
     assert len(plain_net.inputs) == 1  # off by default: one network run per frame
+
+
+# -- one rectified grid, and a cloud navigation receives ---------------------------------------
+
+
+def distorted(width=W, height=H):
+    """Return a plumb_bob camera whose P (the rectified camera) differs from K."""
+    return CameraModel(
+        width=width,
+        height=height,
+        fx_px=60.0,
+        fy_px=62.0,
+        cx_px=39.5,
+        cy_px=29.5,
+        distortion_model='plumb_bob',
+        d=(-0.2, 0.05, 0.001, -0.001, 0.0),
+        p=(55.0, 0.0, 40.0, 0.0, 0.0, 57.0, 30.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    )
+
+
+def test_the_network_sees_the_rectified_image_and_depth_is_on_the_rectified_camera():
+    rgb = np.random.default_rng(1).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    net = RowDepth()
+    result = DepthPipeline(net).process_rgb(rgb, distorted())
+    expected = preprocess(rectify.Rectifier(distorted()).rectify_image(rgb), net.input_hw)
+    np.testing.assert_array_equal(net.inputs[0], expected)
+    assert result.camera == rectify.rectified_camera(distorted())
+    assert (result.camera.fx_px, result.camera.distortion_kind) == (55.0, 'none')
+
+
+def test_declared_rectified_input_is_not_resampled_and_scales_with_p():
+    class Canonical(RowDepth):
+        canonical_focal_px = 20.0
+
+    rgb = np.random.default_rng(2).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    net = Canonical()
+    config = PipelineConfig(input_rectified=True)
+    result = DepthPipeline(net, config).process_rgb(rgb, distorted())
+    np.testing.assert_array_equal(net.inputs[0], preprocess(rgb, net.input_hw))  # as it came
+    # The metric scale is P's focal length (55, 57 px), not K's (60, 62).
+    assert result.depth_scale == pytest.approx(np.sqrt(55.0 * 32 / W * 57.0 * 24 / H) / 20.0)
+    assert np.isfinite(result.depth_m).all()  # nothing unseen: no second undistortion
+
+
+@pytest.mark.parametrize(
+    ('width', 'height', 'cloud_rgb', 'points'),
+    [(640, 480, True, (120, 160)), (1280, 720, True, (103, 183)), (1280, 720, False, (120, 214))],
+)
+def test_the_default_cloud_fits_the_budget_a_best_effort_reader_receives(
+    width, height, cloud_rgb, points
+):
+    # cloud_decimation 0 (auto): the smallest decimation within 320 KiB, below Fast DDS's
+    # 512 KiB shared-memory segment (an organized VGA xyz+rgb cloud is 4.9 MB).
+    config = PipelineConfig(decimation=0, cloud_rgb=cloud_rgb)
+    rgb = np.zeros((height, width, 3), np.uint8)
+    cloud = DepthPipeline(RowDepth(), config).process_rgb(rgb, pinhole(width, height)).cloud
+    assert cloud.xyz.shape[:2] == points
+    assert cloud.xyz.shape[0] * cloud.xyz.shape[1] * (16 if cloud_rgb else 12) <= 320 * 1024

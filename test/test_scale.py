@@ -77,7 +77,7 @@ def test_depth_is_converted_with_the_frames_focal_length():
 def test_the_model_range_scales_with_the_depth_but_configured_limits_do_not():
     pipe = DepthPipeline(CanonicalDepth(), PipelineConfig(max_depth_m=3.0))
     tele = pipe.process_rgb(RGB, camera(100.0))  # 4 m: beyond the configured 3 m
-    assert np.isnan(tele.depth_m).all()
+    assert (tele.depth_m == np.inf).all()  # REP 117: nothing within range
     pipe = DepthPipeline(CanonicalDepth())
     assert pipe.depth_range_m(scale=2.0) == (1.0, 20.0)
 
@@ -92,7 +92,7 @@ def test_a_limit_beyond_what_the_model_predicts_on_this_camera_is_said_per_camer
         pipe.camera_depth_range_m(pipe.config, camera(25.0))
     with pytest.raises(ConfigError, match='on this camera'):  # a frame of it: that frame only
         pipe.process_rgb(RGB, camera(25.0))
-    np.testing.assert_allclose(pipe.process_rgb(RGB, camera(100.0)).depth_m, np.nan)  # 4 m < 6
+    np.testing.assert_allclose(pipe.process_rgb(RGB, camera(100.0)).depth_m, -np.inf)  # 4 m < 6
 
 
 def test_without_a_camera_the_canonical_camera_is_assumed_and_said():

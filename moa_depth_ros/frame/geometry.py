@@ -336,6 +336,23 @@ class CameraModel:
 # -------------------------------------------------------------------------------- ray tables
 
 
+def decimation_for_budget(width: int, height: int, point_step: int, budget_bytes: int) -> int:
+    """Return the smallest decimation whose organized cloud fits in ``budget_bytes``.
+
+    A cloud of every n-th pixel is ceil(W/n) x ceil(H/n) points of ``point_step`` bytes (12
+    for x, y, z; 16 with rgb). Used to keep ``points`` within what a best-effort reader of
+    Fast DDS's default shared-memory transport (512 KiB segment) receives whole.
+    """
+    if budget_bytes < point_step:
+        raise ConfigError(
+            f'a cloud budget of {budget_bytes} bytes holds no {point_step}-byte point'
+        )
+    n = 1
+    while -(-width // n) * -(-height // n) * point_step > budget_bytes:
+        n += 1
+    return n
+
+
 def _check_decimation(decimation: int) -> int:
     if isinstance(decimation, bool) or int(decimation) != decimation or decimation < 1:
         raise ConfigError(f'decimation must be an integer >= 1, got {decimation!r}')

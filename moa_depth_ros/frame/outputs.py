@@ -8,6 +8,12 @@ bag holds byte for byte what the node would have sent. No ROS imports.
 Every message carries the image's stamp and frame_id (REP 103). The small CameraInfo goes
 first: behind a frame's megabytes of depth and cloud fragments it was the output a loaded
 machine lost most often.
+
+Topic names pair the way image_transport pairs them (a CameraSubscriber, RViz's DepthCloud
+and depth_image_proc take the camera_info beside an image: ``dirname(topic)/camera_info``):
+the depth is ``depth/image_rect``, depth_image_proc's own name for a rectified depth image,
+so ``depth/camera_info`` (the rectified camera the depth, confidence, preview and points all
+describe) is its sibling, and the confidence and the preview are siblings of both.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class OutputTopic:
 #: Every output, in publishing order.
 OUTPUTS: tuple[OutputTopic, ...] = (
     OutputTopic('depth_info', 'depth/camera_info', CAMERA_INFO),
-    OutputTopic('depth', 'depth', IMAGE),
+    OutputTopic('depth', 'depth/image_rect', IMAGE),
     OutputTopic('confidence', 'depth/confidence', IMAGE),
     OutputTopic('points', 'points', POINT_CLOUD),
     OutputTopic('colored', 'depth/colored', IMAGE),

@@ -1,11 +1,13 @@
 """The ROS-agnostic frame pipeline: camera image in -> depth, confidence and points out.
 
 ``DepthPipeline`` is what the node and the offline bag tool both run per frame: decode the
-image (any encoding ``msgs`` supports), resize it once to the network input, run the
-estimator, bring depth and confidence back once to the output resolution (the camera's, by
-default), blank depths outside the configured range, and back-project through the camera
-model's cached ray table. It holds no per-frame state, so a bad frame raises a typed error
-and the next frame runs as if nothing happened.
+image (any encoding ``msgs`` supports), rectify it with its camera model (``rectify``: every
+output describes the rectified pinhole camera, K = P[:3, :3], as ROS consumers read it),
+resize it once to the network input, run the estimator, bring depth and confidence back once
+to the output resolution (the camera's, by default), mark depths outside the configured range
+the way REP 117 does (+Inf beyond, -Inf below, NaN for no estimate), and back-project through
+the rectified camera's cached ray table. It holds no per-frame state, so a bad frame raises
+a typed error and the next frame runs as if nothing happened.
 
 The estimator is anything with ``.input_hw``, ``.depth_range_m`` and
 ``.infer(float32 [N, 3, H, W] RGB in [0, 1]) -> (depth_m, confidence)`` (a ``DepthEngine`` or a
@@ -23,7 +25,7 @@ import cv2
 import numpy as np
 
 from moa_depth_ros.errors import CameraInfoError, ConfigError, EngineError, InvalidImageError
-from moa_depth_ros.frame import geometry, msgs
+from moa_depth_ros.frame import geometry, msgs, rectify
 from moa_depth_ros.frame.scale import depth_scale
 
 # Depth upsampling choices. NEAREST_EXACT samples pixel centres like LINEAR does, so the
@@ -34,11 +36,13 @@ INTERPOLATIONS = {
     'nearest': cv2.INTER_NEAREST_EXACT,
     'cubic': cv2.INTER_CUBIC,
 }
-OUT_OF_RANGE = ('nan', 'clamp')
+#: Depth outside the range: REP 117's +Inf (beyond) / -Inf (too near), or clamped to it.
+OUT_OF_RANGE = ('rep117', 'clamp')
 STAGES = ('decode', 'preprocess', 'network', 'postprocess', 'cloud')
 
-#: A camera model, None, or a function returning one: called once the network has run, so a
-#: CameraInfo that arrives while the network runs still serves the frame it came with.
+#: A camera model, None, or a function returning one: called once per frame, before the
+#: network (the image is rectified with it), so the node can wait there for the CameraInfo
+#: stamped like the image.
 CameraSource = Union[geometry.CameraModel, Callable[[], Optional[geometry.CameraModel]], None]
 
 
@@ -61,9 +65,13 @@ class PipelineConfig:
     """Per-frame settings; every field is validated on construction (ConfigError).
 
     min_depth_m / max_depth_m: valid depth range; None takes the model's range. Depths outside
-        it become NaN (``out_of_range='nan'``) or are clamped to it (``'clamp'``).
+        it become +Inf (beyond) and -Inf (below) as REP 117 has it (``out_of_range='rep117'``)
+        or are clamped to it (``'clamp'``); NaN is only where the network gives no finite
+        value, or the rectified pixel sees no camera pixel.
     cloud / cloud_rgb: build a point cloud (needs a camera model), coloured from the image.
-    decimation: keep every n-th pixel of the cloud in both directions.
+    decimation: keep every n-th pixel of the cloud in both directions; 0 (auto) takes the
+        smallest n whose organized cloud fits in ``cloud_budget_bytes``.
+    cloud_budget_bytes: the size an auto-decimated cloud stays within.
     organized: H x W cloud with NaN points, or a compact 1 x N cloud of finite points.
     interpolation: depth/confidence upsampling, 'linear', 'nearest' or 'cubic'.
     output_hw: (height, width) of the depth output; None keeps the camera image size.
@@ -72,6 +80,9 @@ class PipelineConfig:
     flip_average: run the network on the image and on its mirror image and average the two
         predictions (the second mirrored back): the papers' test-time flip. Twice the network
         time per frame, for a small accuracy gain (see ``infer_flip_average``).
+    input_rectified: the images are already rectified (image_proc's image_rect): the camera
+        is P, D is ignored and nothing is resampled. False (raw images): each frame is
+        rectified with its camera model (``rectify.Rectifier``) before the network.
     """
 
     min_depth_m: float | None = None
@@ -79,12 +90,14 @@ class PipelineConfig:
     cloud: bool = True
     cloud_rgb: bool = True
     decimation: int = 1
+    cloud_budget_bytes: int = 320 * 1024
     organized: bool = True
     interpolation: str = 'linear'
-    out_of_range: str = 'nan'
+    out_of_range: str = 'rep117'
     output_hw: tuple[int, int] | None = None
     focal_correction: bool = True
     flip_average: bool = False
+    input_rectified: bool = False
 
     def __post_init__(self) -> None:
         for name in ('min_depth_m', 'max_depth_m'):
@@ -95,12 +108,22 @@ class PipelineConfig:
                 raise ConfigError(f'{name} must be a number or None, got {value!r}')
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f'{name} must be finite and >= 0, got {value!r}')
-        for name in ('cloud', 'cloud_rgb', 'organized', 'focal_correction', 'flip_average'):
+        for name in (
+            'cloud',
+            'cloud_rgb',
+            'organized',
+            'focal_correction',
+            'flip_average',
+            'input_rectified',
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f'{name} must be true or false, got {getattr(self, name)!r}')
         d = self.decimation
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ConfigError(f'decimation must be an integer >= 1, got {d!r}')
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise ConfigError(f'decimation must be an integer >= 1, or 0 (auto), got {d!r}')
+        b = self.cloud_budget_bytes
+        if isinstance(b, bool) or not isinstance(b, int) or b < 16:
+            raise ConfigError(f'cloud_budget_bytes must be an integer >= 16, got {b!r}')
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f'interpolation must be one of {", ".join(INTERPOLATIONS)}, '
@@ -125,17 +148,21 @@ class PipelineConfig:
 class FrameResult:
     """Everything one frame produced.
 
-    rgb: uint8 [H, W, 3], the decoded input image (input resolution; for rgb8 messages a
-        read-only view of the message buffer).
-    depth_m: float32 [h, w] metres along the optical axis, NaN invalid, output resolution.
-    confidence: float32 [h, w] in [0, 1]; 0 where depth is invalid.
+    rgb: uint8 [H, W, 3], the image the network saw at input resolution: the decoded image
+        rectified with its camera (as it came without a camera, or when it is declared
+        rectified; for rgb8 messages then a read-only view of the message buffer).
+    depth_m: float32 [h, w] metres along the optical axis of the rectified camera, output
+        resolution; REP 117: +Inf beyond the range, -Inf below it, NaN no estimate.
+    confidence: float32 [h, w] in [0, 1]; 0 where depth is not a finite in-range value.
     cloud: the point cloud, or None (disabled, or no camera model).
-    camera: the camera model matching ``depth_m`` (scaled if needed), or None.
-    timings_ms: milliseconds per stage: decode, preprocess, network, postprocess, cloud.
+    camera: the rectified pinhole camera matching ``depth_m`` (D = 0, R = I, K = P[:3, :3],
+        scaled to the output), or None.
+    timings_ms: milliseconds per stage: decode, preprocess (rectification and resize),
+        network, postprocess, cloud.
     camera_error: why the camera passed in was not used ('' when it was, or when none was
         given): a calibration for another image size costs the cloud, never the depth.
-    depth_scale: the factor applied to the network's depth (camera focal / canonical focal at
-        the network input; 1.0 when not converted).
+    depth_scale: the factor applied to the network's depth (rectified camera focal /
+        canonical focal at the network input; 1.0 when not converted).
     scale_source: 'camera' (converted with the frame's camera), 'assumed canonical' (a model
         with a canonical camera, but no usable camera for this frame), 'off' (the correction
         is switched off) or 'not recorded' (the model has no canonical camera).
@@ -263,12 +290,15 @@ def postprocess(
     output_hw: tuple[int, int],
     range_m: tuple[float, float],
     interpolation: str = 'linear',
-    out_of_range: str = 'nan',
+    out_of_range: str = 'rep117',
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resize network depth/confidence [h, w] to ``output_hw`` and apply the depth range.
 
-    Returns float32 (depth_m, confidence): depth outside ``range_m`` is NaN (or clamped), and
-    confidence is clipped to [0, 1] and 0 where depth is NaN.
+    Returns float32 (depth_m, confidence). ``out_of_range='rep117'``: finite depth beyond
+    ``range_m`` is +Inf ("nothing within range", which Nav2 and depthimage_to_laserscan use to
+    clear free space), below it -Inf ("too close"), and NaN is left for what the network gives
+    no finite value; ``'clamp'`` clamps finite depth to the range. Confidence is clipped to
+    [0, 1] and 0 wherever depth is not a finite value in range.
     """
     h, w = output_hw
     flag = INTERPOLATIONS[interpolation]
@@ -289,6 +319,10 @@ def postprocess(
     else:
         valid = cv2.inRange(depth, lo, hi)
     depth_m = np.full((h, w), np.nan, dtype=np.float32)
+    if out_of_range == 'rep117':
+        finite = np.isfinite(depth)  # the network's NaN / Inf stay "no estimate"
+        depth_m[finite & (depth > hi)] = np.inf
+        depth_m[finite & (depth < lo)] = -np.inf
     cv2.copyTo(depth, valid, depth_m)
     confidence_out = np.zeros((h, w), dtype=np.float32)
     cv2.copyTo(np.clip(confidence, 0.0, 1.0, out=confidence), valid, confidence_out)
@@ -390,7 +424,13 @@ class DepthPipeline:
     def camera_depth_range_m(
         self, config: PipelineConfig, camera: geometry.CameraModel | None
     ) -> tuple[float, float]:
-        """``depth_range_m`` for frames of ``camera`` (None: the canonical camera is assumed)."""
+        """``depth_range_m`` for frames of ``camera`` (None: the canonical camera is assumed).
+
+        ``camera`` is the input's (raw or rectified) model; the scale is its rectified focal
+        length's, as for its frames.
+        """
+        if camera is not None:
+            camera = rectify.rectified_camera(camera)
         return self.depth_range_m(config, self._depth_scale(camera, config)[0])
 
     def process_msg(
@@ -438,8 +478,15 @@ class DepthPipeline:
         height, width = rgb.shape[:2]
         self.depth_range_m(config)  # limits that cross whatever the camera: before the network
         output_hw = config.output_hw or (height, width)
+        # The network sees the rectified image, so the camera is needed before it runs.
+        camera, camera_error = _resolve_camera(camera, width, height)
 
         start = time.perf_counter()
+        rectifier = None
+        if camera is not None:
+            rectifier = rectify.Rectifier(camera, config.input_rectified)
+            rgb = rectifier.rectify_image(rgb)
+            camera = rectifier.output
         nchw = preprocess(rgb, self.input_hw)
         timings['preprocess'] = _ms_since(start)
 
@@ -450,7 +497,6 @@ class DepthPipeline:
             depth_raw, confidence_raw = _unpack(self.estimator.infer(nchw))
         timings['network'] = _ms_since(start)
 
-        camera, camera_error = _resolve_camera(camera, width, height)  # may arrive late
         scale, scale_source = self._depth_scale(camera, config)
         range_m = self.depth_range_m(config, scale)
         start = time.perf_counter()
@@ -467,6 +513,10 @@ class DepthPipeline:
             config.out_of_range,
         )
         out_camera = None if camera is None else camera.scaled(output_hw[1], output_hw[0])
+        unseen = None if rectifier is None else rectifier.invalid_at(output_hw[1], output_hw[0])
+        if unseen is not None:  # rectified pixels outside the raw image: no estimate
+            depth_m[unseen] = np.nan
+            confidence[unseen] = 0.0
         timings['postprocess'] = _ms_since(start)
 
         cloud = None
@@ -479,11 +529,17 @@ class DepthPipeline:
                     cloud_rgb = cv2.resize(
                         rgb, (output_hw[1], output_hw[0]), interpolation=cv2.INTER_AREA
                     )
+            decimation = config.decimation or geometry.decimation_for_budget(
+                output_hw[1],
+                output_hw[0],
+                16 if config.cloud_rgb else 12,
+                config.cloud_budget_bytes,
+            )
             cloud = geometry.make_cloud(
                 depth_m,
                 out_camera,
                 rgb=cloud_rgb,
-                decimation=config.decimation,
+                decimation=decimation,
                 organized=config.organized,
             )
             timings['cloud'] = _ms_since(start)

@@ -19,8 +19,11 @@ Topics (relative, so a namespace and remappings place them; REP 118 / 117 / 103)
   publisher is known the node reads both ways (a reliable reader hears a reliable camera from
   its first frame, a best-effort one any camera) and takes each frame once; a matched event
   (rclpy >= 4.0) or the one-second graph poll (Humble) then keeps the one that fits.
-- out ``outputs.OUTPUTS`` (depth, depth/camera_info, depth/confidence, points, depth/colored),
-  all stamped with the image's stamp and optical frame_id; ``/diagnostics``.
+- out ``outputs.OUTPUTS`` (depth/image_rect, its sibling depth/camera_info, depth/confidence,
+  points, depth/colored), all stamped with the image's stamp and optical frame_id, all on one
+  rectified grid: raw images are rectified with their camera_info before the network
+  (``input_rectified`` declares rectified ones), and depth/camera_info is that rectified
+  camera (D = 0, K = P), as depth_image_proc, RViz and Nav2 read it; ``/diagnostics``.
 - QoS: every publisher and subscription takes ROS 2's standard ``qos_overrides.<topic>.*``
   parameters (rclpy ``QoSOverridingOptions``): history, depth and reliability of the outputs
   and /diagnostics, history and depth of the inputs (their reliability is
@@ -666,8 +669,9 @@ class DepthNodeBase:
         used: list[Any] = [None]
 
         def camera() -> Any:
-            # Looked up once the network has run: the CameraInfo sent with this image has
-            # arrived by then even when the executor handed over the image first.
+            # Looked up before the network, which sees the image rectified with it; the wait
+            # for the CameraInfo stamped like the image (_camera_info_for) covers an executor
+            # that hands over the image first.
             used[0] = camera_info = self._camera_info_for(msg.header)
             model, error = self._cameras.update(camera_info)
             if error:
@@ -716,8 +720,8 @@ class DepthNodeBase:
         source = result.scale_source
         if source == 'camera':
             note = (
-                f"x{result.depth_scale:.3f}: this camera's focal length over the model's "
-                f'canonical one'
+                f"x{result.depth_scale:.3f}: this camera's rectified focal length (P) over the "
+                f"model's canonical one"
             )
         elif source == 'assumed canonical':
             note = (

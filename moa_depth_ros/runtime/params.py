@@ -208,8 +208,9 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'depth_encoding',
         '32FC1',
-        "Encoding of `depth`: '32FC1' metres (NaN = invalid) or '16UC1' millimetres "
-        '(0 = invalid), as depth_image_proc accepts both.',
+        "Encoding of `depth/image_rect`: '32FC1' metres (REP 117: +Inf beyond max_depth_m, "
+        "-Inf below min_depth_m, NaN no estimate) or '16UC1' millimetres (0 for all three, "
+        'REP 118), as depth_image_proc accepts both.',
         'depth',
         choices=DEPTH_ENCODINGS,
         offline=True,
@@ -217,7 +218,7 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'min_depth_m',
         0.0,
-        "Depth below this is published as invalid; 0 uses the model's minimum.",
+        "Depth below this is published as too near (-Inf in 32FC1); 0 uses the model's minimum.",
         'depth',
         min_value=0.0,
         offline=True,
@@ -225,9 +226,21 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'max_depth_m',
         0.0,
-        "Depth above this is published as invalid; 0 uses the model's maximum.",
+        'Depth above this is published as out of range (+Inf in 32FC1, which Nav2 and '
+        "depthimage_to_laserscan clear free space with); 0 uses the model's maximum.",
         'depth',
         min_value=0.0,
+        offline=True,
+    ),
+    ParamSpec(
+        'input_rectified',
+        False,
+        "The images are already rectified (image_proc's `image_rect`, with the camera's own "
+        'camera_info): P is their camera and D is ignored, as every ROS consumer does. False '
+        '(raw images, the default): each image is rectified with its camera_info (plumb_bob, '
+        'rational_polynomial, equidistant) before the network. Either way depth, confidence '
+        'and points describe the rectified camera on `depth/camera_info` (D = 0, K = P).',
+        'depth',
         offline=True,
     ),
     ParamSpec(
@@ -275,11 +288,26 @@ SPECS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         'cloud_decimation',
-        1,
-        'Keep every N-th pixel in both directions for `points` (depth stays full size).',
+        0,
+        'Keep every N-th pixel in both directions for `points` (depth stays full size). 0 = '
+        'auto: the smallest N whose cloud fits in cloud_max_kib, so that best-effort '
+        "subscribers (Nav2's costmap layers: SensorDataQoS) receive it whole under Fast DDS "
+        'defaults (VGA: N 4, 19,200 points; 1280x720: N 7). 1 = every pixel (RViz: use the '
+        'DepthCloud display on depth/image_rect for a full-resolution view instead).',
         'cloud',
-        min_value=1,
+        min_value=0,
         max_value=16,
+        offline=True,
+    ),
+    ParamSpec(
+        'cloud_max_kib',
+        320,
+        'Size (KiB) an auto-decimated `points` stays within (cloud_decimation 0). Fast DDS '
+        'shares memory in 512 KiB segments by default; a larger cloud reaches reliable '
+        'subscribers but a best-effort one loses most of them.',
+        'cloud',
+        min_value=16,
+        max_value=1048576,
         offline=True,
     ),
     ParamSpec(
@@ -379,7 +407,9 @@ class _SettingsBehaviour:
             'cloud': self.publish_cloud,
             'cloud_rgb': self.cloud_rgb,
             'decimation': self.cloud_decimation,
+            'cloud_budget_bytes': self.cloud_max_kib * 1024,
             'organized': self.cloud_organized,
+            'input_rectified': self.input_rectified,
             'focal_correction': self.focal_length_correction,
             'flip_average': self.flip_average,
         }

@@ -95,3 +95,11 @@ format: $(STAMP)
 
 clean:
 	rm -rf build install log runs .pytest_cache .ruff_cache
+
+# GPU acceptance of the TensorRT backend, on a machine with an NVIDIA GPU (a desktop with a
+# CUDA 12 or 13 driver, or a Jetson with JetPack 6.1/6.2): builds .venv-gpu-LANE for this
+# machine (TRT=10 or 11 on a desktop, default 11) and runs test/gpu_acceptance.sh in it;
+# the result is runs/gpu-acceptance/gpu_acceptance.json.
+.PHONY: gpu-acceptance
+gpu-acceptance:
+	test/gpu_acceptance.sh --install $(GPU_ARGS)

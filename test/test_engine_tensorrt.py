@@ -1000,17 +1000,26 @@ def test_gpu_preflight_refuses_in_one_line(monkeypatch, capsys):
     assert capsys.readouterr().out.startswith('gpu-acceptance: ready: numpy 1.0')
 
 
-def test_gpu_acceptance_sh_refuses_without_its_environment(tmp_path):
-    """No GPU venv: one line saying how to get one, never a run on whatever python3 is."""
-    env = {
-        **os.environ,
-        'GPU_VENV': str(tmp_path / 'none'),
-        'PATH': f'{tmp_path}:{os.environ["PATH"]}',
-    }
-    env.pop('PYTHON', None)
-    nvidia_smi = tmp_path / 'nvidia-smi'  # a driver that supports CUDA 12.8
+@pytest.mark.parametrize(
+    ('cuda', 'trt', 'says'),
+    [
+        ('12.8', '', '.venv-gpu-cu12-trt11/bin/python'),  # TensorRT 11 unless asked
+        ('13.0', '10', '.venv-gpu-cu13-trt10/bin/python'),
+        ('11.8', '', 'needs a CUDA 12 or 13 driver'),
+    ],
+)
+def test_gpu_acceptance_sh_refuses_without_its_environment(tmp_path, cuda, trt, says):
+    """No lane venv: one line saying how to get one, never a run on whatever python3 is."""
+    if pathlib.Path('/etc/nv_tegra_release').exists():
+        pytest.skip('a Jetson: the lane is jetpack6 whatever nvidia-smi says')
+    env = {**os.environ, 'PATH': f'{tmp_path}:{os.environ["PATH"]}', 'TRT': trt}
+    for name in ('PYTHON', 'GPU_VENV'):
+        env.pop(name, None)
+    if not trt:
+        env.pop('TRT')
+    nvidia_smi = tmp_path / 'nvidia-smi'  # the header line of a driver for this CUDA
     nvidia_smi.write_text(
-        '#!/bin/sh\necho "| NVIDIA-SMI 570.86   Driver Version: 570.86   CUDA Version: 12.8 |"\n'
+        f'#!/bin/sh\necho "| NVIDIA-SMI 580.65  Driver Version: 580.65  CUDA Version: {cuda} |"\n'
     )
     nvidia_smi.chmod(0o755)
     done = subprocess.run(
@@ -1022,7 +1031,8 @@ def test_gpu_acceptance_sh_refuses_without_its_environment(tmp_path):
     )
     assert done.returncode == 2, done.stdout + done.stderr
     lines = (done.stdout + done.stderr).strip().splitlines()
-    assert len(lines) == 1 and 'make gpu-acceptance' in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith('gpu-acceptance: refused:'), lines
+    assert says in lines[0]
 
 
 @pytest.mark.tensorrt

@@ -105,34 +105,79 @@ def test_the_robot_pip_step_resolves_to_wheels(tmp_path, platform, python, arch,
         assert found['numpy'] == numpy  # the distribution's own, kept
 
 
+# The TensorRT lanes: (CUDA major of the driver, TensorRT major) -> the driver it needs.
+# NVIDIA's TensorRT prerequisites (docs.nvidia.com/deeplearning/tensorrt, installing-tensorrt/
+# prerequisites.html, 10.x and 11.x): r535+ on Linux for the CUDA 12 wheels, r580+ for CUDA 13.
+GPU_LANES = {
+    ('12', '10'): 'R535',
+    ('12', '11'): 'R535',
+    ('13', '10'): 'R580',
+    ('13', '11'): 'R580',
+}
+
+
+def _lane_file(cuda: str, trt: str) -> Path:
+    return ROOT / f'requirements-gpu-cu{cuda}-trt{trt}.txt'
+
+
+def test_each_gpu_lane_is_one_tensorrt_major_with_its_driver():
+    """A TensorRT 10 file and a TensorRT 11 file per CUDA major; pip never crosses majors."""
+    files = {p.name for p in ROOT.glob('requirements-gpu-*.txt')}
+    lanes = {_lane_file(cuda, trt).name for cuda, trt in GPU_LANES}
+    assert files == lanes | {'requirements-gpu-jetpack6.txt'}
+    for (cuda, trt), driver in GPU_LANES.items():
+        path = _lane_file(cuda, trt)
+        wanted = {
+            canonicalize_name(Requirement(line).name): Requirement(line)
+            for line in _requirements(path, '3.10', 'x86_64')
+        }
+        tensorrt = wanted[f'tensorrt-cu{cuda}'].specifier
+        major = int(trt)
+        assert Version(f'{major}.99') in tensorrt and Version(f'{major + 1}.0') not in tensorrt
+        assert Version(f'{major - 1}.99') not in tensorrt
+        # onnx: TensorRT 11 builds FP16 from an FP16 copy of the ONNX file that onnx writes.
+        assert ('onnx' in wanted) == (major == 11), path.name
+        assert Version(f'{cuda}.9') in wanted['cuda-python'].specifier
+        assert Version(f'{int(cuda) + 1}.0') not in wanted['cuda-python'].specifier
+        assert f'{driver} or newer' in path.read_text(), path.name
+
+
 @pytest.mark.registry
-@pytest.mark.parametrize('cuda', ['cu12', 'cu13'])
+@pytest.mark.parametrize(('cuda', 'trt'), sorted(GPU_LANES), ids=lambda v: v)
 @pytest.mark.parametrize('python', ['3.10', '3.12'])
-def test_the_gpu_variants_resolve(tmp_path, cuda, python):
-    path = ROOT / f'requirements-gpu-{cuda}.txt'
+def test_the_gpu_lanes_resolve(tmp_path, cuda, trt, python):
     wanted = {
         canonicalize_name(Requirement(line).name): Requirement(line)
-        for line in _requirements(path, python, 'x86_64')
+        for line in _requirements(_lane_file(cuda, trt), python, 'x86_64')
     }
-    # onnx: TensorRT 11 builds FP16 from an FP16 copy of the ONNX file that onnx writes.
-    assert set(wanted) == {f'tensorrt-{cuda}', 'cuda-python', 'onnx'}
+    wheels = [str(r) for name, r in wanted.items() if not name.startswith('tensorrt')]
     # cuda-python and onnx: wheels for this Python on a desktop.
     found = _resolve(
-        tmp_path,
-        python,
-        [
-            '--only-binary=:all:',
-            *_platform_args('x86_64', '2_35'),
-            str(wanted['cuda-python']),
-            str(wanted['onnx']),
-        ],
+        tmp_path, python, ['--only-binary=:all:', *_platform_args('x86_64', '2_35'), *wheels]
     )
-    assert Version(found['cuda-python']) in wanted['cuda-python'].specifier
-    assert Version(found['onnx']) in wanted['onnx'].specifier
+    for name, requirement in wanted.items():
+        if not name.startswith('tensorrt'):
+            assert Version(found[name]) in requirement.specifier
     # tensorrt-cuXX: a source package on PyPI that fetches NVIDIA's libraries when installed;
-    # resolving it alone proves a release in the range exists.
-    found = _resolve(tmp_path, python, ['--no-deps', str(wanted[f'tensorrt-{cuda}'])])
-    assert Version(found[f'tensorrt-{cuda}']) in wanted[f'tensorrt-{cuda}'].specifier
+    # resolving it alone proves a release of this lane's major exists.
+    name = f'tensorrt-cu{cuda}'
+    found = _resolve(tmp_path, python, ['--no-deps', str(wanted[name])])
+    assert Version(found[name]) in wanted[name].specifier
+    assert Version(found[name]).major == int(trt)
+
+
+@pytest.mark.registry
+def test_the_jetpack_lane_resolves_to_wheels(tmp_path):
+    """JetPack 6: CPython 3.10 on aarch64; TensorRT itself comes from JetPack's apt."""
+    path = ROOT / 'requirements-gpu-jetpack6.txt'
+    requirements = _requirements(path, '3.10', 'aarch64')
+    assert [canonicalize_name(Requirement(r).name) for r in requirements] == ['cuda-python']
+    found = _resolve(
+        tmp_path,
+        '3.10',
+        ['--only-binary=:all:', *_platform_args('aarch64', '2_35'), *requirements],
+    )
+    assert Version(found['cuda-python']) in Requirement(requirements[0]).specifier
 
 
 def test_the_runtime_package_needs_no_python_newer_than_3_10():

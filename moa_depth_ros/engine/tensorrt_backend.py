@@ -51,13 +51,14 @@ def import_tensorrt() -> ModuleType:
         raise EngineError(
             'TensorRT is not available (`import tensorrt` failed: '
             f'{type(e).__name__}: {e}); on a Jetson it comes with JetPack '
-            '(python3-libnvinfer), on a desktop GPU `pip install -r requirements-gpu-cu12.txt` '
-            '(or -cu13.txt for a CUDA 13 driver); or use the .onnx model with backend onnxruntime'
+            '(python3-libnvinfer), on a desktop GPU `pip install -r '
+            'requirements-gpu-cu12-trt11.txt` (cu13 for a CUDA 13 driver, trt10 for TensorRT '
+            '10); or use the .onnx model with backend onnxruntime'
         ) from e
     if not hasattr(trt, 'Runtime') or not hasattr(trt, '__version__'):
         raise EngineError(
             'the installed `tensorrt` package is a stub without the TensorRT libraries; '
-            'install TensorRT for this GPU (JetPack, or requirements-gpu-cu12.txt / -cu13.txt)'
+            'install TensorRT for this GPU (JetPack, or a requirements-gpu-cuXX-trtN.txt)'
         )
     version = version_tuple(trt.__version__)
     if version[:2] < MIN_TENSORRT_VERSION:

@@ -188,6 +188,7 @@ def _write_bag(
     depth_wh=(64, 48),
     storage='mcap',
     d=(0.0, 0.0, 0.0, 0.0, 0.0),
+    garbage_first=False,
 ):
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -219,6 +220,8 @@ def _write_bag(
             roi=roi,
         )
         writer.write(c_info, colour_ns[0], store.serialize_cdr(info, 'sensor_msgs/msg/CameraInfo'))
+        if garbage_first:  # a colour message no CDR reader can make sense of
+            writer.write(c_colour, colour_ns[0] - 1, b'\x00\x01not a message')
         rng = np.random.default_rng(0)
         events = [(t, 'c') for t in colour_ns] + [(t, 'd') for t in depth_ns]
         for stamp, kind in sorted(events):
@@ -289,6 +292,17 @@ def test_frames_are_rectified_as_the_node_rectifies_them(tmp_path):
     seen = ~rect.invalid if rect.invalid is not None else np.ones((48, 64), bool)
     assert np.all(first.depth_m[seen] == np.float32(2.0))
     assert np.all(first.depth_m[~seen] == 0.0)
+
+
+def test_an_unreadable_message_is_counted_and_the_rest_still_lines_up(tmp_path):
+    stamps = [START + i * PERIOD for i in range(40)]
+    _write_bag(tmp_path / 'bag', colour_ns=stamps, depth_ns=stamps, garbage_first=True)
+    rec = load_recording(_config(tmp_path / 'bag', edge_jump_rel=0.0), INPUT_HW)
+    assert sum(rec.report['undecodable'].values()) == 1
+    assert 'cannot deserialize' in next(iter(rec.report['undecodable']))
+    assert rec.report['paired'] == 40
+    raw = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    assert np.array_equal(rec.frames['train'][0].rgb, raw)  # the first readable frame
 
 
 def test_pairing_counts_in_a_recording(tmp_path):

@@ -392,13 +392,20 @@ def load_recording(config: RecordingConfig, image_hw: tuple[int, int]) -> Record
         colour_topic = resolve_topic(topics, config.image_topic, 'colour')
         depth_topic = resolve_topic(topics, config.depth_topic, 'depth')
         info_topic = resolve_topic(topics, config.info_topic, 'info')
+        # A message's ordinal counts every message of its topic, readable or not: the
+        # second pass finds the kept frames by it.
         ordinals = {colour_topic: 0, depth_topic: 0}
+        messages_read = 0
         bar = _progress(reader.message_count, config.progress, 'index')
         try:
             for conn, _, raw in reader.messages():
                 bar.update(1)
+                messages_read += 1
                 if conn.topic not in (colour_topic, depth_topic, info_topic):
                     continue
+                ordinal = ordinals.get(conn.topic, -1)
+                if conn.topic in ordinals:
+                    ordinals[conn.topic] += 1
                 try:
                     msg = typestore.deserialize_cdr(raw, conn.msgtype)
                 except Exception as e:  # rosbags raises several types for a foreign payload
@@ -408,8 +415,6 @@ def load_recording(config: RecordingConfig, image_hw: tuple[int, int]) -> Record
                 if conn.topic == info_topic:
                     infos.append(msg)
                     continue
-                ordinal = ordinals[conn.topic]
-                ordinals[conn.topic] += 1
                 try:
                     if conn.topic == colour_topic:
                         rgb = msgs.decode_camera_image(msg)
@@ -433,7 +438,7 @@ def load_recording(config: RecordingConfig, image_hw: tuple[int, int]) -> Record
                     undecodable[key] = undecodable.get(key, 0) + 1
         finally:
             bar.close()
-        recovered = reader.recovery_note(sum(ordinals.values()) + len(infos))
+        recovered = reader.recovery_note(messages_read)
 
     if not colour or not depth:
         raise DatasetError(
@@ -509,11 +514,15 @@ def load_recording(config: RecordingConfig, image_hw: tuple[int, int]) -> Record
                 table = want_colour if conn.topic == colour_topic else want_depth
                 if ordinal not in table:
                     continue
-                msg = typestore.deserialize_cdr(raw, conn.msgtype)
-                if conn.topic == colour_topic:
-                    decoded_rgb[table[ordinal]] = np.array(msgs.decode_camera_image(msg))
-                else:
-                    decoded_depth[table[ordinal]] = decode_depth_msg(msg)
+                msg = typestore.deserialize_cdr(raw, conn.msgtype)  # it did in pass 1
+                try:
+                    if conn.topic == colour_topic:
+                        decoded_rgb[table[ordinal]] = np.array(msgs.decode_camera_image(msg))
+                    else:
+                        decoded_depth[table[ordinal]] = decode_depth_msg(msg)
+                except MoaDepthError as e:  # a depth payload only pass 2 decodes: frame lost
+                    key = f'{conn.topic}: {type(e).__name__}: {e}'
+                    undecodable[key] = undecodable.get(key, 0) + 1
         finally:
             bar.close()
 
@@ -522,7 +531,7 @@ def load_recording(config: RecordingConfig, image_hw: tuple[int, int]) -> Record
     mask_counts: dict[str, int] = {}
     for ci in sorted(chosen):
         if ci not in decoded_rgb or ci not in decoded_depth:
-            continue  # unreadable on the second pass: counted as undecodable already
+            continue  # its depth payload did not decode: counted in undecodable
         camera = cameras[max(0, colour[ci].info_index)]
         rgb, depth_m = decoded_rgb.pop(ci), decoded_depth.pop(ci)
         if (bx, by) != (1, 1):  # binned depth onto the colour grid, never blended

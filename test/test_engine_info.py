@@ -108,6 +108,12 @@ def test_engine_info_from_sidecar_and_without_one(tmp_path, capsys):
     text = format_description(describe_model_file(engine))
     assert 'passed against onnxruntime fp32 (CPU): worst mean relative depth error 0.050%' in text
     assert '(saturated input), 2 build(s)' in text and '... (12 in all)' in text
+    # A sidecar from a build that judged confidence too says its worst confidence error.
+    parity['inputs']['random']['confidence_mean_abs_err'] = 0.0031
+    parity['inputs']['saturated']['confidence_mean_abs_err'] = 0.0007
+    cache.write_sidecar(engine, dataclasses.replace(sidecar, parity=parity))
+    text = format_description(describe_model_file(engine))
+    assert '(saturated input), worst mean confidence error 0.0031, 2 build(s)' in text
     engine.write_bytes(b'replaced')
     assert 'sha256' in describe_model_file(engine)['problems'][0]
 

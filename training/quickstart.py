@@ -451,17 +451,20 @@ def _read_depths(path: pathlib.Path) -> tuple[dict, dict]:
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
 
+    from moa_depth_ros.bag.process import IMAGE, output_topics
     from moa_depth_ros.frame import msgs
 
+    # Where moa-depth bag writes the depth of /camera/image_raw (depth/image_rect beside it).
+    depth_topic = output_topics('/camera/image_raw', IMAGE)['depth']
     typestore = get_typestore(Stores.ROS2_HUMBLE)
-    out: dict[str, dict] = {'/camera/depth': {}, '/camera/depth_gt': {}}
+    out: dict[str, dict] = {depth_topic: {}, '/camera/depth_gt': {}}
     with Reader(path) as reader:
         wanted = [c for c in reader.connections if c.topic in out]
         for conn, _, raw in reader.messages(connections=wanted):
             msg = typestore.deserialize_cdr(raw, conn.msgtype)
             stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
             out[conn.topic][stamp] = msgs.decode_depth(msg)
-    return out['/camera/depth'], out['/camera/depth_gt']
+    return out[depth_topic], out['/camera/depth_gt']
 
 
 def _write_preview(

@@ -190,6 +190,7 @@ def facts(report: Report) -> None:
     trt = tensorrt_backend.import_tensorrt()
     cuda = tensorrt_backend.default_cuda_api('cuda:0')
     report.facts.update(
+        lane=os.environ.get('MOA_GPU_LANE', 'not set (run through gpu_acceptance.sh)'),
         python=sys.version.split()[0],
         tensorrt=str(trt.__version__),
         build_api='weakly typed (10.x)'

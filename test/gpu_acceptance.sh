@@ -24,10 +24,11 @@
 # dominate. Full-size networks: MoA-DepthCLIP (ViT-B/32 at 224x224, ~4.4 GFLOPs) in FP16
 # and DepthCLIP (RN50 at 416x544, ~18 GFLOPs: 4.1 at 224x224 scaled by the pixel count) in
 # FP32. TensorRT's build time is mostly timing candidate kernels, so it grows with layer
-# count and kernel run time: an AGX Orin (~40 dense FP16 tensor TFLOPS, ~5 FP32 TFLOPS, a
-# slower CPU) runs kernels ~10-20x slower than the desktop GPUs on which builds of ViT-B-
-# and ResNet-50-sized networks take well under a minute. Estimate per full-size build on
-# AGX Orin: 1.5-3 min (Orin NX / Nano: 3-6 min). Iterations: MoA-DepthCLIP FP16 ~5-10 ms,
+# count and kernel run time: an AGX Orin (~40 dense FP16 tensor TFLOPS, ~5 FP32 TFLOPS, an
+# Arm CPU for the builder's own work) runs kernels ~4x (RTX 4090) to ~20x (H100) slower
+# than the desktop GPUs on which builds of ViT-B- and ResNet-50-sized networks typically
+# take under a minute. Estimate per full-size build on AGX Orin: 1.5-3 min (Orin NX /
+# Nano, with a half or a quarter of its GPU: 3-6 min). Iterations: MoA-DepthCLIP FP16 ~5-10 ms,
 # DepthCLIP FP32 ~30-40 ms on AGX Orin; the loop is cut to what the budget has left.
 #   AGX Orin: facts + export on its CPU ~1 min, the tiny models' eight builds ~1.5 min,
 #   MoA-DepthCLIP fp16 build + parity + 1000 iterations 2-3.5 min: the node's default
@@ -113,6 +114,7 @@ fi
 
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+export MOA_GPU_LANE="${name:-given by PYTHON=$python}"  # recorded in the result's facts
 "$python" test/gpu_preflight.py || exit 2
 work="$(mktemp -d "${TMPDIR:-/tmp}/moa-depth-gpu.XXXXXX")"
 trap 'rm -rf "$work"' EXIT

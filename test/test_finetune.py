@@ -86,20 +86,21 @@ def test_every_depth_format_and_storage_reads_the_same_labels(recordings):
                 np.testing.assert_allclose(mine.K, ref.K)
 
 
-@pytest.mark.parametrize('encoding', ['bgr8', 'rgba8', 'yuv422_yuy2', 'mono16', 'jpeg'])
+@pytest.mark.parametrize('encoding', ['bgr8', 'rgba8', 'yuv422_yuy2', 'mono16', 'jpeg', 'png'])
 def test_colour_encodings_the_node_accepts(recordings, tmp_path, encoding):
     reference = load_recording(_config(recordings['mcap', '16UC1']), INPUT_HW)
     path = tmp_path / encoding
     write_rgbd_recording([path], ['16UC1'], SMALL_DRIVE, colour_encoding=encoding)
     rec = load_recording(_config(path), INPUT_HW)
     assert rec.report['topics']['colour'] == COLOR_TOPIC + (
-        '/compressed' if encoding == 'jpeg' else ''
+        '/compressed' if encoding in ('jpeg', 'png') else ''
     )
     got, want = rec.frames['train'][0].rgb.astype(float), reference.frames['train'][0].rgb
     if encoding == 'mono16':
         want = np.repeat(want.astype(float).mean(axis=2, keepdims=True), 3, axis=2)
     # yuv422 shares chroma between two pixels; jpeg is lossy: close, not equal.
-    tolerance = {'bgr8': 0, 'rgba8': 0, 'mono16': 3, 'yuv422_yuy2': 12, 'jpeg': 12}[encoding]
+    tolerance = {'bgr8': 0, 'rgba8': 0, 'png': 0, 'mono16': 3, 'yuv422_yuy2': 12, 'jpeg': 12}
+    tolerance = tolerance[encoding]
     assert np.abs(got - want).mean() <= tolerance
     for block, frames in reference.frames.items():
         for mine, ref in zip(rec.frames[block], frames):

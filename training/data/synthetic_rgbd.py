@@ -52,6 +52,8 @@ from training.data.synthetic_bag import (
 
 #: Depth formats of a recording: Image encodings, compressedDepth codecs, or none (RGB only).
 DEPTH_FORMATS = ('16UC1', '32FC1', 'compressedDepth png', 'compressedDepth rvl', 'none')
+#: Colour as image_transport's compressed transport (CompressedImage on <topic>/compressed).
+COMPRESSED_COLOUR = ('jpeg', 'png')
 #: Rooms of the demonstration environment: seeds beyond every synthetic split's range
 #: (``training.data.splits.SYNTHETIC_SEED_RANGES`` ends at 1,200,000).
 ENVIRONMENT_SEED = 5_000_000
@@ -213,7 +215,7 @@ def write_rgbd_recording(
 ) -> RecordingInfo:
     """Render one drive and write it to one bag per entry of ``depth_formats``.
 
-    Every bag holds the same colour frames (``colour_encoding``, or 'jpeg' for a
+    Every bag holds the same colour frames (``colour_encoding``, or 'jpeg' / 'png' for a
     CompressedImage on ``<topic>/compressed``) and CameraInfo; the depth differs only in how
     it is stored ('none': an RGB-only recording). ``first_lap`` > 0 starts the loops where a
     later visit would (an RGB-only drive on other paths through the same rooms).
@@ -246,10 +248,9 @@ def write_rgbd_recording(
         ]
         rooms[room_seed] = clear_path(spec, [p[0] for p in poses])
 
-    colour_topic = COLOR_TOPIC + ('/compressed' if colour_encoding == 'jpeg' else '')
-    colour_type = (
-        'sensor_msgs/msg/CompressedImage' if colour_encoding == 'jpeg' else 'sensor_msgs/msg/Image'
-    )
+    compressed = colour_encoding in COMPRESSED_COLOUR
+    colour_topic = COLOR_TOPIC + ('/compressed' if compressed else '')
+    colour_type = 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'
     staging_dirs, writers, conns = [], [], []
     try:
         for path, fmt in zip(paths, depth_formats):
@@ -294,12 +295,14 @@ def write_rgbd_recording(
                     depth_header = _header(types, depth_stamp, OPTICAL_FRAME)
                     info = _camera_info_msg(types, header, view)
                     depth_info = _camera_info_msg(types, depth_header, view)
-                    if colour_encoding == 'jpeg':
-                        ok, jpeg = cv2.imencode('.jpg', sample.rgb[..., ::-1])
+                    if colour_encoding in COMPRESSED_COLOUR:
+                        ok, payload = cv2.imencode(f'.{colour_encoding}', sample.rgb[..., ::-1])
                         if not ok:
-                            raise ConfigError('JPEG encoding failed')
+                            raise ConfigError(f'{colour_encoding} encoding failed')
                         colour = types['sensor_msgs/msg/CompressedImage'](
-                            header=header, format='rgb8; jpeg compressed bgr8', data=jpeg.ravel()
+                            header=header,
+                            format=f'rgb8; {colour_encoding} compressed bgr8',
+                            data=payload.ravel(),
                         )
                     else:
                         data, step = encode_image(sample.rgb, colour_encoding)

@@ -16,6 +16,7 @@ from typing import Callable
 # (import name, what provides it, why the acceptance run needs it)
 MODULES = (
     ('numpy', 'numpy', 'arrays'),
+    ('cv2', 'opencv-python-headless', 'the frame path the package imports'),
     ('torch', 'torch', 'exports the networks'),
     ('open_clip', 'open_clip_torch', 'the CLIP towers'),
     ('timm', 'timm', 'the CLIP towers'),

@@ -104,10 +104,11 @@ def _cuda_available() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _launch_ros_problem() -> str | None:
-    # The repository's own launch/ folder would pass for a namespace package called `launch`.
-    if not _importable('launch_ros'):
-        return 'ROS 2 launch_ros is not installed (a ROS 2 installation; not on PyPI)'
-    return None
+    # A ROS installation's launch_ros, else Jazzy's sources beside the repository (not on PyPI;
+    # test/launch_sources.py says where and why).
+    from launch_sources import use_launch_sources
+
+    return use_launch_sources()
 
 
 @functools.lru_cache(maxsize=None)

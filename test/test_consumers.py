@@ -312,3 +312,33 @@ def test_rectified_input_is_not_undistorted_again_and_scales_with_p(ros_domain, 
     scale_k = np.sqrt(60.0 * 32 / W * 61.0 * 24 / H) / 20.0
     assert abs(scale_k / scale_p - 1) > 0.03  # the two are told apart at this tolerance
     assert_same_cloud(consumer_cloud(depth, info), node_cloud(cloud))
+
+
+@pytest.mark.ros2
+@pytest.mark.slow
+@pytest.mark.parametrize(('width', 'height'), [(640, 480), (1280, 720)])
+def test_a_nav2_subscriber_gets_the_clouds_a_reliable_one_gets(
+    tmp_path, ros_domain, width, height
+):
+    # Nav2's costmap layers subscribe to PointCloud2 with SensorDataQoS (best effort, keep
+    # last 5), as depth_image_proc's point_cloud_xyz publishes it. With default parameters
+    # and Fast DDS defaults (512 KiB shared-memory segments) such a subscriber, as its own
+    # process, must get >= 95 % of what a reliable one gets from a reliable 15 Hz camera.
+    from moa_depth_ros.bench import live
+
+    model = write_tiny_onnx(tmp_path / 'tiny.onnx', range_m=(0.5, 10.0))
+    result = live.measure_live(
+        model,
+        backend='onnxruntime',
+        frames=90,
+        warmup_frames=15,
+        width=width,
+        height=height,
+        idle_s=0.5,
+        domain_id=ros_domain,
+    )
+    nav = result['navigation']
+    print(f'{width}x{height}: {nav}')
+    assert nav['clouds_reliable'] >= 60, result
+    assert nav['clouds_sensor_data_qos'] >= 0.95 * nav['clouds_reliable'], nav
+    assert nav['cloud_kib'] <= 320, nav

@@ -4,8 +4,12 @@ Reads a rosbag2 (MCAP or sqlite3, with ``rosbags``), runs the same ``DepthPipeli
 ``depth_node`` on every image of one camera, and writes a new rosbag2 holding every input
 topic unchanged plus the node's outputs next to the image::
 
-    /camera/image_raw  ->  /camera/depth, /camera/depth/camera_info, /camera/depth/confidence,
-                           /camera/points, /camera/depth/colored (with --publish-colored)
+    /camera/image_raw  ->  /camera/depth/image_rect, /camera/depth/camera_info,
+                           /camera/depth/confidence, /camera/points,
+                           /camera/depth/colored (with --publish-colored)
+
+all on the rectified camera of the image (``frame.rectify``; ``--input-rectified`` for
+recordings of image_proc's image_rect), with REP 117 depth values, as the node has them.
 
 Output messages carry the image's header stamp and frame_id and are logged at the image's
 bag time, as a node recording would have them (without the inference delay). Each image
@@ -101,7 +105,8 @@ def _parent(topic: str) -> str:
 def output_topics(image_topic: str, msgtype: str, namespace: str | None = None) -> dict[str, str]:
     """Output topic names for an image topic: its namespace + the node's relative names.
 
-    ``/camera/image_raw`` (or ``/camera/image_raw/compressed``) gives ``/camera/depth``,
+    ``/camera/image_raw`` (or ``/camera/image_raw/compressed``) gives
+    ``/camera/depth/image_rect``,
     ``/camera/points``, ...; ``namespace`` overrides the ``/camera`` part.
     """
     if namespace is None:

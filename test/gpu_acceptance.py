@@ -272,7 +272,8 @@ def judge_engine(report: Report, label: str, onnx_path: pathlib.Path, engine: An
     if sidecar.precision == 'fp16':
         ok = counts.get('fp16', 0) > 0
     else:
-        ok = counts.get('fp16', 0) == 0 and not sidecar.tf32
+        reduced = sum(counts.get(kind, 0) for kind in ('fp16', 'bf16', 'fp8'))
+        ok = reduced == 0 and not sidecar.tf32
     report.check(
         f'{label}: inspector layer precisions fit {sidecar.precision}',
         ok,

@@ -87,6 +87,18 @@ ARGUMENTS = (
         'camera; publish its transform to the optical frame).',
     ),
     ('log_level', 'info', 'Log level of depth_node.'),
+    (
+        'managed',
+        'false',
+        'Start managed_depth_node, the lifecycle variant: unconfigured until a lifecycle '
+        "manager (Nav2's lifecycle_manager, `ros2 lifecycle set`) or autostart drives it.",
+    ),
+    (
+        'autostart',
+        'true',
+        'With managed:=true, configure and activate the node from this launch file; false '
+        'leaves that to a lifecycle manager.',
+    ),
 )
 
 
@@ -162,7 +174,9 @@ def _launch_setup(context, *args, **kwargs):
     laserscan = value['laserscan'].lower() in ('true', '1', 'yes')
     # Everything is resolved before any action is returned: launch starts the nodes one by
     # one and would leave the first running when a later one turns out to be missing.
-    share = _installed_share(PACKAGE, 'depth_node', 'the depth node')
+    managed = value['managed'].lower() in ('true', '1', 'yes')
+    executable = 'managed_depth_node' if managed else 'depth_node'
+    share = _installed_share(PACKAGE, executable, 'the depth node')
     driver = _camera_driver(camera, value['video_device'], value['frame_id'])
     if driver is not None:
         _installed_share(driver.package, driver.executable, f'camera:={camera}')
@@ -185,22 +199,25 @@ def _launch_setup(context, *args, **kwargs):
     actions = []
     if driver is not None:
         actions.append(driver.node)
-    actions.append(
-        Node(
-            package=PACKAGE,
-            executable='depth_node',
-            name='moa_depth_node',
-            parameters=parameters,
-            remappings=[
-                ('image', image_topic),
-                ('image/compressed', f'{image_topic}/compressed'),
-                ('camera_info', value['camera_info_topic']),
-            ],
-            arguments=['--ros-args', '--log-level', value['log_level']],
-            output='screen',
-            emulate_tty=True,
-        )
-    )
+    depth_node = {
+        'package': PACKAGE,
+        'executable': executable,
+        'name': 'moa_depth_node',
+        'parameters': parameters,
+        'remappings': [
+            ('image', image_topic),
+            ('image/compressed', f'{image_topic}/compressed'),
+            ('camera_info', value['camera_info_topic']),
+        ],
+        'arguments': ['--ros-args', '--log-level', value['log_level']],
+        'output': 'screen',
+        'emulate_tty': True,
+    }
+    if managed:
+        autostart = value['autostart'].lower() in ('true', '1', 'yes')
+        actions += _managed(depth_node, autostart)
+    else:
+        actions.append(Node(**depth_node))
     if laserscan:
         actions.append(
             Node(
@@ -232,6 +249,42 @@ def _launch_setup(context, *args, **kwargs):
             )
         )
     return actions
+
+
+def _managed(depth_node, autostart):
+    """Return the lifecycle node and, with autostart, the events that configure and activate it.
+
+    As launch_ros's examples/lifecycle_pub_sub_launch.py: ChangeState(configure) once the
+    process runs, ChangeState(activate) when the node reaches 'inactive'. A failed configure
+    leaves it unconfigured (its log says why) and nothing activates it.
+    """
+    # Imported here: only a managed launch needs them (and lifecycle_msgs).
+    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch.events import matches_action
+    from launch_ros.actions import LifecycleNode
+    from launch_ros.event_handlers import OnStateTransition
+    from launch_ros.events.lifecycle import ChangeState
+    from lifecycle_msgs.msg import Transition
+
+    node = LifecycleNode(namespace='', **depth_node)
+    if not autostart:
+        return [node]
+
+    def transition(transition_id):
+        return EmitEvent(
+            event=ChangeState(
+                lifecycle_node_matcher=matches_action(node), transition_id=transition_id
+            )
+        )
+
+    activate = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=node,
+            goal_state='inactive',
+            entities=[transition(Transition.TRANSITION_ACTIVATE)],
+        )
+    )
+    return [activate, node, transition(Transition.TRANSITION_CONFIGURE)]
 
 
 def _in_namespace(context, *args, **kwargs):

@@ -288,3 +288,65 @@ def test_real_launch_loads_the_file_and_declares_its_arguments():
     description = source.try_get_launch_description_without_context()
     names = {arg.name for arg in description.get_launch_arguments()}
     assert {'model', 'camera', 'namespace', 'use_rviz', 'params_file'} <= names
+
+
+def _managed_stand_ins(monkeypatch):
+    """Add the launch / launch_ros classes a managed launch uses (lifecycle_msgs: real)."""
+    stand_ins = {
+        'launch.actions': ['EmitEvent', 'RegisterEventHandler'],
+        'launch_ros.actions': ['LifecycleNode'],
+        'launch_ros.event_handlers': ['OnStateTransition'],
+        'launch_ros.events.lifecycle': ['ChangeState'],
+    }
+    for module_name, classes in stand_ins.items():
+        module = sys.modules.get(module_name) or types.ModuleType(module_name)
+        for name in classes:
+            setattr(module, name, type(name, (_Recorded,), {}))
+        monkeypatch.setitem(sys.modules, module_name, module)
+    events = types.ModuleType('launch.events')
+    events.matches_action = lambda action: ('matches', action)
+    monkeypatch.setitem(sys.modules, 'launch.events', events)
+    monkeypatch.setitem(sys.modules, 'launch_ros.events', types.ModuleType('launch_ros.events'))
+
+
+@pytest.mark.parametrize('autostart', ['true', 'false'])
+def test_managed_launch_starts_the_lifecycle_node_and_autostart_drives_it(
+    launch_file, prefix, monkeypatch, autostart
+):
+    # As launch_ros's examples/lifecycle_pub_sub_launch.py: configure once started, activate
+    # on reaching 'inactive'; without autostart a lifecycle manager drives it.
+    pytest.importorskip('lifecycle_msgs', reason='lifecycle_msgs is not installed')
+    from lifecycle_msgs.msg import Transition
+
+    _managed_stand_ins(monkeypatch)
+    install(prefix, 'moa_depth_ros', 'managed_depth_node')
+    description = launch_file.generate_launch_description()
+    entities = description.args[0]
+    declared = {
+        e.args[0]: e.kwargs['default_value'] for e in entities if type(e).__name__.startswith('D')
+    }
+    assert declared['managed'] == 'false' and declared['autostart'] == 'true'
+    context = types.SimpleNamespace(
+        launch_configurations={**declared, 'managed': 'true', 'autostart': autostart}
+    )
+    (opaque,) = [e for e in entities if type(e).__name__ == 'OpaqueFunction']
+    (group,) = opaque.kwargs['function'](context)
+    _, *actions = group.args[0]
+    kinds = [type(a).__name__ for a in actions]
+    (node,) = [a for a in actions if type(a).__name__ == 'LifecycleNode']
+    assert node.kwargs['executable'] == 'managed_depth_node'
+    assert node.kwargs['name'] == 'moa_depth_node' and node.kwargs['namespace'] == ''
+    assert ('image', 'image_raw') in node.kwargs['remappings']
+    if autostart == 'false':
+        assert kinds == ['LifecycleNode']
+        return
+    assert kinds == ['RegisterEventHandler', 'LifecycleNode', 'EmitEvent']
+    (handler,) = actions[0].args
+    assert handler.kwargs['target_lifecycle_node'] is node
+    assert handler.kwargs['goal_state'] == 'inactive'
+    (activate,) = handler.kwargs['entities']
+    event = activate.kwargs['event']
+    assert event.kwargs['transition_id'] == Transition.TRANSITION_ACTIVATE
+    assert event.kwargs['lifecycle_node_matcher'] == ('matches', node)
+    configure = actions[2].kwargs['event']
+    assert configure.kwargs['transition_id'] == Transition.TRANSITION_CONFIGURE

@@ -244,15 +244,15 @@ class NodeStatistics:
         if worker_stopped:
             values.append(('inference thread', f'stopped: {worker_stopped}'))
             level, message = ERROR, f'inference thread stopped: {worker_stopped}'
+        elif not listened:
+            level, message = (
+                OK,
+                'idle: no subscriber on any output (image not subscribed, no inference)',
+            )
         elif received == 0:
             level, message = STALE, 'no image received yet'
         elif since_input_s > self._stale_after_s:
             level, message = STALE, f'no image for {since_input_s:.1f} s'
-        elif not listened:
-            level, message = (
-                OK,
-                f'idle: no subscriber on any output, {in_hz:.1f} Hz images not processed',
-            )
         elif published == 0 and failed > 0:
             level, message = ERROR, f'every frame fails: {last_error}'
         elif failed > 0 and out_hz == 0.0:

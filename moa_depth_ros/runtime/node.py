@@ -29,8 +29,10 @@ Topics (relative, so a namespace and remappings place them; REP 118 / 117 / 103)
   and /diagnostics, history and depth of the inputs (their reliability is
   ``input_reliability``: the one source, since a re-created subscription would reuse the
   first override value on Humble).
-- Lazy: with no subscriber on any output a frame is counted and not processed (no decode, no
-  network); /diagnostics says so.
+- Lazy, as depth_image_proc: with no subscriber on any output the node does not subscribe to
+  the image at all (no transfer, no decode, no network; /diagnostics says idle), and it
+  subscribes again when an output gets one: on the publisher's matched event (rclpy >= 4.0)
+  or at the next graph poll (Humble).
 
 Written against rclpy's API as Humble, Jazzy and Kilted share it, with feature-detected
 additions (matched events), and tested on real rclpy (Jazzy, Kilted) over Fast DDS
@@ -62,9 +64,17 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 
 try:  # Iron and later
-    from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
+    from rclpy.event_handler import (
+        PublisherEventCallbacks,
+        SubscriptionEventCallbacks,
+        UnsupportedEventTypeError,
+    )
 except ImportError:  # Humble
-    from rclpy.qos_event import SubscriptionEventCallbacks, UnsupportedEventTypeError
+    from rclpy.qos_event import (
+        PublisherEventCallbacks,
+        SubscriptionEventCallbacks,
+        UnsupportedEventTypeError,
+    )
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -294,12 +304,15 @@ class DepthNodeBase:
     def _activate(self) -> None:
         """Publish, subscribe, run timers and the inference thread."""
         settings = self._settings
+        # An output that gains or loses its first subscriber subscribes or drops the image.
+        events = {'matched': self._on_graph_event} if MATCHED_EVENTS else {}
         with self._publish_lock:
             self._publishers_by_topic = {
                 output.key: self.create_publisher(
                     _MESSAGE_CLASSES[output.msgtype],
                     output.topic,
                     output_qos(),
+                    event_callbacks=PublisherEventCallbacks(**events),
                     qos_overriding_options=QoSOverridingOptions(_OUTPUT_OVERRIDES),
                 )
                 for output in outputs.OUTPUTS
@@ -402,15 +415,19 @@ class DepthNodeBase:
         return COMPRESSED_TOPIC if self._settings.image_transport == 'compressed' else IMAGE_TOPIC
 
     def _input_topics(self) -> dict[str, tuple[Any, Any]]:
-        """Map each input topic the settings ask for to (message type, callback): one transport."""
+        """Map each input topic wanted now to (message type, callback).
+
+        One image transport, and the image only while some output has a subscriber (lazy);
+        camera_info always (small, and cached for the first frame).
+        """
+        topics = {CAMERA_INFO_TOPIC: (CameraInfo, self._on_camera_info)}
+        if not self._listened():
+            return topics
         if self._settings.image_transport == 'compressed':
-            image = (CompressedImage, self._on_compressed_image)
+            topics[COMPRESSED_TOPIC] = (CompressedImage, self._on_compressed_image)
         else:
-            image = (Image, self._on_image)
-        return {
-            self._image_topic(): image,
-            CAMERA_INFO_TOPIC: (CameraInfo, self._on_camera_info),
-        }
+            topics[IMAGE_TOPIC] = (Image, self._on_image)
+        return topics
 
     def _refresh_inputs(self) -> None:
         """Create, retire or drop input subscriptions to match settings and publishers."""
@@ -461,9 +478,9 @@ class DepthNodeBase:
     def _subscribe(self, msg_type: Any, topic: str, callback: Any, reliability: str) -> Any:
         # A publisher that matches, or one whose QoS the reader cannot match (a best-effort
         # camera beside the reliable reader), is a reason to look at the publishers now.
-        events: dict[str, Callable[[Any], None]] = {'incompatible_qos': self._on_input_matched}
+        events: dict[str, Callable[[Any], None]] = {'incompatible_qos': self._on_graph_event}
         if MATCHED_EVENTS:
-            events['matched'] = self._on_input_matched
+            events['matched'] = self._on_graph_event
         if topic != CAMERA_INFO_TOPIC and self._loss_reported:
             events['message_lost'] = functools.partial(self._on_message_lost, topic, reliability)
         try:
@@ -496,7 +513,7 @@ class DepthNodeBase:
             return None
         return '+'.join(sorted(current.subscriptions, reverse=True))
 
-    def _on_input_matched(self, info: Any) -> None:
+    def _on_graph_event(self, info: Any) -> None:
         if self._graph_changed is None:  # deactivated meanwhile
             return
         # Not here: this runs inside the subscription's event handler, which the refresh may

@@ -105,6 +105,33 @@ def test_the_robot_pip_step_resolves_to_wheels(tmp_path, platform, python, arch,
         assert found['numpy'] == numpy  # the distribution's own, kept
 
 
+AARCH64 = [p for p in PLATFORMS if p[2] == 'aarch64']
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize(
+    ('platform', 'python', 'arch', 'glibc', 'numpy'), AARCH64, ids=[p[0] for p in AARCH64]
+)
+def test_the_openvino_backend_resolves_to_wheels_on_arm(
+    tmp_path, platform, python, arch, glibc, numpy
+):
+    """OpenVINO's aarch64 wheels carry its ARM CPU plugin (a Jetson's CPU, a Raspberry Pi 5)."""
+    constraints = [f'numpy=={numpy}'] if numpy else []
+    requirements = [
+        *_requirements(ROOT / 'requirements.txt', python, arch),
+        *_requirements(ROOT / 'requirements-openvino.txt', python, arch),
+    ]
+    found = _resolve(
+        tmp_path,
+        python,
+        ['--only-binary=:all:', *_platform_args(arch, glibc), *requirements],
+        constraints,
+    )
+    wanted = Requirement(_requirements(ROOT / 'requirements-openvino.txt', python, arch)[0])
+    assert Version(found['openvino']) in wanted.specifier, found
+    assert Version(found['numpy']) < Version('2'), found
+
+
 # The TensorRT lanes: (CUDA major of the driver, TensorRT major) -> the driver it needs.
 # NVIDIA's TensorRT prerequisites (docs.nvidia.com/deeplearning/tensorrt, installing-tensorrt/
 # prerequisites.html, 10.x and 11.x): r535+ on Linux for the CUDA 12 wheels, r580+ for CUDA 13.

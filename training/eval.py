@@ -158,6 +158,7 @@ def evaluate_pipeline(
     metric_config,
     on_sample: Callable[[dict, torch.Tensor], None] | None = None,
     resize: str = 'node',
+    compare: dict | None = None,
 ):
     """Score ``dataset`` through a ``DepthPipeline``: what the node publishes for each image.
 
@@ -169,6 +170,12 @@ def evaluate_pipeline(
     each image to the network input with ``pil_bicubic_resize`` first (the camera model
     scaled with it), so the pipeline's own resize has nothing left to do. Returns the
     ``MetricAccumulator``.
+
+    ``compare``: {name: another pipeline} scored on the very same frames (e.g. the INT8
+    model beside FP32); each gets a ``MetricAccumulator`` and the agreement of its depth
+    with ``pipeline``'s (``depth_agreement`` per frame);
+    the accumulator returned carries as ``compared[name]``: {'metrics': its accumulator,
+    'agreement': [per-frame numbers]}.
     """
     import dataclasses
 
@@ -178,7 +185,14 @@ def evaluate_pipeline(
 
     if resize not in RESIZES:
         raise ConfigError(f'resize must be one of {", ".join(RESIZES)}, got {resize!r}')
+    from moa_depth_ros.engine.accuracy import depth_agreement
+
     accumulator = MetricAccumulator(metric_config)
+    compare = dict(compare or {})
+    others = {
+        name: {'pipeline': other, 'metrics': MetricAccumulator(metric_config), 'agreement': []}
+        for name, other in compare.items()
+    }
     for index in range(len(dataset)):
         sample = dataset[index]
         rgb = (sample['image'].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
@@ -206,8 +220,16 @@ def evaluate_pipeline(
         result = pipeline.process_rgb(rgb, camera, config)
         depth_m = torch.from_numpy(result.depth_m)[None, None]
         accumulator.update(depth_m, gt_m[None])
+        for other in others.values():
+            got = other['pipeline'].process_rgb(rgb, camera, config).depth_m
+            other['metrics'].update(torch.from_numpy(got)[None, None], gt_m[None])
+            other['agreement'].append(depth_agreement(result.depth_m, got))
         if on_sample is not None:
             on_sample(sample, depth_m)
+    accumulator.compared = {
+        name: {'metrics': other['metrics'], 'agreement': other['agreement']}
+        for name, other in others.items()
+    }
     return accumulator
 
 
@@ -322,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--backend', default='auto', choices=('auto', *BACKENDS), help='backend for --model'
     )
+    parser.add_argument(
+        '--int8',
+        metavar='MODEL.int8.xml',
+        help='also score this INT8 model (python -m training export --int8) on the same '
+        'frames and print it next to the --model/--checkpoint, with how closely its depth '
+        "follows theirs (the package's accuracy bar)",
+    )
     parser.add_argument('--json', help='also write the metrics to this JSON file')
     return parser
 
@@ -355,17 +384,66 @@ def run(args: argparse.Namespace) -> dict:
         pipeline = evaluation_pipeline(
             engine, focal_correction=not args.no_focal_correction, flip_average=args.flip_average
         )
+        compare, int8 = {}, None
+        if args.int8:
+            from moa_depth_ros.engine import load_engine
+
+            int8 = load_engine(args.int8, backend='openvino', device='cpu', precision='int8')
+            compare['int8'] = evaluation_pipeline(
+                int8, focal_correction=not args.no_focal_correction, flip_average=args.flip_average
+            )
         accumulator = evaluate_pipeline(
-            pipeline, dataset, metric_config=metric_config, resize=args.resize
+            pipeline, dataset, metric_config=metric_config, resize=args.resize, compare=compare
         )
     finally:
         engine.close()
+        if int8 is not None:
+            int8.close()
     protocol = f'flip_average={"on" if args.flip_average else "off"} resize={args.resize}'
     header = f'{source} on {args.dataset} {args.split}: {accumulator.header()} {protocol}'
     from training.metrics import format_table
 
-    table = format_table(accumulator.means(), header=header)
-    return {'metrics': accumulator.means(), 'header': header, 'table': table}
+    if not accumulator.compared:
+        table = format_table(accumulator.means(), header=header)
+        return {'metrics': accumulator.means(), 'header': header, 'table': table}
+    return _compared_result(accumulator, header, source, args.int8)
+
+
+def _compared_result(accumulator, header: str, source: str, int8_path: str) -> dict:
+    """Both models' metrics in one table, and the INT8 depth against the first model's."""
+    from moa_depth_ros.engine.accuracy import ACCURACY_BAR, accuracy_holds
+    from training.metrics import format_table
+
+    other = accumulator.compared['int8']
+    per_frame = other['agreement']
+    worst = {
+        'mean_rel_err': max(a['mean_rel_err'] for a in per_frame),
+        'delta1_agreement': min(a['delta1_agreement'] for a in per_frame),
+    }
+    # Over every frame's pixels, as the export's check judges it (frames of one size).
+    pooled = {key: float(np.mean([a[key] for a in per_frame])) for key in worst}
+    mean_err = pooled['mean_rel_err']
+    rows = {source: accumulator.means(), f'{int8_path} (int8)': other['metrics'].means()}
+    verdict = 'within' if accuracy_holds(pooled) else 'OUTSIDE'
+    table = format_table(rows, header=header) + (
+        f'\nINT8 depth against {source} on the same {len(per_frame)} frames: mean relative '
+        f'difference {mean_err:.2%} (worst frame {worst["mean_rel_err"]:.2%}), delta1 '
+        f'agreement {pooled["delta1_agreement"]:.4f} (worst frame '
+        f'{worst["delta1_agreement"]:.4f}): {verdict} the accuracy bar (<= '
+        f'{ACCURACY_BAR["mean_rel_err"]:.0%}, >= {ACCURACY_BAR["delta1_agreement"]:.2f})'
+    )
+    return {
+        'metrics': accumulator.means(),
+        'int8_metrics': other['metrics'].means(),
+        'int8_agreement': {
+            'mean_rel_err': mean_err,
+            'worst': worst,
+            'delta1_agreement': pooled['delta1_agreement'],
+            'within_bar': accuracy_holds(pooled),
+        },
+        'header': header,
+        'table': table,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,10 @@ Steps, each printed as it runs, every artefact in ``runs/quickstart/``:
 3. evaluate on the held-out test scenes next to a constant-depth baseline (the median
    training depth);
 4. export ONNX (verified against PyTorch by the exporter) and evaluate the ONNX file through
-   ``DepthPipeline`` on ONNX Runtime, as the node runs it;
+   ``DepthPipeline`` on ONNX Runtime, as the node runs it; where OpenVINO and NNCF are
+   installed, also quantize it to INT8 (``training.quantize``, calibrated on the training
+   rooms) and score the INT8 model the same way on the same held-out rooms, with its depth
+   against FP32 judged by the accuracy bar (reported; not one of the targets);
 5. cameras: held-out rooms seen through lenses of 45, 60, 75, 90 and 100 degrees (the
    recipe's training range is 50-95: two lie outside), each written as a camera rosbag2 with its
    CameraInfo and run through ``moa-depth bag`` (the node's pipeline) with the focal-length
@@ -238,6 +241,18 @@ def run(args: argparse.Namespace) -> dict:
         engine.close()
     timings['export_s'] = time.perf_counter() - t0
     _say('export', f'{onnx_path} ({report.size_bytes / 1e6:.1f} MB, verified={report.verified})')
+    t0 = time.perf_counter()
+    int8 = _int8_step(onnx_path, train_set, test_set, metric_config)
+    timings['int8_s'] = time.perf_counter() - t0
+    if 'scored' in int8:
+        scored['int8'] = int8.pop('scored')
+        fp32_m, int8_m = scored['onnx'].means(), scored['int8'].means()
+        _say(
+            'int8',
+            f'held-out rooms through the pipeline: d1 {fp32_m["d1"]:.3f} (FP32 ONNX Runtime) vs '
+            f'{int8_m["d1"]:.3f} (INT8 OpenVINO), AbsRel {fp32_m["abs_rel"]:.4f} vs '
+            f'{int8_m["abs_rel"]:.4f}, RMSE {fp32_m["rmse"]:.4f} vs {int8_m["rmse"]:.4f} m',
+        )
 
     # 5. other cameras: held-out rooms through several lenses, through `moa-depth bag`
     t0 = time.perf_counter()
@@ -286,6 +301,7 @@ def run(args: argparse.Namespace) -> dict:
     rows = {
         'MoA-DepthCLIP (torch)': scored['model'].means(),
         'MoA-DepthCLIP (onnx)': scored['onnx'].means(),
+        **({'MoA-DepthCLIP (int8)': scored['int8'].means()} if 'int8' in scored else {}),
         f'constant {constant_m:.2f} m': scored['baseline'].means(),
     }
     header = f'held-out synthetic rooms, training lenses: {scored["model"].header()}'
@@ -303,6 +319,7 @@ def run(args: argparse.Namespace) -> dict:
         'best_checkpoint': str(result.best_path) if result.best_path else None,
         'training_state': str(result.state_path),
         'onnx': str(onnx_path),
+        'int8': int8.get('path'),
         'camera_bag': str(camera_bag),
         'depth_bag': str(depth_bag),
         'preview': str(preview_path),
@@ -315,6 +332,7 @@ def run(args: argparse.Namespace) -> dict:
         'header': header,
         'model': model_m,
         'onnx': scored['onnx'].means(),
+        'int8': {**int8, **({'metrics': scored['int8'].means()} if 'int8' in scored else {})},
         'baseline': {**base_m, 'constant_depth_m': constant_m},
         'cameras': {k: v for k, v in cameras.items() if k != 'table'},
         'targets': {
@@ -339,6 +357,77 @@ def run(args: argparse.Namespace) -> dict:
     _write_text(run_dir / 'metrics.json', json.dumps(out, indent=2) + '\n')
     out['table'] = table
     return out
+
+
+def _int8_step(onnx_path: pathlib.Path, train_set, test_set, metric_config) -> dict:
+    """Quantize the exported model to INT8 and score it beside FP32 on the held-out rooms.
+
+    Calibration: the training rooms (``training.quantize``; one in five held out for the
+    export's own check). Then both models run the held-out test rooms through the node's
+    pipeline (``evaluate_pipeline``), and their network outputs on those rooms are compared
+    with the accuracy bar. Returns what happened ('skipped' with the reason where OpenVINO or
+    NNCF is missing).
+    """
+    import importlib.util
+
+    from moa_depth_ros.engine import load_engine
+    from moa_depth_ros.engine.accuracy import accuracy_holds
+    from training.eval import evaluate_pipeline, evaluation_pipeline
+    from training.quantize import compare_engines, quantize_openvino_int8, split_frames
+
+    missing = [m for m in ('openvino', 'nncf') if importlib.util.find_spec(m) is None]
+    if missing:
+        _say('int8', f'skipped: {" and ".join(missing)} not installed')
+        return {'skipped': f'{" and ".join(missing)} not installed'}
+    fp32 = load_engine(onnx_path, backend='onnxruntime', device='cpu')
+    # NNCF's default calibration size is 300; 80 rooms (64 calibrate, 16 check) suffice here.
+    picks = np.linspace(0, len(train_set) - 1, min(80, len(train_set))).round().astype(int)
+    frames = split_frames(
+        [_network_frame(train_set[int(i)]['image'], fp32.input_hw) for i in picks],
+        f'{len(picks)} quickstart training rooms',
+    )
+    report = quantize_openvino_int8(onnx_path, frames)
+    out: dict = {'export': report.agreement, 'summary': report.summary()}
+    if report.path is None:
+        fp32.close()
+        _say('int8', report.summary())
+        return out
+    int8 = load_engine(report.path, backend='openvino', device='cpu', precision='int8')
+    try:
+        held_out = [
+            _network_frame(test_set[i]['image'], fp32.input_hw) for i in range(len(test_set))
+        ]
+        agreement = compare_engines(fp32, int8, held_out)
+        scored = evaluate_pipeline(
+            evaluation_pipeline(int8), test_set, metric_config=metric_config
+        )
+        engine = int8.describe()
+    finally:
+        int8.close()
+        fp32.close()
+    out.update(
+        path=str(report.path),
+        engine=engine,
+        held_out_vs_fp32=agreement,
+        within_bar=accuracy_holds(agreement['mean']),
+        scored=scored,
+    )
+    _say(
+        'int8',
+        f'{report.path}: held-out rooms vs FP32 mean rel err '
+        f'{agreement["mean"]["mean_rel_err"]:.2%} '
+        f'(worst room {agreement["worst"]["mean_rel_err"]:.2%}), delta1 agreement worst '
+        f'{agreement["worst"]["delta1_agreement"]:.4f}: '
+        f'{"within" if out["within_bar"] else "OUTSIDE"} the accuracy bar',
+    )
+    return out
+
+
+def _network_frame(image, input_hw) -> np.ndarray:
+    from training.quantize import network_input
+
+    rgb = (image.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    return network_input(rgb, tuple(input_hw))
 
 
 def camera_sweep(
@@ -565,7 +654,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f'\ntime: {times["total_s"]:.0f} s total (data {times["data_s"]:.0f}, train '
         f'{times["train_s"]:.0f}, eval {times["eval_s"]:.0f}, export {times["export_s"]:.0f}, '
-        f'cameras {times["cameras_s"]:.0f}, bag {times["bag_s"]:.0f})'
+        f'cameras {times["cameras_s"]:.0f}, bag {times["bag_s"]:.0f}, int8 '
+        f'{times.get("int8_s", 0):.0f})'
     )
     if not t['passed']:
         if t['enforced']:

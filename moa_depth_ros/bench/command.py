@@ -237,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             threads=args.threads or None,
             spin_wait=args.spin_wait,
+            precision=args.precision,
             frames=args.live_frames,
             warmup_frames=max(15, int(args.live_rate_hz)),
             rate_hz=args.live_rate_hz,

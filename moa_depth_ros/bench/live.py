@@ -274,11 +274,17 @@ class LiveRunError(MoaDepthError, RuntimeError):
 
 
 def _node_command(
-    model_path: str, backend: str, device: str, threads: int | None, spin_wait: bool
+    model_path: str,
+    backend: str,
+    device: str,
+    threads: int | None,
+    spin_wait: bool,
+    precision: str = 'auto',
 ) -> list[str]:
     launcher = 'import sys; from moa_depth_ros.runtime.node import main; sys.exit(main(sys.argv))'
     cmd = [sys.executable, '-c', launcher, '--ros-args', '-p', f'model_path:={model_path}']
     cmd += ['-p', f'backend:={backend}', '-p', f'device:={device}']
+    cmd += ['-p', f'precision:={precision}']
     cmd += ['-p', 'diagnostics_period_s:=0.5']
     cmd += ['-p', f'cpu_spin_wait:={str(spin_wait).lower()}']
     if threads:
@@ -309,6 +315,7 @@ def pipeline_cpu(
     rate_hz: float = 15.0,
     spin_wait: bool = False,
     device: str = 'auto',
+    precision: str = 'auto',
 ) -> dict[str, float]:
     """CPU and wall ms per frame of the pipeline alone, in this process, paced like a camera.
 
@@ -323,6 +330,7 @@ def pipeline_cpu(
             'device': device,
             'threads': threads,
             'spin_wait': spin_wait,
+            'precision': None if precision == 'auto' else precision,
         }
     )
     try:
@@ -359,6 +367,7 @@ def measure_live(
     device: str = 'auto',
     threads: int | None = None,
     spin_wait: bool = False,
+    precision: str = 'auto',
     frames: int = 300,
     warmup_frames: int = 30,
     rate_hz: float = 15.0,
@@ -399,8 +408,9 @@ def measure_live(
         rate_hz=rate_hz,
         spin_wait=spin_wait,
         device=device,
+        precision=precision,
     )
-    node = _Child(_node_command(model_path, backend, device, threads, spin_wait), env)
+    node = _Child(_node_command(model_path, backend, device, threads, spin_wait, precision), env)
     viewer = camera = None
     try:
         if not node.wait_line('depth from', 120.0):
@@ -454,6 +464,7 @@ def measure_live(
     return {
         'model_path': str(model_path),
         'backend': backend,
+        'precision': precision,
         'cpu_spin_wait': spin_wait,
         'width': width,
         'height': height,

@@ -14,7 +14,13 @@ Rules first, measurement last:
    precision (``precision`` auto: BF16 on CPUs with AMX or AVX512-BF16). The verdict is
    cached (a JSON file per model file, machine, precision and runtime versions), so only
    the first start measures. If OpenVINO cannot load the file, ONNX Runtime runs it and the
-   log says why.
+   log says why;
+5. an INT8 model beside the file (``MODEL.int8.xml``, written by ``export --int8``) is a
+   third candidate on the CPU with ``precision`` auto, when its metadata says it passed the
+   accuracy bar at export and that it was made from this very file (``int8_source_sha256``):
+   it is timed against the winner of rule 4 on the same input and chosen if it is at least
+   ``MARGIN`` faster. Its accuracy is the export's measurement on real frames (a random
+   input says nothing about a model calibrated on camera images).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ TIMED_RUNS = 7
 CHOICE_FORMAT = 'moa_depth_ros.backend_choice'
 
 Loader = Callable[[str], DepthEngine]
+#: The verdict's name for the INT8 model beside the file (``load('openvino-int8')``).
+INT8_CHOICE = 'openvino-int8'
 
 
 def openvino_installed() -> bool:
@@ -81,8 +89,39 @@ def _versions() -> dict[str, str]:
     return {'onnxruntime': onnxruntime.__version__, 'openvino': openvino.__version__}
 
 
+def int8_candidate(model: pathlib.Path, device: str, precision: str | None) -> pathlib.Path | None:
+    """Return the verified INT8 model made from ``model`` beside it, if rule 5 applies."""
+    from moa_depth_ros.engine.openvino_backend import int8_ir_path
+
+    if precision not in (None, 'auto') or device not in ('auto', 'cpu'):
+        return None
+    candidate = int8_ir_path(model)
+    return candidate if candidate.is_file() else None
+
+
+def _int8_matches(model: pathlib.Path, candidate: pathlib.Path) -> str:
+    """Return '' when ``candidate`` is a verified INT8 model of ``model``, else why not."""
+    from moa_depth_ros.engine.cache import file_sha256
+    from moa_depth_ros.engine.openvino_backend import is_int8, read_ir_metadata
+    from moa_depth_ros.errors import MoaDepthError
+
+    try:
+        metadata = read_ir_metadata(candidate)
+    except MoaDepthError as e:
+        return f'{candidate.name} is unreadable: {e}'
+    if not is_int8(metadata):
+        return f'{candidate.name} records no verified INT8 quantization'
+    if metadata.extra.get('int8_source_sha256') != file_sha256(model):
+        return f'{candidate.name} was made from another version of {model.name}'
+    return ''
+
+
 def choice_path(
-    model: pathlib.Path, threads: int | None, cache_dir: Any, precision: str | None = None
+    model: pathlib.Path,
+    threads: int | None,
+    cache_dir: Any,
+    precision: str | None = None,
+    int8: pathlib.Path | None = None,
 ) -> pathlib.Path:
     """Where the verdict for this model file, machine, settings and runtimes is kept.
 
@@ -99,6 +138,8 @@ def choice_path(
             'cores': os.cpu_count(),
             'threads': threads or 0,
             'precision': precision or 'auto',
+            # A replaced INT8 model beside it is measured again.
+            'int8': [int8.stat().st_size, int8.stat().st_mtime_ns] if int8 else None,
             **_versions(),
         },
         sort_keys=True,
@@ -121,7 +162,7 @@ def read_choice(path: pathlib.Path) -> dict[str, Any] | None:
     if (
         not isinstance(data, dict)
         or data.get('format') != CHOICE_FORMAT
-        or data.get('backend') not in ('onnxruntime', 'openvino')
+        or data.get('backend') not in ('onnxruntime', 'openvino', INT8_CHOICE)
     ):
         return None
     return data
@@ -182,6 +223,50 @@ def measure(ort: DepthEngine, openvino: DepthEngine) -> dict[str, Any]:
     }
 
 
+def _measure_int8(
+    model: pathlib.Path,
+    int8: pathlib.Path,
+    winner: DepthEngine,
+    verdict: dict[str, Any],
+    load: Callable[[str], DepthEngine],
+) -> tuple[DepthEngine, dict[str, Any]]:
+    """Rule 5: time the INT8 model against rule 4's winner; return the faster and the verdict."""
+    why_not = _int8_matches(model, int8)
+    if why_not:
+        verdict['int8'] = why_not
+        return winner, verdict
+    try:
+        candidate = load(INT8_CHOICE)
+    except Exception as e:  # the FP32 file still runs
+        verdict['int8'] = f'{int8.name} cannot run: {type(e).__name__}: {e}'
+        return winner, verdict
+    h, w = winner.input_hw
+    image = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    for _ in range(WARMUP_RUNS):
+        winner.infer(image)
+        candidate.infer(image)
+    times: dict[str, list[float]] = {'winner': [], 'int8': []}
+    for _ in range(TIMED_RUNS):
+        times['winner'].append(_run_ms(winner, image))
+        times['int8'].append(_run_ms(candidate, image))
+    winner_ms = float(np.median(times['winner']))
+    int8_ms = float(np.median(times['int8']))
+    verdict['int8_ms'] = int8_ms
+    if int8_ms * MARGIN <= winner_ms:
+        winner.close()
+        error = candidate.metadata.extra.get('int8_mean_rel_err', '?')
+        verdict.update(
+            backend=INT8_CHOICE,
+            reason=f'INT8 model {int8.name} {winner_ms / int8_ms:.2f}x faster than '
+            f'{winner.backend} {getattr(winner, "precision", "fp32")} on {model.name} (export '
+            f'check: depth mean rel err {error} vs FP32)',
+        )
+        return candidate, verdict
+    candidate.close()
+    verdict['int8'] = f'INT8 not {MARGIN:g}x faster ({int8_ms:.1f} vs {winner_ms:.1f} ms)'
+    return winner, verdict
+
+
 def choose(
     model: pathlib.Path,
     load: Callable[[str], DepthEngine],
@@ -189,14 +274,16 @@ def choose(
     threads: int | None,
     cache_dir: Any,
     precision: str | None = None,
+    int8: pathlib.Path | None = None,
 ) -> DepthEngine:
-    """Load the faster of ONNX Runtime and OpenVINO for ``model`` (rule 4 above).
+    """Load the faster of ONNX Runtime and OpenVINO for ``model`` (rules 4 and 5 above).
 
-    ``load(backend)`` constructs one engine. A cached verdict loads only its backend; else
-    both are loaded and measured, the verdict is written (atomically; an unwritable cache
-    only costs the next start another measurement) and the loser is closed.
+    ``load(backend)`` constructs one engine (``load(INT8_CHOICE)`` the INT8 model ``int8``).
+    A cached verdict loads only its backend; else the candidates are loaded and measured,
+    the verdict is written (atomically; an unwritable cache only costs the next start
+    another measurement) and the losers are closed.
     """
-    path = choice_path(model, threads, cache_dir, precision)
+    path = choice_path(model, threads, cache_dir, precision, int8)
     cached = read_choice(path)
     if cached is not None:
         engine = load(cached['backend'])
@@ -217,6 +304,8 @@ def choose(
         raise
     chosen, other = (openvino, ort) if verdict['backend'] == 'openvino' else (ort, openvino)
     other.close()
+    if int8 is not None:
+        chosen, verdict = _measure_int8(model, int8, chosen, verdict, load)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(verdict, indent=2, sort_keys=True) + '\n')

@@ -76,6 +76,14 @@ def describe_model_file(path: str | os.PathLike, *, with_sha256: bool = True) ->
             'producer': onnx_info.producer,
         }
         props = onnx_info.metadata_props
+    elif backend == 'openvino':
+        from moa_depth_ros.engine.openvino_backend import read_ir_metadata_props
+
+        info['kind'] = 'OpenVINO INT8 model (IR)'
+        try:
+            props = read_ir_metadata_props(path)
+        except ModelMetadataError as e:
+            problems.append(str(e))
     elif backend == 'torch':
         props, tensors = read_safetensors_header(path)
         info['kind'] = 'PyTorch checkpoint (safetensors)'

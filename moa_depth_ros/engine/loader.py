@@ -2,9 +2,11 @@
 
 The file type decides by default: ``.engine`` / ``.plan`` TensorRT, ``.safetensors`` PyTorch,
 ``.onnx`` ONNX Runtime or OpenVINO (``engine.choice``: the faster of the two on this machine,
-measured once). ``backend='tensorrt'`` with an ``.onnx`` file builds (once) and caches an
-engine for this GPU. Each backend module is imported only when chosen, so choosing ONNX
-Runtime, OpenVINO or TensorRT never imports torch.
+measured once, and the INT8 model beside the file where there is a verified one and it is
+faster), ``.xml`` OpenVINO (an INT8 IR written by ``python -m training export --int8``).
+``backend='tensorrt'`` with an ``.onnx`` file builds (once) and caches an engine for this
+GPU. Each backend module is imported only when chosen, so choosing ONNX Runtime, OpenVINO
+or TensorRT never imports torch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ SUFFIX_BACKENDS = {
     '.engine': 'tensorrt',
     '.plan': 'tensorrt',
     '.onnx': 'onnxruntime',
+    '.xml': 'openvino',
     '.safetensors': 'torch',
 }
 
@@ -32,7 +35,7 @@ def backend_for_path(path: str | os.PathLike) -> str:
         raise EngineError(
             f'{os.fspath(path)}: unknown model file type {suffix!r}; expected one of '
             f'{", ".join(sorted(SUFFIX_BACKENDS))} (.engine/.plan TensorRT, .onnx ONNX '
-            f'Runtime, .safetensors PyTorch)'
+            f'Runtime or OpenVINO, .xml an OpenVINO INT8 model, .safetensors PyTorch)'
         )
     return SUFFIX_BACKENDS[suffix]
 
@@ -60,7 +63,8 @@ def load_engine(
     model's: fp16, or fp32 without TF32 for DepthCLIP; every build is checked against ONNX
     Runtime FP32); OpenVINO 'bf16' or 'fp16' (default: the device's own preference, e.g.
     bf16 on CPUs with AMX), kept only if the depth meets the accuracy bar against fp32, or 'fp32';
-    ONNX Runtime runs the file as exported (an int8 model is its own file).
+    'int8' runs an INT8 model (the ``.int8.xml`` that ``export --int8`` writes; an FP32 file
+    with 'int8' is a ConfigError naming it); ONNX Runtime runs the .onnx file as exported.
     ``intra_op_threads``: ONNX Runtime / OpenVINO CPU threads (None = its default).
     ``spin_wait``: let ONNX Runtime's threads busy-wait between runs (lower latency, a core
     kept busy); off by default.
@@ -74,23 +78,37 @@ def load_engine(
     if not path.is_file():
         raise EngineError(f'model file {os.fspath(path)!r} does not exist')
     chosen = file_backend if backend == 'auto' else backend
+    if precision == 'int8' and file_backend == 'onnxruntime' and chosen != 'tensorrt':
+        # One message whichever runtime was named: the INT8 model is a file of its own.
+        openvino_backend = _backend_module('openvino_backend')
+        raise ConfigError(openvino_backend._not_int8_message(path))
     if backend == 'auto' and file_backend == 'onnxruntime':
         choice = _backend_module('choice')
         chosen = choice.rule_based_choice(device, precision, spin_wait) or 'measure'
         if chosen == 'measure':
-            return choice.choose(
-                path,
-                lambda name: load_engine(
-                    path,
+            int8 = choice.int8_candidate(path, device, precision)
+
+            def load(name: str) -> DepthEngine:
+                if name == choice.INT8_CHOICE:
+                    name, file, wanted = 'openvino', int8, 'int8'
+                else:
+                    file, wanted = path, precision
+                return load_engine(
+                    file,
                     name,
                     device,
-                    precision=precision,
+                    precision=wanted,
                     intra_op_threads=intra_op_threads,
                     cache_dir=cache_dir,
-                ),
+                )
+
+            return choice.choose(
+                path,
+                load,
                 threads=intra_op_threads,
                 cache_dir=cache_dir,
                 precision=precision,
+                int8=int8,
             )
 
     if chosen == 'tensorrt':
@@ -116,6 +134,11 @@ def load_engine(
         if file_backend != 'onnxruntime':
             raise EngineError(
                 f'{path}: the onnxruntime backend runs .onnx files; got a {path.suffix} file'
+                + (
+                    ' (an OpenVINO INT8 model: backend:=openvino or auto)'
+                    if file_backend == 'openvino'
+                    else ''
+                )
             )
         if precision not in (None, 'fp32'):
             raise ConfigError(
@@ -128,9 +151,10 @@ def load_engine(
         )
 
     if chosen == 'openvino':
-        if file_backend != 'onnxruntime':
+        if file_backend not in ('onnxruntime', 'openvino'):
             raise EngineError(
-                f'{path}: the openvino backend runs .onnx files; got a {path.suffix} file'
+                f'{path}: the openvino backend runs .onnx and INT8 .xml files; got a '
+                f'{path.suffix} file'
             )
         if spin_wait:
             raise ConfigError(

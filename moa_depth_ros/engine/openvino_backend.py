@@ -13,13 +13,22 @@ keep in step) and compiles it for one device. What this module adds around it:
 - precision: ``auto`` (the default) is the device's own preference, OpenVINO's default
   inference precision for it: ``bf16`` on CPUs with native BF16 (AMX, AVX512-BF16), ``fp16``
   on Intel GPUs, else ``fp32``. A reduced precision, asked for or preferred, is kept only if,
-  on fixed inputs (random, all-zero, saturated), its depth meets the same accuracy bar as the
-  int8 ONNX variant against FP32 (``moa_depth_ros.engine.accuracy``); otherwise the engine
+  on fixed inputs (random, all-zero, saturated), its depth meets the package's accuracy bar
+  against FP32 (``moa_depth_ros.engine.accuracy``); otherwise the engine
   runs FP32 and says why (``precision_note``, the node's log and /diagnostics).
-  ``precision='fp32'`` forces FP32 (what the parity tests compare).
-
-The graph is checked against its metadata (tensor names, [N,3,H,W] float32 in, two
-[N,1,H,W] float32 out) before the first frame, as the ONNX Runtime backend does.
+  ``precision='fp32'`` forces FP32 (what the parity tests compare);
+- INT8: an OpenVINO IR (``MODEL.int8.xml`` + ``.bin``) written by ``python -m training
+  export --int8`` (NNCF post-training quantization, ``training.quantize``). Its ``rt_info``
+  holds the FP32 file's metadata plus how it was quantized and its measured error
+  (``read_ir_metadata``); an IR without that record is refused. It runs as ``precision``
+  ``int8`` (``auto`` on an INT8 file means int8); the layers NNCF left in floating point run
+  in FP32 (``rest_precision``), as the export checked them. ``precision='int8'`` on an FP32 file is
+  a ``ConfigError`` that names the INT8 file beside it, if there is one;
+- threads: ``intra_op_threads`` (the node's ``cpu_threads``) > 0 sets OpenVINO's inference
+  threads; 0 leaves OpenVINO's default, a thread per core the process may run on, pinned as
+  OpenVINO pins them. Measured live at 30 Hz on 2 cores shared with a camera and a viewer
+  (README, Performance): one thread delivered fewer frames than two (60 vs 67 %), and
+  unpinned threads the same as pinned ones (67 vs 68 %), so the defaults stay.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import re
 import shutil
 import time
 from typing import Any, Sequence
+import xml.etree.ElementTree as ET
 
 import numpy as np
 
@@ -41,7 +51,7 @@ from moa_depth_ros.engine.accuracy import (
     depth_agreement,
     reference_inputs,
 )
-from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES, DepthEngine
+from moa_depth_ros.engine.base import INPUT_NAME, OUTPUT_NAMES, DepthEngine, ModelMetadata
 from moa_depth_ros.engine.cache import cache_root
 from moa_depth_ros.engine.onnx_backend import read_onnx_metadata
 from moa_depth_ros.errors import ConfigError, EngineError, ModelMetadataError
@@ -54,6 +64,52 @@ _FROM_OPENVINO = {name: ours for ours, name in PRECISIONS.items()}
 #: The capability a device reports (OPTIMIZATION_CAPABILITIES) for each precision.
 _CAPABILITY = {'fp32': 'FP32', 'bf16': 'BF16', 'fp16': 'FP16'}
 _DEVICE_RE = re.compile(r'^(auto|cpu|gpu([:.]\d+)?|npu)$')
+#: The precision of an INT8 model (its quantized layers; the rest: ``rest_precision``).
+INT8 = 'int8'
+#: The rt_info section of an INT8 IR that holds the model's metadata.
+IR_METADATA_SECTION = 'moa_depth_ros'
+INT8_SUFFIX = '.int8.xml'
+
+
+def int8_ir_path(onnx_path: str | os.PathLike) -> pathlib.Path:
+    """Return where ``export --int8`` writes the INT8 IR of ``onnx_path`` (beside it)."""
+    path = pathlib.Path(onnx_path)
+    return path.with_name(path.stem + INT8_SUFFIX)
+
+
+def read_ir_metadata_props(path: str | os.PathLike) -> dict[str, str]:
+    """Return the metadata strings an INT8 IR carries in its ``rt_info`` (no OpenVINO needed).
+
+    Raises ``ModelMetadataError`` for an IR without them (not written by ``export --int8``)
+    and ``EngineError`` for a missing or unreadable file.
+    """
+    path = pathlib.Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError as e:
+        raise EngineError(f'OpenVINO IR {os.fspath(path)!r} does not exist') from e
+    except (OSError, ET.ParseError) as e:
+        raise EngineError(f'{path}: not a readable OpenVINO IR (.xml): {e}') from e
+    section = root.find(f'rt_info/{IR_METADATA_SECTION}')
+    if section is None:
+        raise ModelMetadataError(
+            f'{path}: this OpenVINO IR has no {IR_METADATA_SECTION} metadata; the package '
+            f'runs IRs written by `python -m training export --int8` (or an .onnx file)'
+        )
+    return {child.tag: child.get('value', '') for child in section}
+
+
+def read_ir_metadata(path: str | os.PathLike) -> ModelMetadata:
+    """Return the validated ``ModelMetadata`` of an INT8 IR."""
+    return ModelMetadata.from_dict(read_ir_metadata_props(path), source=os.fspath(path))
+
+
+def is_int8(metadata: ModelMetadata) -> bool:
+    """Tell whether the model is an INT8 model that passed the accuracy bar at export."""
+    extra = metadata.extra
+    return extra.get('quantization', '').startswith('int8 static') and (
+        extra.get('int8_verified') == 'true'
+    )
 
 
 def openvino_device(device: str, available: Sequence[str]) -> str:
@@ -142,6 +198,36 @@ def model_cache_dir(root: pathlib.Path, model: pathlib.Path) -> pathlib.Path:
     return version
 
 
+def _not_int8_message(path: pathlib.Path) -> str:
+    sibling = int8_ir_path(path)
+    hint = (
+        f'its INT8 model is {sibling}: set model_path to it'
+        if sibling.is_file()
+        else f'make one with `python -m training export --checkpoint CKPT --output {path.name} '
+        f'--int8 --calibration FRAMES` (it writes {sibling.name})'
+    )
+    return (
+        f'{path}: precision int8 runs an INT8 model (an OpenVINO IR written by export --int8), '
+        f'and this is an FP32 .onnx file; {hint}'
+    )
+
+
+def _check_int8_request(path: pathlib.Path, metadata: ModelMetadata, precision: str) -> None:
+    if not is_int8(metadata):
+        raise ModelMetadataError(
+            f'{path}: this IR does not record a verified INT8 quantization '
+            f'(quantization={metadata.extra.get("quantization", "none")!r}, '
+            f'int8_verified={metadata.extra.get("int8_verified", "none")!r}); re-export it '
+            f'with `python -m training export --int8`'
+        )
+    if precision not in ('auto', INT8):
+        source = metadata.extra.get('int8_source_onnx', 'its FP32 .onnx')
+        raise ConfigError(
+            f'{path} is an INT8 model: precision must be auto or int8, got {precision!r}; '
+            f'for {precision} run the FP32 model ({source})'
+        )
+
+
 class OpenVinoEngine(DepthEngine):
     """An exported ``.onnx`` depth model compiled and run by OpenVINO."""
 
@@ -165,28 +251,46 @@ class OpenVinoEngine(DepthEngine):
             ) from e
         self.path = pathlib.Path(path)
         precision = precision or 'auto'
-        if precision not in ('auto', *PRECISIONS):
+        if precision not in ('auto', *PRECISIONS, INT8):
             raise ConfigError(
-                f'OpenVINO precision must be auto or one of {list(PRECISIONS)}, got {precision!r}'
+                f'OpenVINO precision must be auto, {INT8} or one of {list(PRECISIONS)}, got '
+                f'{precision!r}'
             )
         if intra_op_threads is not None and intra_op_threads < 0:
             raise ConfigError(f'intra_op_threads must be >= 0, got {intra_op_threads}')
-        # The metadata comes from our own protobuf reader, so a file without it is refused
-        # before OpenVINO spends a second reading the graph.
-        super().__init__(read_onnx_metadata(self.path))
+        # The metadata comes from our own readers (ONNX protobuf, IR XML), so a file without
+        # it is refused before OpenVINO spends a second reading the graph.
+        self.int8 = self.path.suffix.lower() == '.xml'
+        if self.int8:
+            super().__init__(read_ir_metadata(self.path))
+            _check_int8_request(self.path, self.metadata, precision)
+        else:
+            super().__init__(read_onnx_metadata(self.path))
+            if precision == INT8:
+                raise ConfigError(_not_int8_message(self.path))
         self._core = ov.Core()
         self.device = openvino_device(device, self._core.available_devices)
+        if self.int8 and self.device != 'CPU':
+            raise ConfigError(
+                f'{self.path}: the INT8 model is for the CPU (device auto or cpu), got '
+                f'{device!r}; run the FP32 .onnx on {self.device}'
+            )
         #: What was asked for ('auto' or a precision); ``precision`` is what runs.
         self.requested_precision = precision
-        if precision == 'auto':
-            precision = self._preferred_precision()
+        # The arithmetic of the layers that are not INT8 (all of them in an FP32 file). An
+        # INT8 model keeps FP32 there, as export checked it: with BF16 there the quickstart's
+        # trained model moved 1.25 % from FP32 on held-out rooms (0.8 % with FP32), over the bar.
+        if self.int8:
+            rest = 'fp32'
+        else:
+            rest = self._preferred_precision() if precision == 'auto' else precision
         capabilities = self._capabilities()
-        if capabilities and _CAPABILITY[precision] not in capabilities:
-            if self.requested_precision == 'auto':
-                precision = 'fp32'  # a plugin that prefers what it does not list
+        if capabilities and _CAPABILITY[rest] not in capabilities:
+            if precision == 'auto':
+                rest = 'fp32'  # a plugin that prefers what it does not list
             else:
                 raise ConfigError(
-                    f'OpenVINO {self.device} cannot run {precision} (it offers '
+                    f'OpenVINO {self.device} cannot run {rest} (it offers '
                     f'{sorted(c for c in capabilities if c in _CAPABILITY.values())}); '
                     f'use precision:=fp32'
                 )
@@ -199,13 +303,16 @@ class OpenVinoEngine(DepthEngine):
             _LOG.warning('OpenVINO model cache disabled: cannot create it under %s: %s', root, e)
         self._threads = int(intra_op_threads or 0)
         started = time.perf_counter()
-        self.precision = precision
         self.precision_note = ''
         self.precision_check: dict[str, float] = {}
-        if precision == 'fp32':
-            self._compiled, self._request = self._compile(precision)
-        else:
-            self._verify_precision(precision)
+        if rest == 'fp32':
+            self._compiled, self._request = self._compile(rest)
+        elif not self._verify_precision(rest):
+            rest = 'fp32'
+        #: Precision of the layers an INT8 model keeps in floating point; for an FP32
+        #: file, ``precision`` itself.
+        self.rest_precision = rest
+        self.precision = INT8 if self.int8 else rest
         self.compile_s = time.perf_counter() - started
 
     def _capabilities(self) -> list[str]:
@@ -253,12 +360,13 @@ class OpenVinoEngine(DepthEngine):
         _check_io(compiled, self.path, self.input_hw)
         return compiled, compiled.create_infer_request()
 
-    def _verify_precision(self, precision: str) -> None:
+    def _verify_precision(self, precision: str) -> bool:
         """Keep a reduced precision only if its depth meets the accuracy bar against FP32.
 
-        The FP32 reference is compiled, run and released before the reduced precision is
-        compiled, so the two compiled models never take memory at once (a refusal recompiles
-        FP32 from OpenVINO's cache).
+        Returns whether it was kept (else FP32 is compiled and runs). The FP32 reference
+        is compiled, run and released before the reduced precision is compiled, so the two
+        compiled models never take memory at once (a refusal recompiles FP32 from OpenVINO's
+        cache).
         """
         reference, request = self._compile('fp32')
         images = reference_inputs(self.input_hw, self._static_batch(reference) or 1)
@@ -273,7 +381,7 @@ class OpenVinoEngine(DepthEngine):
         worst = failing[0] if failing else max(results, key=lambda n: n['mean_rel_err'])
         self.precision_check = worst
         if not failing:
-            return
+            return True
         preferred = " (the device's default)" if self.requested_precision == 'auto' else ''
         self.precision_note = (
             f'{precision}{preferred} refused: its depth differs from fp32 by '
@@ -285,7 +393,7 @@ class OpenVinoEngine(DepthEngine):
         _LOG.warning('%s: %s', self.path, self.precision_note)
         self._compiled = self._request = None
         self._compiled, self._request = self._compile('fp32')
-        self.precision = 'fp32'
+        return False
 
     @staticmethod
     def _static_batch(compiled: Any) -> int | None:
@@ -328,4 +436,5 @@ class OpenVinoEngine(DepthEngine):
         """One line for logs: model, OpenVINO device and the precision actually run."""
         note = f'; {self.precision_note}' if self.precision_note else ''
         auto = ' (auto)' if self.requested_precision == 'auto' else ''
-        return f'{super().describe()} [OpenVINO {self.device} {self.precision}{auto}{note}]'
+        rest = f', rest {self.rest_precision}' if self.int8 else ''
+        return f'{super().describe()} [OpenVINO {self.device} {self.precision}{rest}{auto}{note}]'

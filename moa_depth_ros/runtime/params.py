@@ -38,7 +38,7 @@ INPUT_RELIABILITIES = ('auto', *RELIABILITIES)
 # image_transport's transports the node reads (its plugins' names).
 TRANSPORTS = ('raw', 'compressed')
 _DEVICE_RE = re.compile(r'^(auto|cpu|cuda(:\d+)?|gpu(:\d+)?|npu)$')
-PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16')
+PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16', 'int8')
 _TYPE_WORDS = {
     'bool': 'true or false',
     'int': 'an integer',
@@ -179,7 +179,9 @@ SPECS: tuple[ParamSpec, ...] = (
         'layers in fp32); else fp32 runs and the log says why. fp32 forces full precision. '
         'With backend '
         'auto, bf16 or fp16 on an .onnx file selects OpenVINO. '
-        'ONNX Runtime runs a file as exported (int8: export an int8 file).',
+        'int8 runs an INT8 model (the .int8.xml that `python -m training export --int8` '
+        'writes, on the CPU through OpenVINO); an FP32 file is refused with its name. '
+        'ONNX Runtime runs a file as exported.',
         'model',
         read_only=True,
         choices=PRECISIONS,

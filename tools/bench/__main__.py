@@ -12,6 +12,7 @@ from moa_depth_ros.cli import command_parser, run_command
 COMMANDS = [
     ('all', 'tools.bench.suite', 'every benchmark, results.json/.md and the README section'),
     ('frame-stages', 'tools.bench.frame_stages', 'each per-frame stage against the memory floor'),
+    ('cpu', 'tools.bench.cpu', 'CPU only: FP32 / BF16 / INT8 on OpenVINO, live at 30 Hz'),
     ('engines', 'tools.bench.engines', 'the network per backend and precision vs compute floor'),
     ('export-peer', 'tools.bench.peers', 'export a peer network for `moa-depth bench --peer`'),
 ]

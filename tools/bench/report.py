@@ -41,14 +41,16 @@ def write_results(
     return json_path, md_path
 
 
-def _marker_span(data: bytes, path: pathlib.Path) -> tuple[int, int]:
+def _marker_span(
+    data: bytes, path: pathlib.Path, markers: tuple[str, str] = (MARKER_START, MARKER_END)
+) -> tuple[int, int]:
     """Byte offsets (end of the start marker, start of the end marker); ConfigError if bad."""
-    start_marker, end_marker = MARKER_START.encode(), MARKER_END.encode()
+    start_marker, end_marker = (m.encode() for m in markers)
     counts = (data.count(start_marker), data.count(end_marker))
     start, end = data.find(start_marker), data.find(end_marker)
     if counts != (1, 1) or end < start:
         raise ConfigError(
-            f'{os.fspath(path)} must contain {MARKER_START} and then {MARKER_END} exactly '
+            f'{os.fspath(path)} must contain {markers[0]} and then {markers[1]} exactly '
             f'once each (found {counts[0]} and {counts[1]}'
             f'{", end before start" if counts == (1, 1) else ""}); add them around the '
             f'performance section so the benchmark knows what it may replace'
@@ -63,14 +65,20 @@ def _read_readme(path: pathlib.Path) -> bytes:
         raise ConfigError(f'cannot read the README {os.fspath(path)!r}: {e}') from e
 
 
-def check_readme(readme_path: str | os.PathLike) -> None:
-    """Raise ConfigError unless the README exists and has the BENCH markers once, in order."""
+def check_readme(
+    readme_path: str | os.PathLike, markers: tuple[str, str] = (MARKER_START, MARKER_END)
+) -> None:
+    """Raise ConfigError unless the README exists and has the markers once, in order."""
     path = pathlib.Path(readme_path)
-    _marker_span(_read_readme(path), path)
+    _marker_span(_read_readme(path), path, markers)
 
 
-def splice_readme(readme_path: str | os.PathLike, section: str) -> pathlib.Path:
-    """Replace the text between the BENCH markers of ``readme_path`` with ``section``.
+def splice_readme(
+    readme_path: str | os.PathLike,
+    section: str,
+    markers: tuple[str, str] = (MARKER_START, MARKER_END),
+) -> pathlib.Path:
+    """Replace the text between the BENCH markers (or ``markers``) with ``section``.
 
     Everything up to and including the start marker, and from the end marker on, stays
     byte-identical. Raises ConfigError when the markers are missing, repeated or out of
@@ -78,7 +86,7 @@ def splice_readme(readme_path: str | os.PathLike, section: str) -> pathlib.Path:
     """
     path = pathlib.Path(readme_path)
     data = _read_readme(path)
-    start, end = _marker_span(data, path)
+    start, end = _marker_span(data, path, markers)
     body = b'\n' + section.strip('\n').encode('utf-8') + b'\n'
     new = data[:start] + body + data[end:]
     if new != data:

@@ -96,6 +96,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--live-rate-hz', type=float, default=15.0, help='live camera rate')
     parser.add_argument('--no-live', action='store_true', help='skip the live ROS 2 section')
     parser.add_argument(
+        '--no-cpu',
+        action='store_true',
+        help='skip the CPU section (OpenVINO FP32/BF16/INT8, live at 30 Hz: tools.bench.cpu)',
+    )
+    parser.add_argument(
         '--train-recipes',
         nargs='+',
         help='recipe names (moa_depthclip, space_clip, quickstart: the default), model presets '
@@ -260,6 +265,13 @@ def collect(
             skipped.append({'what': 'live ROS 2', 'reason': results['live']['error']})
         wall['live ROS 2'] = time.perf_counter() - start
 
+    if args.no_cpu:
+        skipped.append({'what': 'CPU precisions', 'reason': 'not requested (--no-cpu)'})
+    else:
+        start = time.perf_counter()
+        results['cpu'] = _cpu(args, n, cache_dir, log)
+        wall['CPU precisions'] = time.perf_counter() - start
+
     if args.no_train:
         skipped.append({'what': 'training throughput', 'reason': 'not requested (--no-train)'})
     else:
@@ -382,6 +394,35 @@ def _live(
     return result
 
 
+def _cpu(
+    args: argparse.Namespace, n: dict[str, int], cache_dir: str, log: Callable[[str], None]
+) -> dict[str, Any]:
+    import importlib.util
+
+    from tools.bench import cpu
+
+    missing = [m for m in ('openvino', 'nncf', 'rclpy') if importlib.util.find_spec(m) is None]
+    if missing:
+        why = f'needs {", ".join(missing)}'
+        return {'network': {'rows': [], 'skipped': [{'what': 'CPU precisions', 'reason': why}]}}
+    # The models of this run that the CPU section covers (the full-size one and the peers).
+    models = [m for m in args.models if m in cpu.MODELS]
+    if not models and args.no_live:
+        return {}
+    cpu_args = argparse.Namespace(
+        models=models,
+        frames=min(n['frames'], 60),
+        warmup=n['warmup'],
+        live_frames=n['live_frames'],
+        live_rate_hz=30.0,
+        no_live=args.no_live,
+        no_network=args.no_e2e or not models,
+        out=args.out,
+        cache_dir=cache_dir,
+    )
+    return cpu.collect(cpu_args, log)
+
+
 def _training(
     args: argparse.Namespace, n: dict[str, int], log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -408,6 +449,15 @@ def finish(results: dict[str, Any], args: argparse.Namespace) -> None:
     json_path, md_path = report.write_results(results, args.out)
     if args.readme:
         report.splice_readme(args.readme, report.render_markdown(results, level=3))
+    if results.get('cpu'):
+        from tools.bench import cpu
+
+        block = cpu.render(results['cpu'])
+        if args.readme and cpu.MARKER_START in pathlib.Path(args.readme).read_text('utf-8'):
+            cpu.splice(args.readme, block)
+        elif args.readme:
+            print(f'({args.readme} has no {cpu.MARKER_START}: the CPU section is not in it)')
+        print(block)
     print(report.render_markdown(results, level=1))
     print(f'wrote {json_path} and {md_path}' + (f'; updated {args.readme}' if args.readme else ''))
 

@@ -123,7 +123,7 @@ def test_a_device_or_precision_this_machine_lacks_is_refused(onnx_files, tmp_pat
             load_engine(onnx_files[0], backend='openvino', device='npu', cache_dir=tmp_path)
     with pytest.raises(ConfigError, match='NVIDIA GPU'):
         load_engine(onnx_files[0], backend='openvino', device='cuda', cache_dir=tmp_path)
-    with pytest.raises(ConfigError, match='precision must be auto or one of'):
+    with pytest.raises(ConfigError, match='precision must be auto, int8 or one of'):
         load_engine(onnx_files[0], backend='openvino', precision='int4', cache_dir=tmp_path)
     with pytest.raises(ConfigError, match='spin_wait is an ONNX Runtime setting'):
         load_engine(onnx_files[0], backend='openvino', spin_wait=True, cache_dir=tmp_path)
@@ -137,7 +137,7 @@ def test_files_openvino_cannot_run_are_refused_with_the_reason(tmp_path, onnx_fi
     truncated.write_bytes(onnx_files[0].read_bytes()[:-2000])
     with pytest.raises(EngineError, match='not a valid ONNX file'):
         OpenVinoEngine(truncated, cache_dir=tmp_path)
-    with pytest.raises(EngineError, match='openvino backend runs .onnx files'):
+    with pytest.raises(EngineError, match='openvino backend runs .onnx and INT8 .xml files'):
         weights = tmp_path / 'model.safetensors'
         weights.write_bytes(b'{}')
         load_engine(weights, backend='openvino')

@@ -92,7 +92,8 @@ def test_the_int8_model_keeps_the_depth_contract_of_fp32(exported):
     int8 = load_engine(int8_ir_path(onnx_path), precision='int8')
     fp32 = load_engine(onnx_path, backend='onnxruntime')
     assert int8.backend == 'openvino' and int8.precision == 'int8'
-    assert 'int8, rest fp32' in int8.describe() and int8.rest_precision == 'fp32'
+    assert f'int8, rest {int8.rest_precision}' in int8.describe()
+    assert int8.metadata.extra['int8_check_rest_precision'] == int8.rest_precision
     image = random_image(fp32.input_hw, seed=5)
     (depth, confidence), (ref_depth, ref_confidence) = int8.infer(image), fp32.infer(image)
     assert depth.shape == ref_depth.shape and depth.dtype == np.float32

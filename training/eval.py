@@ -369,6 +369,7 @@ def run(args: argparse.Namespace) -> dict:
 
         engine = load_engine(args.model, backend=args.backend)
         source = f'{args.model} ({engine.backend})'
+    int8 = None
     try:
         dataset = _dataset_from_args(args, tuple(engine.input_hw))
         if len(dataset) == 0:
@@ -384,7 +385,7 @@ def run(args: argparse.Namespace) -> dict:
         pipeline = evaluation_pipeline(
             engine, focal_correction=not args.no_focal_correction, flip_average=args.flip_average
         )
-        compare, int8 = {}, None
+        compare = {}
         if args.int8:
             from moa_depth_ros.engine import load_engine
 

@@ -247,7 +247,8 @@ def quantize_openvino_int8(
     """Quantize ``onnx_path`` to INT8 with NNCF; write the IR only if its accuracy holds.
 
     The check compares depth of the INT8 model, run as the node runs it (OpenVINO on the CPU,
-    FP32 for the layers NNCF left in floating point), with the FP32 model
+    the CPU's preferred precision for the layers NNCF left in floating point), with the FP32
+    model
     (OpenVINO, FP32) on the held-out frames: over all their pixels it must meet
     ``ACCURACY_BAR`` (the worst frame is recorded too).
     """
@@ -279,9 +280,10 @@ def quantize_openvino_int8(
     reference = core.compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
     expected = _openvino_depth(reference, frames.check)
     del reference
-    # The unquantized layers in FP32, as the runtime runs an INT8 model (openvino_backend).
-    compiled = core.compile_model(quantized, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
-    rest = 'fp32'
+    # The unquantized layers in the CPU's preference, as the runtime runs an INT8 model.
+    compiled = core.compile_model(quantized, 'CPU')
+    hint = str(compiled.get_property('INFERENCE_PRECISION_HINT')).lower()
+    rest = {'f32': 'fp32', 'f16': 'fp16'}.get(hint, hint)
     got = _openvino_depth(compiled, frames.check)
     del compiled
     per_frame = [depth_agreement(e, g) for e, g in zip(expected, got)]

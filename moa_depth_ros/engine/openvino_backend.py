@@ -22,7 +22,9 @@ keep in step) and compiles it for one device. What this module adds around it:
   holds the FP32 file's metadata plus how it was quantized and its measured error
   (``read_ir_metadata``); an IR without that record is refused. It runs as ``precision``
   ``int8`` (``auto`` on an INT8 file means int8); the layers NNCF left in floating point run
-  in FP32 (``rest_precision``), as the export checked them. ``precision='int8'`` on an FP32 file is
+  in the device's preferred precision (``rest_precision``: BF16 with AMX), as the export
+  checked them, kept only if it meets the accuracy bar against the same INT8 model with an
+  FP32 rest. ``precision='int8'`` on an FP32 file is
   a ``ConfigError`` that names the INT8 file beside it, if there is one;
 - threads: ``intra_op_threads`` (the node's ``cpu_threads``) > 0 sets OpenVINO's inference
   threads; 0 leaves OpenVINO's default, a thread per core the process may run on, pinned as
@@ -277,16 +279,13 @@ class OpenVinoEngine(DepthEngine):
             )
         #: What was asked for ('auto' or a precision); ``precision`` is what runs.
         self.requested_precision = precision
-        # The arithmetic of the layers that are not INT8 (all of them in an FP32 file). An
-        # INT8 model keeps FP32 there, as export checked it: with BF16 there the quickstart's
-        # trained model moved 1.25 % from FP32 on held-out rooms (0.8 % with FP32), over the bar.
-        if self.int8:
-            rest = 'fp32'
-        else:
-            rest = self._preferred_precision() if precision == 'auto' else precision
+        # The arithmetic of the layers that are not INT8 (all of them in an FP32 file): for an
+        # INT8 model the device's preference, as the export checked it, kept only if it meets
+        # the accuracy bar against the same model with an FP32 rest.
+        rest = self._preferred_precision() if precision in ('auto', INT8) else precision
         capabilities = self._capabilities()
         if capabilities and _CAPABILITY[rest] not in capabilities:
-            if precision == 'auto':
+            if precision in ('auto', INT8):
                 rest = 'fp32'  # a plugin that prefers what it does not list
             else:
                 raise ConfigError(
@@ -363,7 +362,8 @@ class OpenVinoEngine(DepthEngine):
     def _verify_precision(self, precision: str) -> bool:
         """Keep a reduced precision only if its depth meets the accuracy bar against FP32.
 
-        Returns whether it was kept (else FP32 is compiled and runs). The FP32 reference
+        Returns whether it was kept (else FP32 is compiled and runs). For an INT8 model the
+        reference is the same model with its unquantized layers in FP32. The FP32 reference
         is compiled, run and released before the reduced precision is compiled, so the two
         compiled models never take memory at once (a refusal recompiles FP32 from OpenVINO's
         cache).

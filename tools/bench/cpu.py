@@ -143,6 +143,7 @@ def live_rows(
     width: int = 640,
     height: int = 480,
     log: Callable[[str], None] = lambda message: None,
+    labels: Sequence[str] = tuple(label for label, _ in PRECISIONS),
 ) -> dict[str, Any]:
     """Run the live node on the full-size model once per precision; rows + skipped."""
     from moa_depth_ros.bench import live
@@ -153,6 +154,8 @@ def live_rows(
     int8_path = ensure_int8(onnx_path, log)
     rows, skipped = [], []
     for label, precision in PRECISIONS:
+        if label not in labels:
+            continue
         log(f'live {LIVE_MODEL} OpenVINO {label} at {rate_hz:g} Hz ...')
         try:
             result = live.measure_live(
@@ -309,6 +312,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--live-frames', type=int, default=300, help='camera frames per live row')
     parser.add_argument('--live-rate-hz', type=float, default=30.0, help='live camera rate')
     parser.add_argument('--no-live', action='store_true', help='skip the live rows')
+    parser.add_argument(
+        '--live-precisions',
+        nargs='+',
+        default=[label for label, _ in PRECISIONS],
+        choices=[label for label, _ in PRECISIONS],
+        help='live rows to measure (the others stay as measured before)',
+    )
     parser.add_argument('--no-network', action='store_true', help='skip the network rows')
     parser.add_argument('--out', default='runs/bench', help='where cpu.json goes')
     parser.add_argument('--cache-dir', help='exported models (default OUT/models)')
@@ -336,7 +346,11 @@ def collect(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         )
     if not args.no_live:
         new['live'] = live_rows(
-            cache_dir=cache_dir, frames=args.live_frames, rate_hz=args.live_rate_hz, log=log
+            cache_dir=cache_dir,
+            frames=args.live_frames,
+            rate_hz=args.live_rate_hz,
+            log=log,
+            labels=getattr(args, 'live_precisions', [label for label, _ in PRECISIONS]),
         )
     return new
 

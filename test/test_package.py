@@ -210,3 +210,12 @@ def test_colcon_build_install_layout(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert 'moa_depth_ros' in run.stdout
+
+
+def test_the_licence_file_is_the_apache_2_text_package_xml_and_setup_py_name():
+    # bloom and ament_copyright look for the licence text itself, not only the SPDX name.
+    text = (ROOT / 'LICENSE').read_text()
+    assert text.lstrip().startswith('Apache License\n') and 'Version 2.0, January 2004' in text
+    assert 'END OF TERMS AND CONDITIONS' in text
+    assert [str(lic) for lic in _package().licenses] == ['Apache-2.0']
+    assert "license='Apache-2.0'" in (ROOT / 'setup.py').read_text()

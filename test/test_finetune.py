@@ -411,23 +411,30 @@ def test_finetune_end_to_end_through_main(recordings, tiny_base, tmp_path, capsy
     assert again['train_steps'] == 4
 
 
-def test_a_model_that_did_not_change_is_not_worse(recordings, tiny_base, tmp_path):
-    from training.__main__ import main
+def test_the_verdict_ignores_float_noise_and_names_what_got_worse():
+    from training.finetune import worse_metrics
 
-    out = tmp_path / 'same'
-    argv = _argv(recordings['mcap', '16UC1'], tiny_base, out, '--steps', '2')
-    assert main([*argv, '--set', 'optim.lr=1e-12', '--set', 'ema_decay=0.0']) == 0
+    base = {'d1': 0.80, 'abs_rel': 0.200}
+    assert worse_metrics(base, {'d1': 0.799, 'abs_rel': 0.201}) == []  # torch vs ONNX noise
+    assert worse_metrics(base, {'d1': 0.79, 'abs_rel': 0.19}) == ['d1']
+    assert worse_metrics(base, {'d1': 0.85, 'abs_rel': 0.21}) == ['abs_rel']
+    assert worse_metrics(base, {'d1': 0.70, 'abs_rel': 0.30}) == ['d1', 'abs_rel']
 
 
 def test_a_worse_model_exits_1_and_says_so(recordings, tiny_base, tmp_path, capsys):
     from training.__main__ import main
 
+    # A base that has learnt the recording (a random one has nothing to lose), then a
+    # fine-tuning run at a learning rate that wrecks it.
+    learnt = tmp_path / 'learnt'
+    bag = recordings['sqlite3', '16UC1']
+    main([*_argv(bag, tiny_base, learnt, '--steps', '60'), '--set', 'optim.lr=2e-3'])
+    before = json.loads((learnt / 'metrics.json').read_text())['finetuned']
     out = tmp_path / 'worse'
-    argv = _argv(recordings['sqlite3', '16UC1'], tiny_base, out, '--steps', '6')
-    rc = main(
-        [*argv, '--set', 'optim.lr=0.5', '--set', 'ema_decay=0.0', '--set', 'optim.warmup_steps=0']
-    )
+    harmful = ['--set', 'optim.lr=0.5', '--set', 'ema_decay=0.0', '--set', 'optim.warmup_steps=0']
+    rc = main([*_argv(bag, learnt / 'model.safetensors', out, '--steps', '8'), *harmful])
     metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['base']['d1'] == pytest.approx(before['d1'], abs=1e-3)
     assert metrics['worse_on'], metrics
     assert rc == 1
     assert 'WORSE than its base' in capsys.readouterr().err

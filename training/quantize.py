@@ -282,8 +282,9 @@ def quantize_openvino_int8(
     del reference
     # The unquantized layers in the CPU's preference, as the runtime runs an INT8 model.
     compiled = core.compile_model(quantized, 'CPU')
-    hint = str(compiled.get_property('INFERENCE_PRECISION_HINT')).lower()
-    rest = {'f32': 'fp32', 'f16': 'fp16'}.get(hint, hint)
+    hint = compiled.get_property('INFERENCE_PRECISION_HINT')  # an ov.Type ('bf16', 'f32')
+    name = hint.to_string() if hasattr(hint, 'to_string') else str(hint)
+    rest = {'f32': 'fp32', 'f16': 'fp16'}.get(name, name)
     got = _openvino_depth(compiled, frames.check)
     del compiled
     per_frame = [depth_agreement(e, g) for e, g in zip(expected, got)]

@@ -229,7 +229,8 @@ def render(results: dict[str, Any], h: str = '###') -> str:
         "OpenVINO's own choice, BF16 on this CPU; INT8 is the model `python -m training export "
         '--int8` writes (NNCF post-training quantization, calibrated here on '
         f'{CALIBRATION_FRAMES} synthetic frames), run with `precision:=int8`. Each row says '
-        'when it was measured; rows of one model come from one run.',
+        'when it was measured; the network rows of one model come from one run, each live row '
+        'from a run of its own (`--live-precisions` re-measures some).',
         '',
         '| model | precision | engine | network ms | frame ms (p90) | measured |',
         '| --- | --- | --- | ---: | ---: | --- |',

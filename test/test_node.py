@@ -203,6 +203,26 @@ def test_openvino_backend_gives_the_depth_onnx_runtime_gives(make_node, probe):
     assert status.status[0].hardware_id == 'openvino'
 
 
+@pytest.mark.openvino
+def test_an_int8_model_runs_with_precision_int8_and_the_fp32_depth_contract(
+    make_node, probe, model_path, tmp_path
+):
+    pytest.importorskip('nncf')
+    from test_engine_support import random_image
+
+    from training.quantize import quantize_openvino_int8, split_frames
+
+    frames = split_frames([random_image((24, 32), seed=s) for s in range(10)], 'random')
+    int8 = quantize_openvino_int8(model_path, frames, tmp_path / 'tiny.int8.xml').path
+    node = make_node(model_path=str(int8), backend='openvino', precision='int8')
+    assert probe.wait_log('tiny_test_model via openvino')
+    connected(probe, node)
+    probe.send('/image', image(grey=128, sec=7))
+    depth = probe.out['depth'].wait(1)[-1]
+    assert depth.header.stamp.sec == 7 and depth.encoding == '32FC1'
+    np.testing.assert_allclose(msgs.decode_depth(depth), expected_depth_m(128), rtol=1e-2)
+
+
 def test_without_camera_info_depth_still_flows_and_the_reason_is_logged_once(make_node, probe):
     node = make_node()
     connected(probe, node)

@@ -14,7 +14,10 @@ that records when each arrives. Measured while the camera streams:
   takes for the same frame in this process (same model, backend and threads, paced like the
   camera): the difference is what ROS costs (receiving, publishing, the executor), shown
   beside the node's own publish time and the cost of copying one frame's output bytes once;
-- the node's CPU while idle (started, no camera), in % of one core.
+- the node's CPU while idle (started, no camera), in % of one core;
+- navigation: the clouds a subscriber with Nav2's costmap QoS (SensorDataQoS: best effort,
+  keep last 5) receives, as its own process, over the clouds the reliable viewer receives,
+  and the size of the cloud (points, KiB) that costs an RViz user.
 
 Each role runs as ``python -m moa_depth_ros.bench.live ROLE SPEC_JSON``; ``measure_live``
 orchestrates them. Needs rclpy and the message packages (ROS 2, or the ros-jazzy-* wheels).
@@ -40,12 +43,17 @@ import numpy as np
 
 from moa_depth_ros.bench import measure
 from moa_depth_ros.errors import MoaDepthError
-from moa_depth_ros.frame.outputs import CAMERA_INFO, IMAGE, OUTPUTS, POINT_CLOUD
+from moa_depth_ros.frame.geometry import decimation_for_budget
+from moa_depth_ros.frame.outputs import CAMERA_INFO, IMAGE, OUTPUT_BY_KEY, OUTPUTS, POINT_CLOUD
+from moa_depth_ros.frame.pipeline import PipelineConfig
 
 # What the viewer subscribes to, and their types: the node's default outputs (not the
 # colour preview).
 OUTPUT_TYPES = {output.topic: output.msgtype for output in OUTPUTS if output.key != 'colored'}
 OUTPUT_TOPICS = tuple(OUTPUT_TYPES)
+DEPTH_TOPIC = OUTPUT_BY_KEY['depth'].topic
+DEPTH_INFO_TOPIC = OUTPUT_BY_KEY['depth_info'].topic
+POINTS_TOPIC = OUTPUT_BY_KEY['points'].topic
 NODE_NAME = 'moa_depth_node'  # runtime.node.NODE_NAME (a test holds them equal: no rclpy here)
 CLK_TCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
 
@@ -204,9 +212,45 @@ def _viewer(spec: dict[str, Any]) -> dict[str, Any]:
     return {'arrivals': arrivals, 'diagnostics': last_status}
 
 
+def _navigation(spec: dict[str, Any]) -> dict[str, Any]:
+    """Record the clouds a Nav2 costmap layer would get (SensorDataQoS) until SIGINT."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import PointCloud2
+
+    rclpy.init()
+    node = Node('bench_navigation')
+    arrivals: dict[str, float] = {}
+    cloud: dict[str, int] = {}
+
+    def callback(msg: Any) -> None:
+        stamp = msg.header.stamp
+        arrivals[f'{stamp.sec}.{stamp.nanosec:09d}'] = time.time()
+        cloud.update(points=msg.width * msg.height, bytes=len(msg.data))
+
+    node.create_subscription(PointCloud2, POINTS_TOPIC, callback, qos_profile_sensor_data)
+    deadline = time.monotonic() + spec['ready_timeout_s']
+    while node.count_publishers(node.resolve_topic_name(POINTS_TOPIC)) < 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError('depth_node publishes no points to the navigation subscriber')
+        rclpy.spin_once(node, timeout_sec=0.1)
+    print('ready', flush=True)
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return {'arrivals': arrivals, 'cloud': cloud}
+
+
 ROLES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     'camera': _camera,
     'viewer': _viewer,
+    'navigation': _navigation,
 }
 
 
@@ -300,9 +344,16 @@ def _read_result(path: pathlib.Path, child: _Child) -> dict[str, Any]:
         raise LiveRunError(f'{path.stem} left no results ({e}):\n{child.output()}') from None
 
 
-def output_bytes_per_frame(width: int, height: int) -> int:
-    """Bytes of one frame's outputs: depth and confidence (32FC1), an organized rgb cloud."""
-    return width * height * (4 + 4 + 16)
+def output_bytes_per_frame(width: int, height: int, cloud_bytes: int | None = None) -> int:
+    """Bytes of one frame's outputs: depth and confidence (32FC1) and the cloud.
+
+    ``cloud_bytes`` None: the default organized rgb cloud, auto-decimated to the pipeline's
+    default budget (``geometry.decimation_for_budget``).
+    """
+    if cloud_bytes is None:
+        n = decimation_for_budget(width, height, 16, PipelineConfig().cloud_budget_bytes)
+        cloud_bytes = -(-width // n) * -(-height // n) * 16
+    return width * height * (4 + 4) + cloud_bytes
 
 
 def pipeline_cpu(
@@ -411,7 +462,7 @@ def measure_live(
         precision=precision,
     )
     node = _Child(_node_command(model_path, backend, device, threads, spin_wait, precision), env)
-    viewer = camera = None
+    viewer = camera = navigation = None
     try:
         if not node.wait_line('depth from', 120.0):
             raise LiveRunError(f'depth_node did not start:\n{node.output()}')
@@ -424,6 +475,11 @@ def measure_live(
         viewer = _Child([*role, 'viewer', json.dumps(spec), str(tmp / 'viewer.json')], env)
         if not viewer.wait_line('ready', 60.0):
             raise LiveRunError(f'the viewer did not start:\n{viewer.output()}')
+        navigation = _Child(
+            [*role, 'navigation', json.dumps(spec), str(tmp / 'navigation.json')], env
+        )
+        if not navigation.wait_line('ready', 60.0):
+            raise LiveRunError(f'the navigation subscriber did not start:\n{navigation.output()}')
         log(
             f'live: {warmup_frames} + {frames} frames of {width}x{height} at {rate_hz:g} Hz '
             f'(~{(warmup_frames + frames) / rate_hz:.0f} s) ...'
@@ -441,26 +497,30 @@ def measure_live(
             raise LiveRunError(f'the camera did not exit:\n{camera.output()}') from None
         time.sleep(1.0)
         viewer.stop()
+        navigation.stop()
         node_status = node.stop()
         seen = _read_result(tmp / 'viewer.json', viewer)
+        navigated = _read_result(tmp / 'navigation.json', navigation)
         sent = _read_result(tmp / 'camera.json', camera)['sent']
     finally:
-        for child in (camera, viewer, node):
+        for child in (camera, viewer, navigation, node):
             if child is not None:
                 child.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     stamps = [f'{sec}.{nanosec:09d}' for sec, nanosec in sent]
     arrivals = seen['arrivals']
-    depth = arrivals['depth']
+    depth = arrivals[DEPTH_TOPIC]
     latencies_ms = [(depth[s] - float(s)) * 1e3 for s in stamps if s in depth]
     with_depth = sum(s in depth for s in stamps)
-    complete = sum(s in depth and s in arrivals['depth/camera_info'] for s in stamps)
+    complete = sum(s in depth and s in arrivals[DEPTH_INFO_TOPIC] for s in stamps)
+    clouds_reliable = sum(s in arrivals[POINTS_TOPIC] for s in stamps)
+    clouds_navigation = sum(s in navigated['arrivals'] for s in stamps)
     values = seen['diagnostics'].get('values', {})
     stages = _stage_means(values)
     publish_ms = stages.pop('publish', None)
     stages.pop('total', None)
     node_cpu_ms = (cpu_end - cpu_start) * 1e3 / max(with_depth, 1)
-    nbytes = output_bytes_per_frame(width, height)
+    nbytes = output_bytes_per_frame(width, height, navigated['cloud'].get('bytes'))
     return {
         'model_path': str(model_path),
         'backend': backend,
@@ -490,6 +550,13 @@ def measure_live(
         'output_mb_per_frame': nbytes / 1e6,
         'copy_floor_ms': measure.copy_ms(nbytes)['median_ms'],
         'idle_core_percent': 100.0 * idle_core_share,
+        'navigation': {
+            'clouds_reliable': clouds_reliable,
+            'clouds_sensor_data_qos': clouds_navigation,
+            'ratio': clouds_navigation / max(clouds_reliable, 1),
+            'cloud_points': navigated['cloud'].get('points'),
+            'cloud_kib': navigated['cloud'].get('bytes', 0) / 1024,
+        },
         'node_exit_status': node_status,
         'node_diagnostics': values,
     }

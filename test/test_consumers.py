@@ -238,8 +238,13 @@ class _NodeUnderTest:
             self.process.output()
         )
 
-    def frame(self, kind: str, sec: int, rgb=None):
-        """Send a frame; return (depth, its sibling CameraInfo, points) of that stamp."""
+    def frame(self, kind: str, sec: int, rgb=None, *, warm_up: bool = False):
+        """Send a frame; return (depth, its sibling CameraInfo, points) of that stamp.
+
+        A warm-up frame must give depth, but on a fresh connection its CameraInfo may reach
+        the node after the node's wait for it, and the frame then goes without its
+        camera_info and cloud (the node's documented behaviour, not what these tests check).
+        """
         from ros_graph import image_msg
 
         self.probe.send('/cam/camera_info', _camera_info(kind, sec))
@@ -248,7 +253,7 @@ class _NodeUnderTest:
         )
         got = [
             inbox.wait_match(lambda m: m.header.stamp.sec == sec, 20.0)
-            for inbox in (self.depth, self.info, self.points)
+            for inbox in ((self.depth,) if warm_up else (self.depth, self.info, self.points))
         ]
         assert all(m is not None for m in got), (
             [m is not None for m in got],
@@ -275,7 +280,7 @@ def test_depth_image_proc_rebuilds_the_node_cloud_from_the_depth_and_its_sibling
         f'max_depth_m:={MAX_DEPTH_M}',
     )
     try:
-        node.frame(kind, sec=1)  # a first frame may miss its CameraInfo on a fresh connection
+        node.frame(kind, sec=1, warm_up=True)
         depth, info, cloud = node.frame(kind, sec=2)
     finally:
         node.close()
@@ -294,7 +299,7 @@ def test_rectified_input_is_not_undistorted_again_and_scales_with_p(ros_domain, 
     model = write_tiny_onnx(tmp_path / 'tiny.onnx', range_m=(0.5, 20.0), canonical_focal_px=20.0)
     node = _NodeUnderTest(ros_domain, tmp_path, model, 'input_rectified:=true')
     try:
-        node.frame('plumb_bob', sec=1)
+        node.frame('plumb_bob', sec=1, warm_up=True)
         depth, info, cloud = node.frame('plumb_bob', sec=2)
     finally:
         node.close()

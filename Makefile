@@ -15,9 +15,11 @@ OLDEST := -c constraints/tools.txt -c constraints/runtime-oldest.txt
 ISOLATED := .ci/netns-run
 # The tests of what a robot runs (no training stack): rerun on Kilted and on the oldest
 # supported NumPy, OpenCV, ONNX Runtime and OpenVINO. ROS_TESTS are the ones that use ROS 2.
-ROS_TESTS := test/test_node.py test/test_node_live.py test/test_msgs_rclpy.py
+ROS_TESTS := test/test_node.py test/test_node_live.py test/test_msgs_rclpy.py \
+	test/test_node_managed.py test/test_node_behaviour.py test/test_node_live_input.py \
+	test/test_consumers.py test/test_rclpy_humble_api.py
 RUNTIME_TESTS := $(ROS_TESTS) test/test_pipeline.py test/test_msgs.py test/test_msgs_cdr.py \
-	test/test_geometry.py test/test_engine_onnxruntime.py test/test_engine_cache.py \
+	test/test_geometry.py test/test_rectify.py test/test_engine_onnxruntime.py test/test_engine_cache.py \
 	test/test_bag.py test/test_bag_recovery.py test/test_worker.py test/test_params.py \
 	test/test_node_diagnostics.py test/test_fileio.py test/test_launch.py test/test_bench_measure.py
 LANE_REQUIREMENTS := -r requirements-venv.txt -r requirements-test-runtime.txt \

@@ -1,7 +1,7 @@
 """``python -m training finetune-demo`` (``make finetune-demo``): fine-tuning, shown end to end.
 
 A team's situation, synthetic: the quickstart model (``runs/quickstart/model.safetensors``,
-trained on rooms seen from 1.3-1.5 m through 50-95 degree lenses) goes onto a ground robot
+trained on rooms seen from 1.3-1.5 m through 40-100 degree lenses) goes onto a ground robot
 whose camera sits 0.2-0.5 m above the floor behind a RealSense-like 69 degree lens, in rooms
 it has never seen. The robot's RGB-D sibling records its environment
 (``training.data.synthetic_rgbd``: four rooms driven through twice, depth aligned to

@@ -13,7 +13,7 @@ Steps, each printed as it runs, every artefact in ``runs/quickstart/``:
    rooms) and score the INT8 model the same way on the same held-out rooms, with its depth
    against FP32 judged by the accuracy bar (reported; not one of the targets);
 5. cameras: held-out rooms seen through lenses of 45, 60, 75, 90 and 100 degrees (the
-   recipe's training range is 50-95: two lie outside), each written as a camera rosbag2 with its
+   recipe's training range is 40-100 degrees), each written as a camera rosbag2 with its
    CameraInfo and run through ``moa-depth bag`` (the node's pipeline) with the focal-length
    correction on and off, scored against the exact depth; the targets: d1 >= 0.80 on every
    lens, >= 0.85 on their average, and AbsRel under half the constant baseline's;

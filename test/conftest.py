@@ -180,3 +180,33 @@ def ros_domain() -> int:
 def module_ros_domain() -> int:
     """Give one module's tests a shared ROS domain id (for a node process they share)."""
     return take_ros_domain()
+
+
+@pytest.fixture
+def graph(ros_domain):
+    """Give this test a RosGraph: this process's rclpy context and executor, own domain."""
+    from ros_graph import RosGraph
+
+    graph = RosGraph(ros_domain)
+    yield graph
+    graph.close()
+
+
+@pytest.fixture
+def make_node(graph, model_path):
+    """Build DepthNode on the graph (the test module's model_path) with parameter overrides."""
+    from rclpy.parameter import Parameter
+
+    from moa_depth_ros.runtime.node import DepthNode
+
+    def make(**overrides):
+        # ONNX Runtime unless a test asks: backend auto may measure OpenVINO faster and run
+        # the CPU's bf16, and the node tests compare depth to 1e-5.
+        values = {'model_path': model_path, 'backend': 'onnxruntime', **overrides}
+        node = DepthNode(
+            context=graph.context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in values.items()],
+        )
+        return graph.add(node)
+
+    return make

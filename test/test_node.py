@@ -20,7 +20,6 @@ import pytest
 from ros_graph import (
     ERROR,
     WARN,
-    RosGraph,
     camera_info_msg,
     diagnostic_values,
     grey_image_msg,
@@ -47,13 +46,6 @@ def model_path(tmp_path_factory):
 
 
 @pytest.fixture
-def graph(ros_domain):
-    graph = RosGraph(ros_domain)
-    yield graph
-    graph.close()
-
-
-@pytest.fixture
 def probe(graph):
     """Play the camera and the consumers: subscribers of every output."""
     from diagnostic_msgs.msg import DiagnosticArray
@@ -69,26 +61,6 @@ def probe(graph):
         'diagnostics': probe.subscribe(DiagnosticArray, '/diagnostics'),
     }
     return probe
-
-
-@pytest.fixture
-def make_node(graph, model_path):
-    """Build DepthNode on the graph with parameter overrides; destroyed at teardown."""
-    from rclpy.parameter import Parameter
-
-    from moa_depth_ros.runtime.node import DepthNode
-
-    def make(**overrides):
-        # ONNX Runtime unless a test asks: backend auto may measure OpenVINO faster and run
-        # the CPU's bf16, and these tests compare depth to 1e-5 (the startup test runs auto).
-        values = {'model_path': model_path, 'backend': 'onnxruntime', **overrides}
-        node = DepthNode(
-            context=graph.context,
-            parameter_overrides=[Parameter(k, value=v) for k, v in values.items()],
-        )
-        return graph.add(node)
-
-    return make
 
 
 def connected(probe, node):

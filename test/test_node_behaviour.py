@@ -13,7 +13,7 @@ import time
 import tracemalloc
 
 import pytest
-from ros_graph import RosGraph, diagnostic_values, grey_image_msg, header, wait_for
+from ros_graph import diagnostic_values, grey_image_msg, header, wait_for
 from tiny_model import write_tiny_onnx
 
 from moa_depth_ros.frame.outputs import OUTPUT_BY_KEY
@@ -30,13 +30,6 @@ def model_path(tmp_path_factory):
 
 
 @pytest.fixture
-def graph(ros_domain):
-    graph = RosGraph(ros_domain)
-    yield graph
-    graph.close()
-
-
-@pytest.fixture
 def probe(graph):
     """Play the camera and read /diagnostics; no output subscriber unless a test makes one."""
     from diagnostic_msgs.msg import DiagnosticArray
@@ -44,23 +37,6 @@ def probe(graph):
     probe = graph.probe()
     probe.diagnostics = probe.subscribe(DiagnosticArray, '/diagnostics')
     return probe
-
-
-@pytest.fixture
-def make_node(graph, model_path):
-    from rclpy.parameter import Parameter
-
-    from moa_depth_ros.runtime.node import DepthNode
-
-    def make(**overrides):
-        values = {'model_path': model_path, 'backend': 'onnxruntime', **overrides}
-        node = DepthNode(
-            context=graph.context,
-            parameter_overrides=[Parameter(k, value=v) for k, v in values.items()],
-        )
-        return graph.add(node)
-
-    return make
 
 
 def reliable_camera(probe, node):

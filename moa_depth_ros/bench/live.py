@@ -160,11 +160,25 @@ def publisher_count(node: Any, subscription: Any) -> int:
     return node.count_publishers(subscription.topic_name)
 
 
+def _spin_until_interrupted(node: Any) -> None:
+    """Say 'ready' to the orchestrator, then spin a subscriber role until SIGINT ends it."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    print('ready', flush=True)
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
 def _viewer(spec: dict[str, Any]) -> dict[str, Any]:
     """Record the arrival time of every output by stamp until SIGINT; return them."""
     from diagnostic_msgs.msg import DiagnosticArray
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -201,21 +215,13 @@ def _viewer(spec: dict[str, Any]) -> dict[str, Any]:
                 )
 
     node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics, 10)
-    print('ready', flush=True)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    _spin_until_interrupted(node)
     return {'arrivals': arrivals, 'diagnostics': last_status}
 
 
 def _navigation(spec: dict[str, Any]) -> dict[str, Any]:
     """Record the clouds a Nav2 costmap layer would get (SensorDataQoS) until SIGINT."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import PointCloud2
@@ -236,14 +242,7 @@ def _navigation(spec: dict[str, Any]) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise TimeoutError('depth_node publishes no points to the navigation subscriber')
         rclpy.spin_once(node, timeout_sec=0.1)
-    print('ready', flush=True)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    _spin_until_interrupted(node)
     return {'arrivals': arrivals, 'cloud': cloud}
 
 

@@ -174,21 +174,28 @@ def _run_ms(engine: DepthEngine, image: np.ndarray) -> float:
     return (time.perf_counter() - started) * 1e3
 
 
+def _alternating_median_ms(
+    first: DepthEngine, second: DepthEngine, image: np.ndarray
+) -> tuple[float, float]:
+    """Median ms of each engine on ``image``, warmed up and timed in alternating runs."""
+    for _ in range(WARMUP_RUNS):
+        first.infer(image)
+        second.infer(image)
+    first_ms: list[float] = []
+    second_ms: list[float] = []
+    for _ in range(TIMED_RUNS):
+        first_ms.append(_run_ms(first, image))
+        second_ms.append(_run_ms(second, image))
+    return float(np.median(first_ms)), float(np.median(second_ms))
+
+
 def measure(ort: DepthEngine, openvino: DepthEngine) -> dict[str, Any]:
     """Time both engines on the same input (alternating runs) and compare their outputs."""
     h, w = ort.input_hw
     image = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
-    for _ in range(WARMUP_RUNS):
-        ort.infer(image)
-        openvino.infer(image)
-    times: dict[str, list[float]] = {'onnxruntime': [], 'openvino': []}
-    for _ in range(TIMED_RUNS):
-        times['onnxruntime'].append(_run_ms(ort, image))
-        times['openvino'].append(_run_ms(openvino, image))
+    ort_ms, ov_ms = _alternating_median_ms(ort, openvino, image)
     expected, got = ort.infer(image), openvino.infer(image)
     parity = parity_errors(expected, got)
-    ort_ms = float(np.median(times['onnxruntime']))
-    ov_ms = float(np.median(times['openvino']))
     precision = getattr(openvino, 'precision', 'fp32')
     if precision == 'fp32':
         agrees = parity['depth_rel'] <= PARITY_REL and parity['confidence_rel'] <= PARITY_REL
@@ -242,15 +249,7 @@ def _measure_int8(
         return winner, verdict
     h, w = winner.input_hw
     image = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
-    for _ in range(WARMUP_RUNS):
-        winner.infer(image)
-        candidate.infer(image)
-    times: dict[str, list[float]] = {'winner': [], 'int8': []}
-    for _ in range(TIMED_RUNS):
-        times['winner'].append(_run_ms(winner, image))
-        times['int8'].append(_run_ms(candidate, image))
-    winner_ms = float(np.median(times['winner']))
-    int8_ms = float(np.median(times['int8']))
+    winner_ms, int8_ms = _alternating_median_ms(winner, candidate, image)
     verdict['int8_ms'] = int8_ms
     if int8_ms * MARGIN <= winner_ms:
         winner.close()

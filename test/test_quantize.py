@@ -87,6 +87,33 @@ def test_export_int8_writes_a_verified_ir_with_its_record(exported, capsys):
     assert 'OpenVINO INT8 model' in out and 'int8_source_sha256' in out
 
 
+def test_the_layer_reading_the_image_and_the_head_stay_float(exported):
+    import openvino as ov
+
+    _, onnx_path, _ = exported
+    core = ov.Core()
+    layers = quantize.image_layers(core.read_model(str(onnx_path)))
+    # The tiny MoA-DepthCLIP's patch embedding: the one convolution every pixel goes through
+    # first (the image size reaches the head's resize too, through ShapeOf: not a reader).
+    assert len(layers) == 1 and 'conv1' in layers[0]
+    quantized = core.read_model(str(int8_ir_path(onnx_path)))
+    by_name = {op.get_friendly_name(): op for op in quantized.get_ops()}
+    fed_by = {
+        by_name[layers[0]].input_value(i).get_node().get_type_name()
+        for i in range(by_name[layers[0]].get_input_size())
+    }
+    assert 'FakeQuantize' not in fed_by  # float input, float weights
+    quantized_ops = [
+        op.get_friendly_name()
+        for op in quantized.get_ops()
+        if op.get_type_name() == 'FakeQuantize'
+    ]
+    assert quantized_ops and not [name for name in quantized_ops if '/head/' in name]
+    extra = read_ir_metadata(int8_ir_path(onnx_path)).extra
+    assert layers[0] in extra['int8_kept_float'] and '/head/' in extra['int8_kept_float']
+    assert extra['quantization'] == quantize.QUANTIZATION
+
+
 def test_the_int8_model_keeps_the_depth_contract_of_fp32(exported):
     _, onnx_path, _ = exported
     int8 = load_engine(int8_ir_path(onnx_path), precision='int8')

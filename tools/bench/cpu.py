@@ -60,12 +60,12 @@ def ensure_int8(onnx_path: str | pathlib.Path, log: Callable[[str], None]) -> pa
     """
     from moa_depth_ros.bench.measure import synthetic_rgb
     from moa_depth_ros.engine.onnx_backend import read_onnx_metadata
-    from moa_depth_ros.engine.openvino_backend import int8_ir_path
-    from training.quantize import network_input, quantize_openvino_int8, split_frames
+    from moa_depth_ros.engine.openvino_backend import int8_ir_path, read_ir_metadata_props
+    from training.quantize import QUANTIZATION, network_input, quantize_openvino_int8, split_frames
 
     int8 = int8_ir_path(onnx_path)
-    if int8.is_file():
-        return int8
+    if int8.is_file() and read_ir_metadata_props(int8).get('quantization') == QUANTIZATION:
+        return int8  # made by this recipe (an older one is made again)
     hw = read_onnx_metadata(onnx_path).input_hw
     log(f'quantizing {pathlib.Path(onnx_path).name} to INT8 (NNCF) ...')
     frames = [

@@ -295,6 +295,52 @@ def test_a_frame_waits_for_the_camera_info_stamped_like_it(make_node, probe, mon
     assert wait_for(lambda: [m.header.stamp.sec for m in probe.out['points'].messages] == [1, 3])
 
 
+def test_a_camera_whose_calibration_stays_the_same_costs_no_wait(make_node, probe, monkeypatch):
+    # After _STATIC_CAMERA_INFOS CameraInfos with one calibration, a frame whose own CameraInfo
+    # is late takes the newest at once (the same calibration) instead of waiting for it.
+    from moa_depth_ros.runtime import node as node_module
+
+    monkeypatch.setattr(node_module, '_CAMERA_INFO_WAIT_S', 5.0)
+    node = make_node()
+    connected(probe, node)
+    last = node_module._STATIC_CAMERA_INFOS
+    for sec in range(1, last + 1):  # one at a time: the input history keeps a few
+        probe.send('/camera_info', camera_info_msg(W, H, FX, FY, CX, CY, sec=sec))
+        assert wait_for(
+            lambda sec=sec: (
+                getattr(node._camera_info_msg, 'header', None)
+                and (node._camera_info_msg.header.stamp.sec == sec)
+            )
+        )
+    assert node._camera_infos_unchanged == last
+    probe.send('/image', image(sec=last))  # finds its own: the next frame would wait
+    assert probe.out['points'].wait(1)
+    started = time.monotonic()
+    probe.send('/image', image(sec=last + 1))  # its CameraInfo never comes
+    (_, cloud) = probe.out['points'].wait(2, timeout_s=4.0)
+    assert time.monotonic() - started < 2.5  # not the 5 s wait
+    assert cloud.header.stamp.sec == last + 1  # with the calibration every CameraInfo had
+
+
+@pytest.mark.parametrize('frames_in_flight', [1, 2])
+def test_one_or_two_frames_in_flight_publish_the_same_outputs(make_node, probe, frames_in_flight):
+    node = make_node(frames_in_flight=frames_in_flight)
+    connected(probe, node)
+    assert node._worker.frames_in_flight == frames_in_flight
+    probe.send('/camera_info', info())
+    assert wait_for(lambda: node._camera_info_msg is not None)
+    for sec in (1, 2, 3):  # one at a time: each is published, in order
+        probe.send('/camera_info', camera_info_msg(W, H, FX, FY, CX, CY, sec=sec))
+        probe.send('/image', image(sec=sec, grey=40 * sec))
+        probe.out['points'].wait(sec)
+    depths = probe.out['depth'].wait(3)
+    assert [m.header.stamp.sec for m in depths] == [1, 2, 3]
+    assert [m.header.stamp.sec for m in probe.out['points'].messages] == [1, 2, 3]
+    assert [m.header.stamp.sec for m in probe.out['info'].wait(3)] == [1, 2, 3]
+    stats = node._worker.stats
+    assert (stats.processed, stats.failed) == (3, 0)
+
+
 def test_parameter_changes_apply_at_run_time(make_node, probe):
     from sensor_msgs.msg import CompressedImage
 
@@ -425,16 +471,16 @@ def test_an_unexpected_error_after_a_skipped_frame_does_not_stop_depth(make_node
     bad = Image(header=header(), height=H, width=W, encoding='weird9', step=W, data=b'\0' * W * H)
     probe.send('/image', bad)
     assert probe.wait_log('skipped a frame', WARN)
-    process_msg = node._pipeline.process_msg
+    finish = node._pipeline.finish  # the outputs' half: its own thread (frames_in_flight 2)
     calls = []
 
     def buggy(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise ZeroDivisionError('a bug in frame processing')
-        return process_msg(*args, **kwargs)
+        return finish(*args, **kwargs)
 
-    node._pipeline.process_msg = buggy
+    node._pipeline.finish = buggy
     probe.send('/image', image(sec=1))
     assert probe.wait_log('unexpected error while processing a frame', ERROR)
     assert node._worker.is_alive
@@ -454,7 +500,7 @@ def test_a_stopped_inference_thread_is_an_error_on_diagnostics(make_node, probe)
     def fatal(*args, **kwargs):
         raise Fatal('interpreter is going away')
 
-    node._pipeline.process_msg = fatal
+    node._pipeline.infer_msg = fatal  # the network's half
     probe.send('/image', image())
     assert wait_for(lambda: not node._worker.is_alive)
     status = probe.out['diagnostics'].wait_match(

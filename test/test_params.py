@@ -22,6 +22,7 @@ def test_settings_fields_are_exactly_the_declared_parameters_with_their_defaults
         'precision',
         'cpu_threads',
         'cpu_spin_wait',
+        'frames_in_flight',
     }
     for spec in params.SPECS:
         assert spec.description.endswith('.'), spec.name

@@ -192,3 +192,125 @@ def test_failures_with_distinct_messages_share_one_throttle_entry_per_kind():
     assert len(log.warnings) == 1 and len(log.errors) == 1, (log.warnings, log.errors[:2])
     assert len(worker._log_state) == 2
     assert worker.stats.failed == 200
+
+
+# -- two stages (finish): the network of one frame overlaps the outputs of the previous --
+
+
+def test_with_finish_the_next_frame_runs_while_the_previous_one_is_finished(stop_after):
+    finishing = Gate()
+    processed: list[str] = []
+    second_processed = threading.Event()
+
+    def process(frame):
+        processed.append(frame)
+        if frame == 'f1':
+            second_processed.set()
+        return f'{frame}-inferred'
+
+    worker = LatestFrameWorker(process, finish=finishing, log=RecordingLog())
+    stop_after(worker)
+    assert worker.frames_in_flight == 2
+    worker.start()
+    worker.submit('f0')
+    assert finishing.started.wait(5.0)  # f0's outputs are being made, and held there
+    worker.submit('f1')
+    # f1 went through the network while f0 was still being finished: two frames in flight.
+    assert second_processed.wait(5.0)
+    assert not worker.wait_idle(0.05)
+    finishing.release.set()
+    assert worker.wait_idle(5.0)
+    assert finishing.frames == ['f0-inferred', 'f1-inferred']  # in order, none lost
+    assert worker.stats.processed == 2 and worker.stats.dropped == 0
+
+
+def test_a_slow_finish_holds_one_result_and_newer_frames_replace_each_other(stop_after):
+    finishing = Gate()
+    processed: list[str] = []
+    worker = LatestFrameWorker(
+        lambda frame: processed.append(frame) or frame, finish=finishing, log=RecordingLog()
+    )
+    stop_after(worker)
+    worker.start()
+    worker.submit('f0')
+    assert finishing.started.wait(5.0)
+    worker.submit('f1')  # processed, then its result waits for the finisher
+    deadline = time.monotonic() + 5.0
+    while processed != ['f0', 'f1'] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    # No frame starts while a result waits: these replace each other in the mailbox.
+    for frame in ('f2', 'f3', 'f4'):
+        worker.submit(frame)
+    time.sleep(0.05)
+    assert processed == ['f0', 'f1']
+    finishing.release.set()
+    assert worker.wait_idle(5.0)
+    assert finishing.frames == ['f0', 'f1', 'f4']
+    stats = worker.stats
+    assert (stats.submitted, stats.processed, stats.dropped) == (5, 3, 2)
+
+
+def test_a_frame_failing_in_either_stage_costs_that_frame_only(stop_after):
+    log = RecordingLog()
+    finished: list[str] = []
+
+    def process(frame):
+        if frame == 'bad-network':
+            raise InvalidImageError('bad encoding')
+        return frame
+
+    def finish(frame):
+        if frame == 'bad-outputs':
+            raise ValueError('a bug in publishing')
+        finished.append(frame)
+
+    worker = LatestFrameWorker(process, finish=finish, log=log)
+    stop_after(worker)
+    worker.start()
+    for frame in ('bad-network', 'ok-1', 'bad-outputs', 'ok-2'):
+        worker.submit(frame)
+        assert worker.wait_idle(5.0)
+    assert finished == ['ok-1', 'ok-2']
+    stats = worker.stats
+    assert (stats.processed, stats.failed) == (2, 2)
+    assert stats.last_error == 'ValueError: a bug in publishing'
+    assert any('bad encoding' in w for w in log.warnings)
+    assert any('a bug in publishing' in e for e in log.errors)
+    assert worker.is_alive
+
+
+def test_a_finish_thread_that_dies_says_why_and_stops_the_worker(stop_after):
+    class Fatal(BaseException):
+        pass
+
+    def finish(frame):
+        raise Fatal('interpreter going away')
+
+    log = RecordingLog()
+    worker = LatestFrameWorker(lambda frame: frame, finish=finish, log=log)
+    stop_after(worker)
+    worker.start()
+    worker.submit('f0')
+    deadline = time.monotonic() + 5.0
+    while not worker.stats.stopped and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert worker.stats.stopped == 'Fatal: interpreter going away'
+    assert any('the inference thread stopped' in e for e in log.errors)
+    # The network thread does not wait forever on a handover nobody takes.
+    assert worker.submit('f1') is False
+    assert worker.stop(5.0)
+    assert not worker.is_alive
+
+
+def test_stop_joins_both_stages_and_drops_a_waiting_result():
+    finishing = Gate()
+    worker = LatestFrameWorker(lambda frame: frame, finish=finishing, log=RecordingLog())
+    worker.start()
+    worker.submit('f0')
+    assert finishing.started.wait(5.0)
+    worker.submit('f1')
+    time.sleep(0.05)  # f1 is processed and waits for the finisher
+    finishing.release.set()
+    assert worker.stop(5.0)
+    assert not worker.is_alive
+    assert finishing.frames[0] == 'f0'

@@ -182,6 +182,30 @@ class FrameResult:
     range_m: tuple[float, float] = (0.0, float('inf'))
 
 
+@dataclasses.dataclass(frozen=True)
+class InferredFrame:
+    """A frame between the network and its outputs (``DepthPipeline.infer_msg`` -> ``finish``).
+
+    rgb: the image the network saw (see ``FrameResult.rgb``).
+    camera: the rectified camera of ``rgb`` at its size, or None.
+    rectifier: what rectified ``rgb`` (its invalid-pixel mask is needed at output size), or
+        None.
+    depth_raw, confidence_raw: the estimator's outputs, as it returned them.
+    config: the settings this frame runs with, from its start to its outputs.
+    timings_ms: decode, preprocess and network so far.
+    camera_error: see ``FrameResult.camera_error``.
+    """
+
+    rgb: np.ndarray
+    camera: geometry.CameraModel | None
+    rectifier: rectify.Rectifier | None
+    depth_raw: Any
+    confidence_raw: Any
+    config: PipelineConfig
+    timings_ms: dict[str, float]
+    camera_error: str = ''
+
+
 # ------------------------------------------------------------------------------ stage functions
 
 
@@ -444,9 +468,7 @@ class DepthPipeline:
         ``config`` overrides ``self.config`` for this frame (a caller that keeps its own
         immutable snapshot of settings and config passes it here).
         """
-        start = time.perf_counter()
-        rgb = msgs.decode_camera_image(image_msg)
-        return self._process(rgb, camera, (time.perf_counter() - start) * 1e3, config)
+        return self.finish(self.infer_msg(image_msg, camera, config))
 
     def process_rgb(
         self,
@@ -456,18 +478,43 @@ class DepthPipeline:
     ) -> FrameResult:
         """Process a uint8 RGB [H, W, 3] image; ``camera`` should describe an H x W image.
 
-        ``camera`` may be a function returning the camera model: it is called after the
-        network ran (see ``CameraSource``).
+        ``camera`` may be a function returning the camera model, called before the network
+        (see ``CameraSource``).
         """
-        return self._process(rgb, camera, 0.0, config)
+        return self.finish(self.infer_rgb(rgb, camera, config))
 
-    def _process(
+    def infer_msg(
+        self,
+        image_msg: msgs.CameraImageMessage,
+        camera: CameraSource = None,
+        config: PipelineConfig | None = None,
+    ) -> InferredFrame:
+        """Run the first half of ``process_msg``: decode, rectify, resize, the network.
+
+        ``finish`` makes the outputs of what this returns. The halves let a caller run the
+        network of one frame while another thread finishes the previous one (the node's
+        ``frames_in_flight``); the estimator is only ever called here.
+        """
+        start = time.perf_counter()
+        rgb = msgs.decode_camera_image(image_msg)
+        return self._infer(rgb, camera, (time.perf_counter() - start) * 1e3, config)
+
+    def infer_rgb(
+        self,
+        rgb: np.ndarray,
+        camera: CameraSource = None,
+        config: PipelineConfig | None = None,
+    ) -> InferredFrame:
+        """Run the first half of ``process_rgb`` (see ``infer_msg``)."""
+        return self._infer(rgb, camera, 0.0, config)
+
+    def _infer(
         self,
         rgb: np.ndarray,
         camera: CameraSource,
         decode_ms: float,
         config: PipelineConfig | None = None,
-    ) -> FrameResult:
+    ) -> InferredFrame:
         if config is None:
             config = self.config  # read once: update_config may swap it mid-frame
         elif not isinstance(config, PipelineConfig):
@@ -477,7 +524,6 @@ class DepthPipeline:
         rgb = check_rgb(rgb)
         height, width = rgb.shape[:2]
         self.depth_range_m(config)  # limits that cross whatever the camera: before the network
-        output_hw = config.output_hw or (height, width)
         # The network sees the rectified image, so the camera is needed before it runs.
         camera, camera_error = _resolve_camera(camera, width, height)
 
@@ -496,14 +542,34 @@ class DepthPipeline:
         else:
             depth_raw, confidence_raw = _unpack(self.estimator.infer(nchw))
         timings['network'] = _ms_since(start)
+        return InferredFrame(
+            rgb=rgb,
+            camera=camera,
+            rectifier=rectifier,
+            depth_raw=depth_raw,
+            confidence_raw=confidence_raw,
+            config=config,
+            timings_ms=timings,
+            camera_error=camera_error,
+        )
 
+    def finish(self, frame: InferredFrame) -> FrameResult:
+        """Run the second half of ``process_msg``: scale, range, upsample, cloud (no network).
+
+        Uses only ``frame`` and this pipeline's fixed model facts, so it may run on another
+        thread than ``infer_msg`` while that one runs the network on the next frame.
+        """
+        rgb, camera, rectifier, config = frame.rgb, frame.camera, frame.rectifier, frame.config
+        timings = dict(frame.timings_ms)
+        height, width = rgb.shape[:2]
+        output_hw = config.output_hw or (height, width)
         scale, scale_source = self._depth_scale(camera, config)
         range_m = self.depth_range_m(config, scale)
         start = time.perf_counter()
-        depth_small = _plane(depth_raw, 'depth', self.input_hw)
+        depth_small = _plane(frame.depth_raw, 'depth', self.input_hw)
         if scale != 1.0:  # a new array: the estimator's output buffer is not ours to change
             depth_small = depth_small * np.float32(scale)
-        confidence_small = _plane(confidence_raw, 'confidence', self.input_hw)
+        confidence_small = _plane(frame.confidence_raw, 'confidence', self.input_hw)
         depth_m, confidence = postprocess(
             depth_small,
             confidence_small,
@@ -550,7 +616,7 @@ class DepthPipeline:
             cloud=cloud,
             camera=out_camera,
             timings_ms=timings,
-            camera_error=camera_error,
+            camera_error=frame.camera_error,
             depth_scale=scale,
             scale_source=scale_source,
             range_m=range_m,

@@ -86,7 +86,7 @@ from moa_depth_ros.engine import load_engine
 from moa_depth_ros.errors import CameraInfoError, ConfigError, MoaDepthError
 from moa_depth_ros.frame import cdr, outputs
 from moa_depth_ros.frame.geometry import CameraModel, CameraModelCache
-from moa_depth_ros.frame.pipeline import DepthPipeline, FrameResult, PipelineConfig
+from moa_depth_ros.frame.pipeline import DepthPipeline, FrameResult, InferredFrame, PipelineConfig
 from moa_depth_ros.runtime import diagnostics, params
 from moa_depth_ros.runtime.memory import retain_freed_memory
 from moa_depth_ros.runtime.worker import LatestFrameWorker
@@ -135,6 +135,11 @@ _CAMERA_INFOS_KEPT = 8
 # stamped like it (a small network can finish before the executor takes the CameraInfo);
 # one that does not arrive in time is taken as lost, and the newest serves.
 _CAMERA_INFO_WAIT_S = 0.1
+# After this many CameraInfos with the same calibration in a row, a frame whose own has not
+# arrived takes the newest without waiting: it carries the same calibration. (A publisher
+# that sends CameraInfo before its image made Fast DDS deliver a third of them 45-150 ms
+# late or never; each such frame waited the full _CAMERA_INFO_WAIT_S.)
+_STATIC_CAMERA_INFOS = 10
 _CAMERA_MISFIT_LOG_PERIOD_S = 30.0
 # How often input_reliability 'auto' looks at the publishers again (a graph query, cheap):
 # the only check on Humble, the safety net and the clean-up of replaced subscriptions after.
@@ -146,6 +151,24 @@ _RECENT_FRAMES = 16
 # Shutdown waits this long for the frame in the network; SIGINT/SIGTERM must end the
 # process promptly, and the worker thread is a daemon.
 _STOP_TIMEOUT_S = 1.5
+
+
+def _calibration(msg: CameraInfo) -> tuple:
+    """Return what a CameraInfo says about the camera, without its stamp (equal: same camera)."""
+    roi = msg.roi
+    return (
+        msg.header.frame_id,
+        msg.width,
+        msg.height,
+        msg.distortion_model,
+        tuple(msg.d),
+        tuple(msg.k),
+        tuple(msg.r),
+        tuple(msg.p),
+        msg.binning_x,
+        msg.binning_y,
+        (roi.x_offset, roi.y_offset, roi.height, roi.width, roi.do_rectify),
+    )
 
 
 def steady_clock() -> Clock:
@@ -198,6 +221,21 @@ class _Snapshot:
 
     settings: params.NodeSettings
     config: PipelineConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class _InFlight:
+    """A frame between the network and its outputs (``frames_in_flight`` 2 hands it over).
+
+    camera_error: the CameraInfo problem the camera cache had when this frame looked up its
+    camera (read later, it could be the next frame's).
+    """
+
+    header: Any
+    snapshot: _Snapshot
+    inferred: InferredFrame
+    camera_info: Any
+    camera_error: str
 
 
 @dataclasses.dataclass
@@ -265,6 +303,8 @@ class DepthNodeBase:
         self._replacing = False
         self._recent_frames: collections.deque[tuple] = collections.deque(maxlen=_RECENT_FRAMES)
         self._camera_info_msg = None  # the newest
+        self._camera_info_content: tuple = ()  # its calibration, for _STATIC_CAMERA_INFOS
+        self._camera_infos_unchanged = 0  # CameraInfos in a row with that calibration
         self._camera_infos: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self._camera_infos_lock = threading.Lock()
         # Notified when a CameraInfo arrives; a frame may be waiting for its own.
@@ -323,8 +363,10 @@ class DepthNodeBase:
             output_qos(DIAGNOSTICS_HISTORY_DEPTH),
             qos_overriding_options=QoSOverridingOptions(_OUTPUT_OVERRIDES),
         )
+        two_stages = settings.frames_in_flight == 2
         self._worker = LatestFrameWorker(
-            self._process_frame,
+            self._infer_frame if two_stages else self._process_frame,
+            finish=self._finish_frame if two_stages else None,
             log=self.get_logger(),
             max_rate_hz=settings.max_rate_hz,
             name='moa_depth_inference',
@@ -565,8 +607,13 @@ class DepthNodeBase:
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        content = _calibration(msg)
         with self._camera_infos_lock:  # before anything slow: a frame may be waiting for it
             first = self._camera_info_msg is None
+            if content == self._camera_info_content:
+                self._camera_infos_unchanged += 1
+            else:
+                self._camera_info_content, self._camera_infos_unchanged = content, 1
             self._camera_infos[key] = msg
             self._camera_infos.move_to_end(key)
             while len(self._camera_infos) > _CAMERA_INFOS_KEPT:
@@ -593,11 +640,13 @@ class DepthNodeBase:
         """Return the CameraInfo stamped like the image, else the newest (None: none yet).
 
         Where the previous frame found its own, this one waits up to _CAMERA_INFO_WAIT_S
-        for its own: an image can reach the node before the CameraInfo sent with it.
+        for its own: an image can reach the node before the CameraInfo sent with it. Not
+        while the calibration has stayed the same for _STATIC_CAMERA_INFOS CameraInfos: the
+        newest then describes this frame as well as its own would.
         """
         key = (image_header.stamp.sec, image_header.stamp.nanosec)
         with self._camera_info_arrived:
-            if self._camera_info_paired:
+            if self._camera_info_paired and self._camera_infos_unchanged < _STATIC_CAMERA_INFOS:
                 self._camera_info_arrived.wait_for(
                     lambda: key in self._camera_infos, timeout=_CAMERA_INFO_WAIT_S
                 )
@@ -681,8 +730,12 @@ class DepthNodeBase:
     # -- worker thread ------------------------------------------------------------------
 
     def _process_frame(self, msg: Any) -> None:
+        """One frame from image to published outputs (``frames_in_flight`` 1)."""
+        self._finish_frame(self._infer_frame(msg))
+
+    def _infer_frame(self, msg: Any) -> _InFlight:
+        """Run the network's half of a frame: camera lookup, decode, rectify, network."""
         snapshot = self._snapshot  # one consistent view of the settings for this frame
-        settings = snapshot.settings
         used: list[Any] = [None]
 
         def camera() -> Any:
@@ -698,8 +751,14 @@ class DepthNodeBase:
                 )
             return model
 
-        result = self._pipeline.process_msg(msg, camera, snapshot.config)
-        camera_info = used[0]
+        inferred = self._pipeline.infer_msg(msg, camera, snapshot.config)
+        return _InFlight(msg.header, snapshot, inferred, used[0], self._cameras.error)
+
+    def _finish_frame(self, frame: _InFlight) -> None:
+        """Run the outputs' half of a frame: postprocess, cloud, publish, statistics."""
+        settings = frame.snapshot.settings
+        camera_info = frame.camera_info
+        result = self._pipeline.finish(frame.inferred)
         if result.camera_error:
             self.get_logger().warning(
                 f'camera_info does not fit the image, publishing depth without a point cloud: '
@@ -708,7 +767,7 @@ class DepthNodeBase:
             )
         self._report_scale(result)
         if camera_info is not None:
-            self._stats.set_note('camera_info problem', self._cameras.error or result.camera_error)
+            self._stats.set_note('camera_info problem', frame.camera_error or result.camera_error)
         if settings.publish_cloud and camera_info is None:
             self._stats.set_note('point cloud', 'waiting for camera_info')
             self.get_logger().warning(
@@ -721,7 +780,7 @@ class DepthNodeBase:
             self._stats.set_note('point cloud', '')
         start = time.perf_counter()
         try:
-            self._publish(result, msg.header, settings)
+            self._publish(result, frame.header, settings)
         except Exception:
             # Ctrl-C shuts the context down from rclpy's signal thread while this frame may
             # still be in the network; its publishers then refuse it. That is shutdown, not a

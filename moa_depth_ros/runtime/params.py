@@ -338,6 +338,18 @@ SPECS: tuple[ParamSpec, ...] = (
         min_value=0.0,
     ),
     ParamSpec(
+        'frames_in_flight',
+        2,
+        '2: the network runs on the next frame while another thread makes and publishes the '
+        "outputs of the previous one (more frames per second where publishing is a frame's "
+        'bottleneck, as with a 30 Hz camera on two cores); 1: one frame at a time, each '
+        'published before the next starts (the least latency where the CPU is idle).',
+        'inputs',
+        read_only=True,
+        min_value=1,
+        max_value=2,
+    ),
+    ParamSpec(
         'input_reliability',
         'auto',
         "QoS reliability of the image and camera_info subscriptions: 'auto' follows the "

@@ -1,10 +1,18 @@
-"""The latest-frame worker: one inference thread that never builds a backlog.
+"""The latest-frame worker: an inference thread that never builds a backlog.
 
 A camera delivers frames faster than a CPU can run the network, and a queue of old frames
 only adds latency. The worker therefore has a one-slot mailbox: ``submit`` puts a frame
 there, replacing (and counting as dropped) a frame that is still waiting. The thread takes
 the newest frame, runs ``process`` on it, and goes back to wait. An optional rate limit
 spaces the starts of consecutive frames; frames arriving meanwhile replace each other.
+
+With ``finish`` the work of a frame is split in two stages on two threads, so two frames
+are in flight: ``process`` (decode, network) on the inference thread, then ``finish`` on
+what it returned (outputs, publishing) on a second thread while the inference thread
+already runs the network on the next frame. At most one result waits between the stages,
+and the inference thread starts a frame only once none waits: a slow ``finish`` holds the
+network back instead of queueing results (newer frames keep replacing each other in the
+mailbox meanwhile), and results are finished in the order they were made.
 
 A frame that fails costs that frame only: a ``MoaDepthError`` (bad encoding, size
 mismatch, ...) is logged as a skipped frame with its reason, anything else with its
@@ -24,7 +32,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable, Generic, Protocol, TypeVar
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 from moa_depth_ros.errors import ConfigError, MoaDepthError
 
@@ -54,9 +62,10 @@ class WorkerStats:
 class LatestFrameWorker(Generic[FrameT]):
     """A thread that processes only the newest submitted frame.
 
-    ``process(frame)`` runs on the worker thread. ``log`` receives one line per skipped or
-    failed frame (at most one per ``log_throttle_s`` per call site and exception type).
-    ``clock`` is a monotonic clock in seconds (replaceable in tests).
+    ``process(frame)`` runs on the worker thread; with ``finish``, ``finish(result)`` runs
+    on a second thread on what ``process`` returned (see the module doc). ``log`` receives
+    one line per skipped or failed frame (at most one per ``log_throttle_s`` per call site
+    and exception type). ``clock`` is a monotonic clock in seconds (replaceable in tests).
     """
 
     def __init__(
@@ -64,12 +73,14 @@ class LatestFrameWorker(Generic[FrameT]):
         process: Callable[[FrameT], object],
         *,
         log: Log,
+        finish: Callable[[Any], object] | None = None,
         max_rate_hz: float = 0.0,
         name: str = 'moa_depth_worker',
         log_throttle_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._process = process
+        self._finish = finish
         self._log = log
         self._name = name
         self._log_throttle_s = float(log_throttle_s)
@@ -77,13 +88,17 @@ class LatestFrameWorker(Generic[FrameT]):
         self._cond = threading.Condition()
         self._slot: list[FrameT] = []  # zero or one frame waiting
         self._stopping = False
-        self._busy = False
+        self._busy = False  # a frame is in ``process``
+        self._handoff: list[Any] = []  # zero or one result between process and finish
+        self._finishing = False
         self._thread: threading.Thread | None = None
+        self._finisher: threading.Thread | None = None
         self._stats = WorkerStats()
         self._min_interval_s = 0.0
         self._last_start_s: float | None = None
         # (call site, exception type) -> (last time logged, occurrences suppressed since)
         self._log_state: dict[tuple[str, str], tuple[float, int]] = {}
+        self._log_lock = threading.Lock()  # both threads log
         self.set_max_rate(max_rate_hz)
 
     # -- control ------------------------------------------------------------------------
@@ -93,24 +108,35 @@ class LatestFrameWorker(Generic[FrameT]):
         with self._cond:
             if self._thread is not None:
                 raise RuntimeError(f'worker {self._name!r} was already started')
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(self._loop,), name=self._name, daemon=True
+            )
+            if self._finish is not None:
+                self._finisher = threading.Thread(
+                    target=self._run,
+                    args=(self._finish_loop,),
+                    name=f'{self._name}_finish',
+                    daemon=True,
+                )
+                self._finisher.start()
             self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> bool:
-        """Drop any waiting frame, stop the thread and join it.
+        """Drop any waiting frame or result, stop the threads and join them.
 
         Returns False when the frame in progress did not finish within ``timeout_s`` (the
-        daemon thread is then abandoned rather than blocking shutdown).
+        daemon threads are then abandoned rather than blocking shutdown).
         """
         with self._cond:
             self._stopping = True
             self._slot.clear()
+            self._handoff.clear()
             self._cond.notify_all()
-            thread = self._thread
-        if thread is None:
-            return True
-        thread.join(timeout_s)
-        return not thread.is_alive()
+            threads = [t for t in (self._thread, self._finisher) if t is not None]
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
     def set_max_rate(self, max_rate_hz: float) -> None:
         """Limit how often frames start (0 = as fast as frames come)."""
@@ -144,15 +170,21 @@ class LatestFrameWorker(Generic[FrameT]):
 
     @property
     def is_alive(self) -> bool:
-        """True while the thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while the thread (both threads, with ``finish``) runs."""
+        threads = [self._thread] if self._finish is None else [self._thread, self._finisher]
+        return all(t is not None and t.is_alive() for t in threads)
+
+    @property
+    def frames_in_flight(self) -> int:
+        """How many frames can be between the mailbox and their end: 2 with ``finish``."""
+        return 1 if self._finish is None else 2
 
     def wait_idle(self, timeout_s: float = 5.0) -> bool:
         """Block until no frame waits and none is in progress (for tests and tools)."""
         # Real time, not ``clock``: a test's frozen clock must not make this wait forever.
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self._slot or self._busy:
+            while self._slot or self._busy or self._handoff or self._finishing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0.0:
                     return False
@@ -167,7 +199,9 @@ class LatestFrameWorker(Generic[FrameT]):
             while True:
                 if self._stopping:
                     return False, None
-                if self._slot:
+                # With two stages a frame starts only once no result waits for ``finish``:
+                # a slow finish holds the network back rather than queueing results.
+                if self._slot and not self._handoff:
                     wait_s = 0.0
                     if self._min_interval_s > 0.0 and self._last_start_s is not None:
                         wait_s = self._last_start_s + self._min_interval_s - self._clock()
@@ -181,13 +215,17 @@ class LatestFrameWorker(Generic[FrameT]):
                 else:
                     self._cond.wait()
 
-    def _run(self) -> None:
+    def _run(self, loop: Callable[[], None]) -> None:
         try:
-            self._loop()
-        except BaseException as e:  # the thread must never end without saying why
+            loop()
+        except BaseException as e:  # a thread must never end without saying why
             reason = f'{type(e).__name__}: {e}'
             with self._cond:
-                self._busy = False
+                self._busy = self._finishing = False
+                # The other thread ends too: a frame neither thread can finish is no output.
+                self._stopping = True
+                self._slot.clear()
+                self._handoff.clear()
                 self._stats = dataclasses.replace(self._stats, stopped=reason)
                 self._cond.notify_all()
             self._log_error(
@@ -195,37 +233,64 @@ class LatestFrameWorker(Generic[FrameT]):
                 f'\n{traceback.format_exc()}'
             )
 
+    def _guarded(self, step: Callable[[Any], object], item: Any) -> tuple[object, str]:
+        """Run one stage on one frame: (its result, '') or (None, why it failed), logged."""
+        try:
+            return step(item), ''
+        except MoaDepthError as e:
+            error = f'{type(e).__name__}: {e}'
+            suffix = self._throttle(('skipped', type(e).__name__))
+            if suffix is not None:
+                self._log_warning(f'skipped a frame: {error}{suffix}')
+        except Exception as e:  # a bug must not stop depth output for good
+            error = f'{type(e).__name__}: {e}'
+            suffix = self._throttle(('unexpected', type(e).__name__))
+            if suffix is not None:
+                self._log_error(
+                    f'unexpected error while processing a frame (frame skipped, worker keeps '
+                    f'running){suffix}:\n{traceback.format_exc()}'
+                )
+        return None, error
+
+    def _count(self, error: str) -> None:
+        """Count a frame's end (the lock is held)."""
+        if error:
+            self._stats = dataclasses.replace(
+                self._stats, failed=self._stats.failed + 1, last_error=error
+            )
+        else:
+            self._stats = dataclasses.replace(self._stats, processed=self._stats.processed + 1)
+
     def _loop(self) -> None:
         while True:
             ok, frame = self._next_frame()
             if not ok:
                 return
-            error = ''
-            try:
-                self._process(frame)  # type: ignore[arg-type]
-            except MoaDepthError as e:
-                error = f'{type(e).__name__}: {e}'
-                suffix = self._throttle(('skipped', type(e).__name__))
-                if suffix is not None:
-                    self._log_warning(f'skipped a frame: {error}{suffix}')
-            except Exception as e:  # a bug must not stop depth output for good
-                error = f'{type(e).__name__}: {e}'
-                suffix = self._throttle(('unexpected', type(e).__name__))
-                if suffix is not None:
-                    self._log_error(
-                        f'unexpected error while processing a frame (frame skipped, worker keeps '
-                        f'running){suffix}:\n{traceback.format_exc()}'
-                    )
+            result, error = self._guarded(self._process, frame)
             with self._cond:
                 self._busy = False
-                if error:
-                    self._stats = dataclasses.replace(
-                        self._stats, failed=self._stats.failed + 1, last_error=error
-                    )
-                else:
-                    self._stats = dataclasses.replace(
-                        self._stats, processed=self._stats.processed + 1
-                    )
+                if error or self._finish is None:
+                    self._count(error)
+                elif not self._stopping:
+                    self._handoff.append(result)  # it was empty: see _next_frame
+                self._cond.notify_all()
+
+    def _finish_loop(self) -> None:
+        finish = self._finish
+        assert finish is not None
+        while True:
+            with self._cond:
+                while not self._handoff and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                result = self._handoff.pop()
+                self._finishing = True
+                self._cond.notify_all()
+            _, error = self._guarded(finish, result)
+            with self._cond:
+                self._finishing = False
+                self._count(error)
                 self._cond.notify_all()
 
     def _throttle(self, kind: tuple[str, str]) -> str | None:
@@ -237,11 +302,12 @@ class LatestFrameWorker(Generic[FrameT]):
         if self._stopping:
             return None  # a frame cut short by shutdown (publishers gone) is not worth a log
         now = self._clock()
-        last, suppressed = self._log_state.get(kind, (None, 0))
-        if last is not None and now - last < self._log_throttle_s:
-            self._log_state[kind] = (last, suppressed + 1)
-            return None
-        self._log_state[kind] = (now, 0)
+        with self._log_lock:
+            last, suppressed = self._log_state.get(kind, (None, 0))
+            if last is not None and now - last < self._log_throttle_s:
+                self._log_state[kind] = (last, suppressed + 1)
+                return None
+            self._log_state[kind] = (now, 0)
         if suppressed:
             return f' ({suppressed} more like this in the last {now - last:.0f} s)'
         return ''

@@ -32,7 +32,7 @@ setup(
         ('share/' + package_name + '/launch', sorted(glob('launch/*.launch.py'))),
         (
             'share/' + package_name + '/config',
-            sorted(glob('config/*.yaml') + glob('config/*.rviz')),
+            sorted(glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.xml')),
         ),
     ],
     install_requires=['setuptools'],

@@ -88,6 +88,15 @@ ARGUMENTS = (
     ),
     ('log_level', 'info', 'Log level of depth_node.'),
     (
+        'fastdds_profile',
+        'false',
+        'Give depth_node and the camera driver started here config/fastdds_large_frames.xml '
+        '(FASTRTPS_DEFAULT_PROFILES_FILE, for rmw_fastrtps_cpp): a 16 MiB shared-memory '
+        'segment, so camera-sized images and depth go through shared memory instead of UDP '
+        'fragments (README, Performance). Left alone where FASTRTPS_DEFAULT_PROFILES_FILE is '
+        'set already or another RMW is chosen.',
+    ),
+    (
         'managed',
         'false',
         'Start managed_depth_node, the lifecycle variant: unconfigured until a lifecycle '
@@ -105,7 +114,7 @@ ARGUMENTS = (
 class _Driver:
     """A camera driver node and where it comes from."""
 
-    def __init__(self, package, executable, parameters):
+    def __init__(self, package, executable, parameters, env):
         self.package = package
         self.executable = executable
         self.node = Node(
@@ -113,20 +122,36 @@ class _Driver:
             executable=executable,
             name=package,
             parameters=[parameters],
+            additional_env=env,
             output='screen',
         )
 
 
-def _camera_driver(camera, video_device, frame_id):
+def _camera_driver(camera, video_device, frame_id, env):
     """Return the driver for ``camera`` (both publish image_raw and camera_info), or None."""
     if camera == 'v4l2':
         parameters = {'video_device': video_device, 'camera_frame_id': frame_id}
-        return _Driver('v4l2_camera', 'v4l2_camera_node', parameters)
+        return _Driver('v4l2_camera', 'v4l2_camera_node', parameters, env)
     if camera == 'usb_cam':
         return _Driver(
-            'usb_cam', 'usb_cam_node_exe', {'video_device': video_device, 'frame_id': frame_id}
+            'usb_cam',
+            'usb_cam_node_exe',
+            {'video_device': video_device, 'frame_id': frame_id},
+            env,
         )
     return None
+
+
+def _fastdds_env(wanted, share):
+    """Return the environment that gives a node the large-frames Fast DDS profile, or {}."""
+    if not wanted or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE'):
+        return {}  # not asked for, or the user's own profile stays
+    if os.environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') != 'rmw_fastrtps_cpp':
+        return {}
+    profile = os.path.join(share, 'config', 'fastdds_large_frames.xml')
+    if not os.path.isfile(profile):
+        raise RuntimeError(f'fastdds_profile:=true, but {profile} is not installed')
+    return {'FASTRTPS_DEFAULT_PROFILES_FILE': profile}
 
 
 # Topics config/moa_depth.rviz displays, as named for the default namespace and image topic.
@@ -177,7 +202,8 @@ def _launch_setup(context, *args, **kwargs):
     managed = value['managed'].lower() in ('true', '1', 'yes')
     executable = 'managed_depth_node' if managed else 'depth_node'
     share = _installed_share(PACKAGE, executable, 'the depth node')
-    driver = _camera_driver(camera, value['video_device'], value['frame_id'])
+    fastdds_env = _fastdds_env(value['fastdds_profile'].lower() in ('true', '1', 'yes'), share)
+    driver = _camera_driver(camera, value['video_device'], value['frame_id'], fastdds_env)
     if driver is not None:
         _installed_share(driver.package, driver.executable, f'camera:={camera}')
     if use_rviz:
@@ -210,6 +236,7 @@ def _launch_setup(context, *args, **kwargs):
             ('camera_info', value['camera_info_topic']),
         ],
         'arguments': ['--ros-args', '--log-level', value['log_level']],
+        'additional_env': fastdds_env,
         'output': 'screen',
         'emulate_tty': True,
     }

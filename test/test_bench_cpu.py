@@ -21,10 +21,11 @@ def _row(model, label, network_ms, at='2026-12-06 23:00 UTC'):
     }
 
 
-def _live(label, delivered, at='2026-12-06 23:10 UTC'):
+def _live(label, delivered, at='2026-12-06 23:10 UTC', transport=cpu.SHM_PROFILE):
     return {
         'model': 'moa_depthclip',
         'label': label,
+        'transport': transport,
         'engine': 'x',
         'rate_hz': 30.0,
         'frames_sent': 300,
@@ -32,6 +33,8 @@ def _live(label, delivered, at='2026-12-06 23:10 UTC'):
         'delivered_ratio': delivered / 300,
         'latency_ms': {'median': 60.0, 'p90': 120.0, 'max': 200.0},
         'node_cpu_ms_per_frame': 55.0,
+        'cpu_ms_per_frame_sent': {'node': 50.0, 'camera': 1.5, 'viewer': 4.0, 'navigation': 1.0},
+        'cores_ms_per_frame_sent': 66.7,
         'pipeline_cpu_ms': 45.0,
         'network_ms': 25.0,
         'measured_at': at,
@@ -57,6 +60,10 @@ def test_a_partial_run_replaces_only_its_own_rows():
     rows = {r['label']: r for r in merged['network']['rows']}
     assert rows['int8']['network_ms'] == 18.0 and rows['fp32']['network_ms'] == 60.0
     assert merged['live']['rows'][0]['frames_with_depth'] == 280
+    # A live row is one precision on one transport: the other transport's row stays.
+    other = {'rows': [_live('int8', 250, transport=cpu.DEFAULT_TRANSPORTS)], 'skipped': []}
+    merged = cpu.merge(merged, {'machine': first['machine'], 'live': other})
+    assert [r['frames_with_depth'] for r in merged['live']['rows']] == [280, 250]
 
 
 def test_the_block_shows_the_ratios_the_targets_are_about_and_the_live_rows():
@@ -74,7 +81,9 @@ def test_the_block_shows_the_ratios_the_targets_are_about_and_the_live_rows():
     }
     block = cpu.render(results)
     assert '| moa_depthclip | 1.40x | 3.30x | 2.36x |' in block
-    assert '| int8 | 285/300 (95.0 %) | 60 / 120 | 55.0 | 25.0 | 2026-12-06 23:10 UTC |' in block
+    row = '| int8 | large-frames profile | 285/300 (95.0 %) | 60 / 120 | 55.0 | 6.5 | 25.0 |'
+    assert row in block  # camera + viewer + navigation: 1.5 + 4.0 + 1.0 ms per frame
+    assert 'the cores give 66.7' in block
     assert '- depth_anything_v2_small@518x518 int8: why' in block
 
 

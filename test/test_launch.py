@@ -192,6 +192,46 @@ def test_webcam_launch_starts_the_driver_rviz_and_passes_the_model(launch_file, 
     assert rviz_args[2:] == ['-f', 'webcam_optical']
 
 
+def test_fastdds_profile_reaches_depth_node_and_the_camera_driver(
+    launch_file, prefix, monkeypatch
+):
+    install(prefix, 'v4l2_camera', 'v4l2_camera_node')
+    profile = prefix / 'share/moa_depth_ros/config/fastdds_large_frames.xml'
+    profile.write_text((ROOT / 'config' / 'fastdds_large_frames.xml').read_text())
+    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE', raising=False)
+    monkeypatch.delenv('RMW_IMPLEMENTATION', raising=False)
+    _, _, nodes = _run(launch_file, camera='v4l2')
+    assert nodes['moa_depth_ros']['additional_env'] == {}  # opt-in
+    _, _, nodes = _run(launch_file, camera='v4l2', fastdds_profile='true')
+    for package in ('v4l2_camera', 'moa_depth_ros'):  # both publish camera-sized messages
+        assert nodes[package]['additional_env'] == {'FASTRTPS_DEFAULT_PROFILES_FILE': str(profile)}
+    # A profile the user set, or another middleware, is left as it is.
+    monkeypatch.setenv('FASTRTPS_DEFAULT_PROFILES_FILE', '/etc/mine.xml')
+    _, _, nodes = _run(launch_file, fastdds_profile='true')
+    assert nodes['moa_depth_ros']['additional_env'] == {}
+    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE')
+    monkeypatch.setenv('RMW_IMPLEMENTATION', 'rmw_cyclonedds_cpp')
+    _, _, nodes = _run(launch_file, fastdds_profile='true')
+    assert nodes['moa_depth_ros']['additional_env'] == {}
+
+
+def test_the_fastdds_profile_is_valid_fast_dds_xml():
+    import xml.etree.ElementTree as ET
+
+    ns = {'f': 'http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles'}
+    root = ET.parse(ROOT / 'config' / 'fastdds_large_frames.xml').getroot()
+    descriptors = {
+        d.find('f:transport_id', ns).text: d for d in root.findall('.//f:transport_descriptor', ns)
+    }
+    shm = [d for d in descriptors.values() if d.find('f:type', ns).text == 'SHM']
+    assert len(shm) == 1 and int(shm[0].find('f:segment_size', ns).text) >= 8 * 1024 * 1024
+    participant = root.find('f:participant', ns)
+    assert participant.get('is_default_profile') == 'true'
+    used = [t.text for t in participant.findall('f:rtps/f:userTransports/f:transport_id', ns)]
+    assert sorted(used) == sorted(descriptors)  # shared memory, and UDPv4 beside it
+    assert participant.find('f:rtps/f:useBuiltinTransports', ns).text == 'false'
+
+
 @pytest.mark.parametrize(
     ('namespace', 'image_topic'),
     [('camera', 'image_raw'), ('webcam', 'image_raw'), ('front', 'color/image_raw'), ('', 'img')],

@@ -165,7 +165,19 @@ def format_live(live: dict[str, Any]) -> list[str]:
         f'{live["output_mb_per_frame"]:.1f} MB of outputs {live["copy_floor_ms"]:.2f} ms',
         f'  idle node {live["idle_core_percent"]:.1f} % of a core (target < 2 %: '
         f'{verdict(live["idle_core_percent"] < LIVE_TARGETS["idle"])})',
+        *_cpu_share_line(live),
         *_navigation_line(live, verdict),
+    ]
+
+
+def _cpu_share_line(live: dict[str, Any]) -> list[str]:
+    shares = live.get('cpu_ms_per_frame_sent')
+    if not shares:
+        return []
+    used = ', '.join(f'{role} {ms:.1f}' for role, ms in shares.items())
+    return [
+        f'  CPU ms per camera frame: {used}; together {sum(shares.values()):.1f} of the '
+        f'{live["cores_ms_per_frame_sent"]:.1f} the cores give'
     ]
 
 

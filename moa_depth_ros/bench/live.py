@@ -66,6 +66,11 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _cpu_of(roles: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds so far of each role's process (see ``process_cpu_s``)."""
+    return {name: process_cpu_s(child.process.pid) for name, child in roles.items()}
+
+
 def _percentile(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else None
 
@@ -136,8 +141,11 @@ def _camera(spec: dict[str, Any]) -> dict[str, Any]:
         image.header.frame_id = info.header.frame_id
         msgs.fill_image_msg(image, fields)
         info.header.stamp = now
-        info_pub.publish(info)
+        # Image, then its CameraInfo, as image_transport's CameraPublisher::publish sends them
+        # (image_transport/src/camera_publisher.cpp), which camera drivers use. (Sent the other
+        # way round, Fast DDS delivered a third of the CameraInfos 45-150 ms late or never.)
         image_pub.publish(image)
+        info_pub.publish(info)
         if i >= spec['warmup_frames']:
             sent.append([now.sec, now.nanosec])
         time.sleep(max(0.0, start + (i + 1) * period_s - time.monotonic()))
@@ -323,6 +331,7 @@ def _node_command(
     threads: int | None,
     spin_wait: bool,
     precision: str = 'auto',
+    node_params: dict[str, Any] | None = None,
 ) -> list[str]:
     launcher = 'import sys; from moa_depth_ros.runtime.node import main; sys.exit(main(sys.argv))'
     cmd = [sys.executable, '-c', launcher, '--ros-args', '-p', f'model_path:={model_path}']
@@ -332,6 +341,9 @@ def _node_command(
     cmd += ['-p', f'cpu_spin_wait:={str(spin_wait).lower()}']
     if threads:
         cmd += ['-p', f'cpu_threads:={int(threads)}']
+    for name, value in (node_params or {}).items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        cmd += ['-p', f'{name}:={text}']
     return cmd
 
 
@@ -425,9 +437,16 @@ def measure_live(
     height: int = 480,
     idle_s: float = 10.0,
     domain_id: int | None = None,
+    node_params: dict[str, Any] | None = None,
+    fastdds_profile: str | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Run the node, a camera and a viewer as processes; return what the module doc lists.
+
+    ``node_params``: further depth_node parameters (name -> value), e.g. frames_in_flight.
+    ``fastdds_profile``: a Fast DDS XML profile every process loads
+    (FASTRTPS_DEFAULT_PROFILES_FILE), e.g. ``config/fastdds_large_frames.xml``; None: the
+    environment's.
 
     ``domain_id``: the ROS domain of the three processes (default: a random one, so the run
     never meets another graph on this machine).
@@ -438,6 +457,8 @@ def measure_live(
     # process's working directory: hand it the file this process means.
     model_path = os.path.abspath(model_path)
     env = _ros_env(domain_id)
+    if fastdds_profile:
+        env['FASTRTPS_DEFAULT_PROFILES_FILE'] = os.path.abspath(fastdds_profile)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix='moa_depth_live_'))
     spec = {
         'width': width,
@@ -460,7 +481,10 @@ def measure_live(
         device=device,
         precision=precision,
     )
-    node = _Child(_node_command(model_path, backend, device, threads, spin_wait, precision), env)
+    node = _Child(
+        _node_command(model_path, backend, device, threads, spin_wait, precision, node_params),
+        env,
+    )
     viewer = camera = navigation = None
     try:
         if not node.wait_line('depth from', 120.0):
@@ -486,10 +510,12 @@ def measure_live(
         camera = _Child([*role, 'camera', json.dumps(spec), str(tmp / 'camera.json')], env)
         if not camera.wait_line('measure-start', 120.0):
             raise LiveRunError(f'the camera did not start streaming:\n{camera.output()}')
-        cpu_start, wall_start = process_cpu_s(node.process.pid), time.monotonic()
+        roles = {'node': node, 'camera': camera, 'viewer': viewer, 'navigation': navigation}
+        cpu_before, wall_start = _cpu_of(roles), time.monotonic()
         if not camera.wait_line('measure-end', frames / rate_hz * 3 + 60.0):
             raise LiveRunError(f'the camera did not finish:\n{camera.output()}')
-        cpu_end, wall_end = process_cpu_s(node.process.pid), time.monotonic()
+        cpu_after, wall_end = _cpu_of(roles), time.monotonic()
+        cpu_start, cpu_end = cpu_before['node'], cpu_after['node']
         try:
             camera.process.wait(30.0)
         except subprocess.TimeoutExpired:
@@ -525,6 +551,8 @@ def measure_live(
         'backend': backend,
         'precision': precision,
         'cpu_spin_wait': spin_wait,
+        'node_params': dict(node_params or {}),
+        'fastdds_profile': env.get('FASTRTPS_DEFAULT_PROFILES_FILE', ''),
         'width': width,
         'height': height,
         'rate_hz': rate_hz,
@@ -541,6 +569,13 @@ def measure_live(
             'max': max(latencies_ms) if latencies_ms else None,
         },
         'node_cpu_ms_per_frame': node_cpu_ms,
+        # Every process's CPU over the streaming window per frame sent: what the camera,
+        # the viewer and the navigation subscriber leave the node of the cores' time.
+        'cpu_ms_per_frame_sent': {
+            role: (cpu_after[role] - cpu_before[role]) * 1e3 / max(len(stamps), 1)
+            for role in cpu_before
+        },
+        'cores_ms_per_frame_sent': len(os.sched_getaffinity(0)) * 1e3 / rate_hz,
         'pipeline_cpu_ms': alone['cpu_ms'],
         'pipeline_wall_ms': alone['wall_ms'],
         'cpu_beyond_pipeline_ms': node_cpu_ms - alone['cpu_ms'],

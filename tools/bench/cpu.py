@@ -11,9 +11,11 @@ Two parts, each also part of ``make bench`` (``all``):
   (``tools.bench.e2e``), one after the other in one run, so they are compared side by side;
 - **live at 30 Hz** (``live_rows``): depth_node on the full-size MoA-DepthCLIP, a 640x480
   camera at 30 Hz and a reliable viewer on the same cores (``moa_depth_ros.bench.live``),
-  once per precision. Targets (issue 26, on the 2-core development VM): >= 95 % of frames
-  delivered, median latency <= 50 ms, p90 <= 80 ms; INT8 >= 1.4x faster than BF16 and
-  >= 2.2x faster than FP32 (network time).
+  once per precision with every process on ``config/fastdds_large_frames.xml`` (camera-sized
+  messages through shared memory), and INT8 once more on Fast DDS's default transports.
+  Targets (issue 26, on the 2-core development VM): >= 95 % of frames delivered, median
+  latency <= 50 ms, p90 <= 80 ms; INT8 >= 1.4x faster than BF16 and >= 2.2x faster than
+  FP32 (network time).
 
 Results are merged into ``OUT/cpu.json`` by (model, precision), so the two parts can run in
 separate invocations (``--no-live``, ``--no-network``: each fits a short quiet window); the
@@ -44,6 +46,18 @@ TARGETS = {
     'int8_vs_fp32': 2.2,
 }
 CALIBRATION_FRAMES = 40
+#: The Fast DDS profile of the live rows (README, Performance), and the label of the rows
+#: run on Fast DDS's built-in transports instead.
+FASTDDS_PROFILE = (
+    pathlib.Path(__file__).resolve().parents[2] / 'config' / 'fastdds_large_frames.xml'
+)
+SHM_PROFILE = 'large-frames profile'
+DEFAULT_TRANSPORTS = 'Fast DDS defaults'
+#: (precision label, transport) of the live rows.
+LIVE_ROWS = (
+    *((label, SHM_PROFILE) for label, _ in PRECISIONS),
+    ('int8', DEFAULT_TRANSPORTS),
+)
 MARKER_START = '<!-- BENCH-CPU:START -->'
 MARKER_END = '<!-- BENCH-CPU:END -->'
 
@@ -153,10 +167,11 @@ def live_rows(
     onnx_path = info['files']['onnx']
     int8_path = ensure_int8(onnx_path, log)
     rows, skipped = [], []
-    for label, precision in PRECISIONS:
+    for label, transport in LIVE_ROWS:
         if label not in labels:
             continue
-        log(f'live {LIVE_MODEL} OpenVINO {label} at {rate_hz:g} Hz ...')
+        precision = dict(PRECISIONS)[label]
+        log(f'live {LIVE_MODEL} OpenVINO {label} at {rate_hz:g} Hz, {transport} ...')
         try:
             result = live.measure_live(
                 str(int8_path if precision == 'int8' else onnx_path),
@@ -168,16 +183,20 @@ def live_rows(
                 width=width,
                 height=height,
                 idle_s=3.0,
+                fastdds_profile=str(FASTDDS_PROFILE) if transport == SHM_PROFILE else None,
                 log=log,
             )
         except (MoaDepthError, RuntimeError, TimeoutError, OSError) as e:
-            skipped.append({'what': f'live {label}', 'reason': f'{type(e).__name__}: {e}'})
+            skipped.append(
+                {'what': f'live {label}, {transport}', 'reason': f'{type(e).__name__}: {e}'}
+            )
             continue
         model = result['node_diagnostics'].get('model', '')
         rows.append(
             {
                 'model': LIVE_MODEL,
                 'label': label,
+                'transport': transport,
                 'engine': model,
                 'rate_hz': rate_hz,
                 'frames_sent': result['frames_sent'],
@@ -185,6 +204,8 @@ def live_rows(
                 'delivered_ratio': result['delivered_ratio'],
                 'latency_ms': result['latency_ms'],
                 'node_cpu_ms_per_frame': result['node_cpu_ms_per_frame'],
+                'cpu_ms_per_frame_sent': result['cpu_ms_per_frame_sent'],
+                'cores_ms_per_frame_sent': result['cores_ms_per_frame_sent'],
                 'pipeline_cpu_ms': result['pipeline_cpu_ms'],
                 'network_ms': _network_ms(result['node_stage_ms']),
                 'measured_at': _now(),
@@ -203,11 +224,12 @@ def _network_ms(stages: dict[str, float]) -> float | None:
 def merge(previous: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """Merge a run's rows into earlier results: a row replaces the one with its key."""
     merged = dict(previous or {})
-    for part, key in (('network', ('model', 'label')), ('live', ('model', 'label'))):
+    for part, key in (('network', ('model', 'label')), ('live', ('model', 'label', 'transport'))):
         if part not in new:
             continue
-        rows = {tuple(r[k] for k in key): r for r in (merged.get(part) or {}).get('rows', [])}
-        rows.update({tuple(r[k] for k in key): r for r in new[part]['rows']})
+        old = (merged.get(part) or {}).get('rows', [])
+        rows = {tuple(r.get(k) for k in key): r for r in old}
+        rows.update({tuple(r.get(k) for k in key): r for r in new[part]['rows']})
         merged[part] = {'rows': list(rows.values()), 'skipped': new[part]['skipped']}
     merged['machine'] = new.get('machine', merged.get('machine'))
     return merged
@@ -268,22 +290,31 @@ def render(results: dict[str, Any], h: str = '###') -> str:
         lines += [
             '',
             f'Live: depth_node on {LIVE_MODEL} (ViT-B/32 at 224x224), a 640x480 rgb8 camera at '
-            f'{live[0]["rate_hz"]:g} Hz and a reliable viewer of depth, camera_info, confidence '
-            'and points, all on the same cores (`moa-depth bench MODEL --live --live-rate-hz '
-            f'30`). Targets: >= {TARGETS["delivered_ratio"]:.0%} delivered, latency median <= '
-            f'{TARGETS["median_ms"]:g} ms, p90 <= {TARGETS["p90_ms"]:g} ms.',
+            f'{live[0]["rate_hz"]:g} Hz, a reliable viewer of depth, camera_info, confidence '
+            'and points and a SensorDataQoS points subscriber, all on the same cores '
+            '(`moa-depth bench MODEL --live --live-rate-hz 30`). Transport: every process on '
+            f"`config/fastdds_large_frames.xml` ({SHM_PROFILE}), or Fast DDS's built-in "
+            f'transports ({DEFAULT_TRANSPORTS}). Targets: >= {TARGETS["delivered_ratio"]:.0%} '
+            f'delivered, latency median <= {TARGETS["median_ms"]:g} ms, p90 <= '
+            f'{TARGETS["p90_ms"]:g} ms. CPU in ms per camera frame; the cores give '
+            f'{live[0].get("cores_ms_per_frame_sent", 0):.1f}.',
             '',
-            '| precision | depth delivered | latency median / p90 ms | node CPU ms/frame | '
-            'network ms in the node | measured |',
-            '| --- | ---: | ---: | ---: | ---: | --- |',
+            '| precision | transport | depth delivered | latency median / p90 ms | '
+            'node CPU ms/frame | camera + viewers CPU | network ms in the node | measured |',
+            '| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |',
         ]
         for r in live:
             lat = r['latency_ms']
             net = f'{r["network_ms"]:.1f}' if r.get('network_ms') else '-'
+            others = {
+                k: v for k, v in (r.get('cpu_ms_per_frame_sent') or {}).items() if k != 'node'
+            }
+            rest = f'{sum(others.values()):.1f}' if others else '-'
             lines.append(
-                f'| {r["label"]} | {r["frames_with_depth"]}/{r["frames_sent"]} '
+                f'| {r["label"]} | {r.get("transport", DEFAULT_TRANSPORTS)} | '
+                f'{r["frames_with_depth"]}/{r["frames_sent"]} '
                 f'({100 * r["delivered_ratio"]:.1f} %) | {lat["median"]:.0f} / {lat["p90"]:.0f} | '
-                f'{r["node_cpu_ms_per_frame"]:.1f} | {net} | {r["measured_at"]} |'
+                f'{r["node_cpu_ms_per_frame"]:.1f} | {rest} | {net} | {r["measured_at"]} |'
             )
     skipped = [
         *(results.get('network') or {}).get('skipped', []),

@@ -64,6 +64,12 @@ def test_a_partial_run_replaces_only_its_own_rows():
     other = {'rows': [_live('int8', 250, transport=cpu.DEFAULT_TRANSPORTS)], 'skipped': []}
     merged = cpu.merge(merged, {'machine': first['machine'], 'live': other})
     assert [r['frames_with_depth'] for r in merged['live']['rows']] == [280, 250]
+    # A row of the format before the transport was recorded is dropped at the next merge.
+    merged['live']['rows'].append(
+        {k: v for k, v in _live('fp32', 100).items() if k != 'transport'}
+    )
+    merged = cpu.merge(merged, {'machine': first['machine'], 'live': other})
+    assert [r['label'] for r in merged['live']['rows']] == ['int8', 'int8']
 
 
 def test_the_block_shows_the_ratios_the_targets_are_about_and_the_live_rows():

@@ -222,15 +222,25 @@ def _network_ms(stages: dict[str, float]) -> float | None:
 
 
 def merge(previous: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """Merge a run's rows into earlier results: a row replaces the one with its key."""
+    """Merge a run's rows into earlier results: a row replaces the one with its key.
+
+    Live rows from before the transport was recorded (the bench camera then sent CameraInfo
+    before the image) are dropped, not shown beside the new ones.
+    """
     merged = dict(previous or {})
     for part, key in (('network', ('model', 'label')), ('live', ('model', 'label', 'transport'))):
-        if part not in new:
-            continue
-        old = (merged.get(part) or {}).get('rows', [])
-        rows = {tuple(r.get(k) for k in key): r for r in old}
-        rows.update({tuple(r.get(k) for k in key): r for r in new[part]['rows']})
-        merged[part] = {'rows': list(rows.values()), 'skipped': new[part]['skipped']}
+        earlier = merged.get(part) or {}
+        rows = {
+            tuple(r[k] for k in key): r
+            for r in earlier.get('rows', [])
+            if all(k in r for k in key)
+        }
+        skipped = earlier.get('skipped', [])
+        if part in new:
+            rows.update({tuple(r[k] for k in key): r for r in new[part]['rows']})
+            skipped = new[part]['skipped']
+        if rows or part in new:
+            merged[part] = {'rows': list(rows.values()), 'skipped': skipped}
     merged['machine'] = new.get('machine', merged.get('machine'))
     return merged
 
@@ -297,7 +307,7 @@ def render(results: dict[str, Any], h: str = '###') -> str:
             f'transports ({DEFAULT_TRANSPORTS}). Targets: >= {TARGETS["delivered_ratio"]:.0%} '
             f'delivered, latency median <= {TARGETS["median_ms"]:g} ms, p90 <= '
             f'{TARGETS["p90_ms"]:g} ms. CPU in ms per camera frame; the cores give '
-            f'{live[0].get("cores_ms_per_frame_sent", 0):.1f}.',
+            f'{max(r["cores_ms_per_frame_sent"] for r in live):.1f}.',
             '',
             '| precision | transport | depth delivered | latency median / p90 ms | '
             'node CPU ms/frame | camera + viewers CPU | network ms in the node | measured |',

@@ -323,7 +323,9 @@ def test_a_camera_whose_calibration_stays_the_same_costs_no_wait(make_node, prob
 
 
 @pytest.mark.parametrize('frames_in_flight', [1, 2])
-def test_one_or_two_frames_in_flight_publish_the_same_outputs(make_node, probe, frames_in_flight):
+def test_one_or_two_frames_in_flight_publish_every_frame_in_order(
+    make_node, probe, frames_in_flight
+):
     node = make_node(frames_in_flight=frames_in_flight)
     connected(probe, node)
     assert node._worker.frames_in_flight == frames_in_flight

@@ -12,10 +12,12 @@ for an ordered bring-up such as Nav2's lifecycle_manager.
 Topics (relative, so a namespace and remappings place them; REP 118 / 117 / 103):
 
 - in  ``image`` (sensor_msgs/Image) or ``image/compressed`` (CompressedImage): one transport,
-  as image_transport subscribes (``image_transport``); ``camera_info`` (CameraInfo, cached;
-  images never wait for it). Reliability follows the publishers (``input_reliability: auto``):
-  reliable when every publisher offers it, as rosbag2 records, because a best-effort reader
-  silently loses large frames from a reliable camera under Fast DDS defaults. Before any
+  as image_transport subscribes (``image_transport``); ``camera_info`` (CameraInfo, cached by
+  stamp: a frame waits up to _CAMERA_INFO_WAIT_S for the one stamped like it while the
+  calibration is new, see ``_camera_info_for``). Reliability follows the publishers
+  (``input_reliability: auto``): reliable when every publisher offers it, as rosbag2 records,
+  because a best-effort reader silently loses large frames from a reliable camera under Fast
+  DDS defaults. Before any
   publisher is known the node reads both ways (a reliable reader hears a reliable camera from
   its first frame, a best-effort one any camera) and takes each frame once; a matched event
   (rclpy >= 4.0) or the one-second graph poll (Humble) then keeps the one that fits.
@@ -427,6 +429,9 @@ class DepthNodeBase:
         with self._camera_infos_lock:
             self._camera_info_msg = None
             self._camera_infos.clear()
+            # A new configuration learns the camera again: the first frames wait for theirs.
+            self._camera_info_content, self._camera_infos_unchanged = (), 0
+            self._camera_info_paired = False
         self._cameras = CameraModelCache()
 
     def _release(self) -> None:
@@ -642,7 +647,10 @@ class DepthNodeBase:
         Where the previous frame found its own, this one waits up to _CAMERA_INFO_WAIT_S
         for its own: an image can reach the node before the CameraInfo sent with it. Not
         while the calibration has stayed the same for _STATIC_CAMERA_INFOS CameraInfos: the
-        newest then describes this frame as well as its own would.
+        newest then describes this frame as well as its own would. The price: when such a
+        camera changes its calibration (a zoom), the first frame of the new one may run with
+        the old one if its CameraInfo is late; the streak then starts again, and the frames
+        after it wait for theirs.
         """
         key = (image_header.stamp.sec, image_header.stamp.nanosec)
         with self._camera_info_arrived:

@@ -52,9 +52,11 @@ class WorkerStats:
     """Counters since the worker started."""
 
     submitted: int = 0
-    processed: int = 0
-    dropped: int = 0
-    failed: int = 0
+    processed: int = 0  # through both stages, with ``finish``
+    dropped: int = 0  # replaced in the mailbox by a newer frame
+    failed: int = 0  # either stage raised
+    # Frames discarded by stop() (or when a thread ended) are in none of these, and frames
+    # offered after that are not counted as submitted.
     last_error: str = ''
     stopped: str = ''  # why the thread ended unexpectedly ('' while it runs or after stop())
 
@@ -109,17 +111,20 @@ class LatestFrameWorker(Generic[FrameT]):
             if self._thread is not None:
                 raise RuntimeError(f'worker {self._name!r} was already started')
             self._thread = threading.Thread(
-                target=self._run, args=(self._loop,), name=self._name, daemon=True
+                target=self._run,
+                args=(self._loop, 'inference thread'),
+                name=self._name,
+                daemon=True,
             )
+            self._thread.start()
             if self._finish is not None:
                 self._finisher = threading.Thread(
                     target=self._run,
-                    args=(self._finish_loop,),
-                    name=f'{self._name}_finish',
+                    args=(self._finish_loop, 'output thread'),
+                    name=f'{self._name}_outputs',
                     daemon=True,
                 )
                 self._finisher.start()
-            self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Drop any waiting frame or result, stop the threads and join them.
@@ -132,7 +137,8 @@ class LatestFrameWorker(Generic[FrameT]):
             self._slot.clear()
             self._handoff.clear()
             self._cond.notify_all()
-            threads = [t for t in (self._thread, self._finisher) if t is not None]
+            # A thread that failed to start (start() raised) has nothing to join.
+            threads = [t for t in (self._thread, self._finisher) if t is not None and t.ident]
         deadline = time.monotonic() + timeout_s
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -215,13 +221,17 @@ class LatestFrameWorker(Generic[FrameT]):
                 else:
                     self._cond.wait()
 
-    def _run(self, loop: Callable[[], None]) -> None:
+    def _run(self, loop: Callable[[], None], what: str) -> None:
         try:
             loop()
         except BaseException as e:  # a thread must never end without saying why
             reason = f'{type(e).__name__}: {e}'
             with self._cond:
-                self._busy = self._finishing = False
+                # Its own flag only: the other thread may still be in its stage.
+                if loop == self._loop:
+                    self._busy = False
+                else:
+                    self._finishing = False
                 # The other thread ends too: a frame neither thread can finish is no output.
                 self._stopping = True
                 self._slot.clear()
@@ -229,7 +239,7 @@ class LatestFrameWorker(Generic[FrameT]):
                 self._stats = dataclasses.replace(self._stats, stopped=reason)
                 self._cond.notify_all()
             self._log_error(
-                f'the inference thread stopped: {reason}; no more depth until the node restarts'
+                f'the {what} stopped: {reason}; no more depth until the node restarts'
                 f'\n{traceback.format_exc()}'
             )
 

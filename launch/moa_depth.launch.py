@@ -91,10 +91,10 @@ ARGUMENTS = (
         'fastdds_profile',
         'false',
         'Give depth_node and the camera driver started here config/fastdds_large_frames.xml '
-        '(FASTRTPS_DEFAULT_PROFILES_FILE, for rmw_fastrtps_cpp): a 16 MiB shared-memory '
-        'segment, so camera-sized images and depth go through shared memory instead of UDP '
-        'fragments (README, Performance). Left alone where FASTRTPS_DEFAULT_PROFILES_FILE is '
-        'set already or another RMW is chosen.',
+        '(FASTRTPS_/FASTDDS_DEFAULT_PROFILES_FILE, for rmw_fastrtps_cpp): a 16 MiB '
+        'shared-memory segment, so camera-sized images and depth go through shared memory '
+        'instead of fragments (README, QoS and Fast DDS shared memory). Left alone where a '
+        'profile is set already or another RMW is chosen.',
     ),
     (
         'managed',
@@ -142,16 +142,25 @@ def _camera_driver(camera, video_device, frame_id, env):
     return None
 
 
-def _fastdds_env(wanted, share):
-    """Return the environment that gives a node the large-frames Fast DDS profile, or {}."""
-    if not wanted or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE'):
+# Where Fast DDS reads a default XML profile: Fast DDS 2 (Humble, Jazzy) the first only;
+# Fast DDS 3 (Kilted on) both, the first with a deprecation warning unless the second is set.
+_PROFILE_VARIABLES = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+
+
+def _fastdds_env(wanted, share, environment):
+    """Return the environment that gives a node the large-frames Fast DDS profile, or {}.
+
+    ``environment``: what launched processes get (the launch context's, with any
+    SetEnvironmentVariable of an including launch file).
+    """
+    if not wanted or any(environment.get(name) for name in _PROFILE_VARIABLES):
         return {}  # not asked for, or the user's own profile stays
-    if os.environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') != 'rmw_fastrtps_cpp':
+    if environment.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') != 'rmw_fastrtps_cpp':
         return {}
     profile = os.path.join(share, 'config', 'fastdds_large_frames.xml')
     if not os.path.isfile(profile):
         raise RuntimeError(f'fastdds_profile:=true, but {profile} is not installed')
-    return {'FASTRTPS_DEFAULT_PROFILES_FILE': profile}
+    return dict.fromkeys(_PROFILE_VARIABLES, profile)
 
 
 # Topics config/moa_depth.rviz displays, as named for the default namespace and image topic.
@@ -202,7 +211,11 @@ def _launch_setup(context, *args, **kwargs):
     managed = value['managed'].lower() in ('true', '1', 'yes')
     executable = 'managed_depth_node' if managed else 'depth_node'
     share = _installed_share(PACKAGE, executable, 'the depth node')
-    fastdds_env = _fastdds_env(value['fastdds_profile'].lower() in ('true', '1', 'yes'), share)
+    fastdds_env = _fastdds_env(
+        value['fastdds_profile'].lower() in ('true', '1', 'yes'),
+        share,
+        getattr(context, 'environment', os.environ),
+    )
     driver = _camera_driver(camera, value['video_device'], value['frame_id'], fastdds_env)
     if driver is not None:
         _installed_share(driver.package, driver.executable, f'camera:={camera}')

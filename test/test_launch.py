@@ -9,6 +9,8 @@ user asked for with the right remappings. With ROS 2: the real ``launch`` loads 
 from __future__ import annotations
 
 import importlib.util
+import os
+import pathlib
 from pathlib import Path
 import py_compile
 import sys
@@ -136,13 +138,16 @@ def launch_file(monkeypatch, prefix):
     return _load_launch_file()
 
 
-def _run(launch_file, **arguments):
+def _run(launch_file, environment=None, **arguments):
     description = launch_file.generate_launch_description()
     entities = description.args[0]
     declared = {
         e.args[0]: e.kwargs['default_value'] for e in entities if type(e).__name__.startswith('D')
     }
-    context = types.SimpleNamespace(launch_configurations={**declared, **arguments})
+    context = types.SimpleNamespace(
+        launch_configurations={**declared, **arguments},
+        environment=dict(os.environ) if environment is None else environment,
+    )
     (opaque,) = [e for e in entities if type(e).__name__ == 'OpaqueFunction']
     (group,) = opaque.kwargs['function'](context)
     namespace, *nodes = group.args[0]
@@ -192,27 +197,29 @@ def test_webcam_launch_starts_the_driver_rviz_and_passes_the_model(launch_file, 
     assert rviz_args[2:] == ['-f', 'webcam_optical']
 
 
-def test_fastdds_profile_reaches_depth_node_and_the_camera_driver(
-    launch_file, prefix, monkeypatch
-):
+def test_fastdds_profile_reaches_depth_node_and_the_camera_driver(launch_file, prefix):
     install(prefix, 'v4l2_camera', 'v4l2_camera_node')
-    profile = prefix / 'share/moa_depth_ros/config/fastdds_large_frames.xml'
-    profile.write_text((ROOT / 'config' / 'fastdds_large_frames.xml').read_text())
-    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE', raising=False)
-    monkeypatch.delenv('RMW_IMPLEMENTATION', raising=False)
-    _, _, nodes = _run(launch_file, camera='v4l2')
+    profile = str(prefix / 'share/moa_depth_ros/config/fastdds_large_frames.xml')
+    pathlib.Path(profile).write_text((ROOT / 'config' / 'fastdds_large_frames.xml').read_text())
+    _, _, nodes = _run(launch_file, camera='v4l2', environment={})
     assert nodes['moa_depth_ros']['additional_env'] == {}  # opt-in
-    _, _, nodes = _run(launch_file, camera='v4l2', fastdds_profile='true')
+    _, _, nodes = _run(launch_file, camera='v4l2', fastdds_profile='true', environment={})
     for package in ('v4l2_camera', 'moa_depth_ros'):  # both publish camera-sized messages
-        assert nodes[package]['additional_env'] == {'FASTRTPS_DEFAULT_PROFILES_FILE': str(profile)}
-    # A profile the user set, or another middleware, is left as it is.
-    monkeypatch.setenv('FASTRTPS_DEFAULT_PROFILES_FILE', '/etc/mine.xml')
-    _, _, nodes = _run(launch_file, fastdds_profile='true')
-    assert nodes['moa_depth_ros']['additional_env'] == {}
-    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE')
-    monkeypatch.setenv('RMW_IMPLEMENTATION', 'rmw_cyclonedds_cpp')
-    _, _, nodes = _run(launch_file, fastdds_profile='true')
-    assert nodes['moa_depth_ros']['additional_env'] == {}
+        # Both names: Fast DDS 2 (Humble, Jazzy) reads the first, Fast DDS 3 prefers the second.
+        assert nodes[package]['additional_env'] == {
+            'FASTRTPS_DEFAULT_PROFILES_FILE': profile,
+            'FASTDDS_DEFAULT_PROFILES_FILE': profile,
+        }
+    # A profile the user set (either name, also by an including launch file's
+    # SetEnvironmentVariable: the launch context's environment), or another middleware, is
+    # left as it is.
+    for environment in (
+        {'FASTRTPS_DEFAULT_PROFILES_FILE': '/etc/mine.xml'},
+        {'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/mine.xml'},
+        {'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'},
+    ):
+        _, _, nodes = _run(launch_file, fastdds_profile='true', environment=environment)
+        assert nodes['moa_depth_ros']['additional_env'] == {}, environment
 
 
 def test_the_fastdds_profile_is_valid_fast_dds_xml():

@@ -445,8 +445,8 @@ def measure_live(
 
     ``node_params``: further depth_node parameters (name -> value), e.g. frames_in_flight.
     ``fastdds_profile``: a Fast DDS XML profile every process loads
-    (FASTRTPS_DEFAULT_PROFILES_FILE), e.g. ``config/fastdds_large_frames.xml``; None: the
-    environment's.
+    (FASTRTPS_/FASTDDS_DEFAULT_PROFILES_FILE), e.g. ``config/fastdds_large_frames.xml``;
+    None: the environment's.
 
     ``domain_id``: the ROS domain of the three processes (default: a random one, so the run
     never meets another graph on this machine).
@@ -458,7 +458,9 @@ def measure_live(
     model_path = os.path.abspath(model_path)
     env = _ros_env(domain_id)
     if fastdds_profile:
-        env['FASTRTPS_DEFAULT_PROFILES_FILE'] = os.path.abspath(fastdds_profile)
+        # Fast DDS 2 (Humble, Jazzy) reads the first name, Fast DDS 3 (Kilted) prefers the second.
+        for name in ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE'):
+            env[name] = os.path.abspath(fastdds_profile)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix='moa_depth_live_'))
     spec = {
         'width': width,

@@ -307,7 +307,7 @@ def render(results: dict[str, Any], h: str = '###') -> str:
             f'transports ({DEFAULT_TRANSPORTS}). Targets: >= {TARGETS["delivered_ratio"]:.0%} '
             f'delivered, latency median <= {TARGETS["median_ms"]:g} ms, p90 <= '
             f'{TARGETS["p90_ms"]:g} ms. CPU in ms per camera frame; the cores give '
-            f'{max(r["cores_ms_per_frame_sent"] for r in live):.1f}.',
+            f'{max(r.get("cores_ms_per_frame_sent", 0.0) for r in live):.1f}.',
             '',
             '| precision | transport | depth delivered | latency median / p90 ms | '
             'node CPU ms/frame | camera + viewers CPU | network ms in the node | measured |',
@@ -321,7 +321,7 @@ def render(results: dict[str, Any], h: str = '###') -> str:
             }
             rest = f'{sum(others.values()):.1f}' if others else '-'
             lines.append(
-                f'| {r["label"]} | {r.get("transport", DEFAULT_TRANSPORTS)} | '
+                f'| {r["label"]} | {r["transport"]} | '
                 f'{r["frames_with_depth"]}/{r["frames_sent"]} '
                 f'({100 * r["delivered_ratio"]:.1f} %) | {lat["median"]:.0f} / {lat["p90"]:.0f} | '
                 f'{r["node_cpu_ms_per_frame"]:.1f} | {rest} | {net} | {r["measured_at"]} |'

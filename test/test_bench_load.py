@@ -52,6 +52,25 @@ def test_rss_is_sampled_every_n_frames_and_judged_against_the_bound(overloaded):
     assert overloaded['memory_flat'] == (abs(overloaded['rss_growth_mib']) <= 16.0)
 
 
+@pytest.mark.parametrize('frames_in_flight', [1, 2])
+def test_one_or_two_frames_in_flight_deliver_or_count_every_frame(frames_in_flight):
+    r = load.run_load_test(
+        load.SleepNetwork(5.0, input_hw=(24, 32)),
+        frames=30,
+        rate_hz=400.0,
+        width=64,
+        height=48,
+        rss_every=10,
+        warmup=1,
+        frames_in_flight=frames_in_flight,
+    )
+    assert r['frames_in_flight'] == frames_in_flight and r['drained'] and r['failed'] == 0
+    assert r['delivered'] + r['dropped'] == r['submitted'] == 30
+    assert r['network']['min_ms'] >= 5.0 * 0.95  # the network half ran on every delivered frame
+    with pytest.raises(ConfigError, match='frames_in_flight'):
+        load.run_load_test(load.SleepNetwork(1.0), frames=1, frames_in_flight=3)
+
+
 def test_run_spec_with_a_sleep_network_names_it():
     result = load.run_spec(
         {'network': 'sleep', 'network_ms': 5, 'frames': 10, 'rate_hz': 400, 'width': 64,

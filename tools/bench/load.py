@@ -2,9 +2,11 @@
 
 A producer (this thread) makes a new rgb8 message every 1/rate seconds on an absolute
 schedule, stamps it with the capture time and submits it to the node's
-``LatestFrameWorker``; the worker thread runs what the node runs per frame (pipeline with
-a camera model, then encoding and serializing the depth, confidence and cloud messages) and
-records the publish time. Reported: produced and delivered rates, drops (frames replaced
+``LatestFrameWorker``; the worker runs what the node runs per frame (pipeline with a camera
+model, then encoding and serializing the depth, confidence and cloud messages) and records
+the publish time. ``frames_in_flight`` is the node's parameter: 2 (its default) runs the
+network on one thread and the outputs on another (``DepthPipeline.infer_msg`` / ``finish``),
+1 both in series on one thread. Reported: produced and delivered rates, drops (frames replaced
 in the one-slot mailbox before the worker took them) as a count and a ratio,
 capture-to-publish latency (median, p90, max) and the resident set size sampled every
 ``rss_every`` produced frames: memory is flat when the last sample minus the first is
@@ -97,6 +99,7 @@ def run_load_test(
     rss_bound_mib: float = DEFAULT_RSS_BOUND_MIB,
     warmup: int = 5,
     drain_timeout_s: float = 60.0,
+    frames_in_flight: int = 2,
 ) -> dict[str, Any]:
     """Feed ``frames`` frames at ``rate_hz`` to a LatestFrameWorker running ``estimator``.
 
@@ -113,6 +116,8 @@ def run_load_test(
             f'need frames >= 1, rate_hz > 0, rss_every >= 1, warmup >= 0; got {frames}, '
             f'{rate_hz}, {rss_every}, {warmup}'
         )
+    if frames_in_flight not in (1, 2):
+        raise ConfigError(f'frames_in_flight must be 1 or 2, got {frames_in_flight!r}')
     pipeline = DepthPipeline(estimator, PipelineConfig())
     camera = synthetic_camera(width, height)
     rgb = synthetic_rgb(width, height)
@@ -122,9 +127,12 @@ def run_load_test(
     process_ms: list[float] = []
     publish_times: list[float] = []
 
-    def process(frame: _Frame) -> None:
-        start = time.monotonic()
-        result = pipeline.process_msg(frame.msg, camera)
+    def infer(frame: _Frame) -> tuple[_Frame, float, Any]:
+        return frame, time.monotonic(), pipeline.infer_msg(frame.msg, camera)
+
+    def finish(inferred: tuple[_Frame, float, Any]) -> None:
+        frame, start, half = inferred
+        result = pipeline.finish(half)
         serialize_outputs(result)
         now = time.monotonic()
         # list.append is atomic under the GIL; the producer only reads after the join.
@@ -133,7 +141,11 @@ def run_load_test(
         process_ms.append((now - start) * 1e3)
         publish_times.append(now)
 
-    worker = LatestFrameWorker(process, log=logging.getLogger('tools.bench.load'))
+    log = logging.getLogger('tools.bench.load')
+    if frames_in_flight == 2:
+        worker = LatestFrameWorker(infer, finish=finish, log=log)
+    else:
+        worker = LatestFrameWorker(lambda frame: finish(infer(frame)), log=log)
     worker.start()
     for index in range(warmup):
         worker.submit(_Frame(-1 - index, time.monotonic(), rgb8_message(rgb)))
@@ -175,6 +187,7 @@ def run_load_test(
     growth = rss_samples[-1][1] - rss_samples[0][1]
     return {
         'frames': int(frames),
+        'frames_in_flight': int(frames_in_flight),
         'warmup': int(warmup),
         'rate_hz': float(rate_hz),
         'width': int(width),
@@ -225,6 +238,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             height=int(spec.get('height', 480)),
             rss_every=int(spec.get('rss_every', 1000)),
             rss_bound_mib=float(spec.get('rss_bound_mib', DEFAULT_RSS_BOUND_MIB)),
+            frames_in_flight=int(spec.get('frames_in_flight', 2)),
         )
     finally:
         if close is not None:

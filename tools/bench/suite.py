@@ -88,6 +88,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument('--load-backend', default='onnxruntime', choices=BACKENDS)
     parser.add_argument(
+        '--load-frames-in-flight',
+        type=int,
+        default=2,
+        choices=(1, 2),
+        help="the node's frames_in_flight for the load test (2, its default)",
+    )
+    parser.add_argument(
         '--live-model',
         default=DEFAULT_LIVE_MODEL,
         help='model of the live ROS 2 section: a preset (random weights) or an .onnx file',
@@ -324,6 +331,7 @@ def _load_test(
         'width': args.width,
         'height': args.height,
         'network_ms': args.load_network_ms,
+        'frames_in_flight': args.load_frames_in_flight,
     }
     if args.load_network == 'model':
         reason = e2e.backend_unavailable(args.load_backend)

@@ -208,7 +208,7 @@ def test_with_finish_the_next_frame_runs_while_the_previous_one_is_finished(stop
             second_processed.set()
         return f'{frame}-inferred'
 
-    worker = LatestFrameWorker(process, finish=finishing, log=RecordingLog())
+    worker = LatestFrameWorker(process, finish=finishing, frames_in_flight=2, log=RecordingLog())
     stop_after(worker)
     assert worker.frames_in_flight == 2
     worker.start()
@@ -228,7 +228,10 @@ def test_a_slow_finish_holds_one_result_and_newer_frames_replace_each_other(stop
     finishing = Gate()
     processed: list[str] = []
     worker = LatestFrameWorker(
-        lambda frame: processed.append(frame) or frame, finish=finishing, log=RecordingLog()
+        lambda frame: processed.append(frame) or frame,
+        finish=finishing,
+        frames_in_flight=2,
+        log=RecordingLog(),
     )
     stop_after(worker)
     worker.start()
@@ -264,7 +267,7 @@ def test_a_frame_failing_in_either_stage_costs_that_frame_only(stop_after):
             raise ValueError('a bug in publishing')
         finished.append(frame)
 
-    worker = LatestFrameWorker(process, finish=finish, log=log)
+    worker = LatestFrameWorker(process, finish=finish, frames_in_flight=2, log=log)
     stop_after(worker)
     worker.start()
     for frame in ('bad-network', 'ok-1', 'bad-outputs', 'ok-2'):
@@ -287,7 +290,7 @@ def test_a_finish_thread_that_dies_says_why_and_stops_the_worker(stop_after):
         raise Fatal('interpreter going away')
 
     log = RecordingLog()
-    worker = LatestFrameWorker(lambda frame: frame, finish=finish, log=log)
+    worker = LatestFrameWorker(lambda frame: frame, finish=finish, frames_in_flight=2, log=log)
     stop_after(worker)
     worker.start()
     worker.submit('f0')
@@ -306,7 +309,10 @@ def test_stop_joins_both_stages_and_drops_a_waiting_result():
     finishing = Gate()
     processed: list[str] = []
     worker = LatestFrameWorker(
-        lambda frame: processed.append(frame) or frame, finish=finishing, log=RecordingLog()
+        lambda frame: processed.append(frame) or frame,
+        finish=finishing,
+        frames_in_flight=2,
+        log=RecordingLog(),
     )
     worker.start()
     worker.submit('f0')
@@ -320,3 +326,40 @@ def test_stop_joins_both_stages_and_drops_a_waiting_result():
     assert worker.stop(5.0)
     assert not worker.is_alive
     assert finishing.frames == ['f0']  # the waiting result was dropped, never finished
+
+
+def test_with_one_frame_in_flight_finish_runs_after_process_on_the_same_thread(stop_after):
+    threads: list[tuple[str, str]] = []
+
+    def process(frame):
+        if frame == 'bad-network':
+            raise InvalidImageError('bad encoding')
+        return frame, threading.current_thread().name
+
+    def finish(result):
+        frame, process_thread = result
+        if frame == 'bad-outputs':
+            raise ValueError('a bug in publishing')
+        threads.append((process_thread, threading.current_thread().name))
+
+    worker = LatestFrameWorker(process, finish=finish, log=RecordingLog())
+    stop_after(worker)
+    assert worker.frames_in_flight == 1
+    worker.start()
+    for frame in ('ok-1', 'bad-network', 'bad-outputs', 'ok-2'):
+        worker.submit(frame)
+        assert worker.wait_idle(5.0)
+    assert len(threads) == 2 and all(a == b for a, b in threads)
+    stats = worker.stats
+    assert (stats.processed, stats.failed) == (2, 2)  # each failing frame counted once
+
+
+@pytest.mark.parametrize(('finish', 'frames_in_flight'), [(None, 2), (print, 3), (print, 0)])
+def test_two_frames_in_flight_need_a_finish_step(finish, frames_in_flight):
+    with pytest.raises(ConfigError, match='frames_in_flight must be 1, or 2 with a finish'):
+        LatestFrameWorker(
+            lambda frame: frame,
+            finish=finish,
+            frames_in_flight=frames_in_flight,
+            log=RecordingLog(),
+        )

@@ -365,10 +365,10 @@ class DepthNodeBase:
             output_qos(DIAGNOSTICS_HISTORY_DEPTH),
             qos_overriding_options=QoSOverridingOptions(_OUTPUT_OVERRIDES),
         )
-        two_stages = settings.frames_in_flight == 2
         self._worker = LatestFrameWorker(
-            self._infer_frame if two_stages else self._process_frame,
-            finish=self._finish_frame if two_stages else None,
+            self._infer_frame,
+            finish=self._finish_frame,
+            frames_in_flight=settings.frames_in_flight,
             log=self.get_logger(),
             max_rate_hz=settings.max_rate_hz,
             name='moa_depth_inference',
@@ -736,10 +736,6 @@ class DepthNodeBase:
         self._diagnostics_pub.publish(array)
 
     # -- worker thread ------------------------------------------------------------------
-
-    def _process_frame(self, msg: Any) -> None:
-        """One frame from image to published outputs (``frames_in_flight`` 1)."""
-        self._finish_frame(self._infer_frame(msg))
 
     def _infer_frame(self, msg: Any) -> _InFlight:
         """Run the network's half of a frame: camera lookup, decode, rectify, network."""

@@ -6,13 +6,14 @@ there, replacing (and counting as dropped) a frame that is still waiting. The th
 the newest frame, runs ``process`` on it, and goes back to wait. An optional rate limit
 spaces the starts of consecutive frames; frames arriving meanwhile replace each other.
 
-With ``finish`` the work of a frame is split in two stages on two threads, so two frames
-are in flight: ``process`` (decode, network) on the inference thread, then ``finish`` on
-what it returned (outputs, publishing) on a second thread while the inference thread
-already runs the network on the next frame. At most one result waits between the stages,
-and the inference thread starts a frame only once none waits: a slow ``finish`` holds the
-network back instead of queueing results (newer frames keep replacing each other in the
-mailbox meanwhile), and results are finished in the order they were made.
+With ``finish`` the work of a frame is split in two stages: ``process`` (decode, network),
+then ``finish`` on what it returned (outputs, publishing). With ``frames_in_flight=1`` both
+run in series on the one thread; with ``frames_in_flight=2`` ``finish`` runs on a second
+thread while the inference thread already runs the network on the next frame. At most one
+result waits between the stages, and the inference thread starts a frame only once none
+waits: a slow ``finish`` holds the network back instead of queueing results (newer frames
+keep replacing each other in the mailbox meanwhile), and results are finished in the order
+they were made.
 
 A frame that fails costs that frame only: a ``MoaDepthError`` (bad encoding, size
 mismatch, ...) is logged as a skipped frame with its reason, anything else with its
@@ -65,7 +66,8 @@ class LatestFrameWorker(Generic[FrameT]):
     """A thread that processes only the newest submitted frame.
 
     ``process(frame)`` runs on the worker thread; with ``finish``, ``finish(result)`` runs
-    on a second thread on what ``process`` returned (see the module doc). ``log`` receives
+    on what ``process`` returned, after it on the same thread (``frames_in_flight`` 1) or on a
+    second thread (2; see the module doc). ``log`` receives
     one line per skipped or failed frame (at most one per ``log_throttle_s`` per call site
     and exception type). ``clock`` is a monotonic clock in seconds (replaceable in tests).
     """
@@ -76,13 +78,19 @@ class LatestFrameWorker(Generic[FrameT]):
         *,
         log: Log,
         finish: Callable[[Any], object] | None = None,
+        frames_in_flight: int = 1,
         max_rate_hz: float = 0.0,
         name: str = 'moa_depth_worker',
         log_throttle_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if frames_in_flight not in (1, 2) or (frames_in_flight == 2 and finish is None):
+            raise ConfigError(
+                f'frames_in_flight must be 1, or 2 with a finish step; got {frames_in_flight!r}'
+            )
         self._process = process
         self._finish = finish
+        self._frames_in_flight = frames_in_flight
         self._log = log
         self._name = name
         self._log_throttle_s = float(log_throttle_s)
@@ -90,7 +98,7 @@ class LatestFrameWorker(Generic[FrameT]):
         self._cond = threading.Condition()
         self._slot: list[FrameT] = []  # zero or one frame waiting
         self._stopping = False
-        self._busy = False  # a frame is in ``process``
+        self._busy = False  # a frame is in ``process`` (and in series ``finish``)
         self._handoff: list[Any] = []  # zero or one result between process and finish
         self._finishing = False
         self._thread: threading.Thread | None = None
@@ -117,7 +125,7 @@ class LatestFrameWorker(Generic[FrameT]):
                 daemon=True,
             )
             self._thread.start()
-            if self._finish is not None:
+            if self._frames_in_flight == 2:
                 self._finisher = threading.Thread(
                     target=self._run,
                     args=(self._finish_loop, 'output thread'),
@@ -177,13 +185,13 @@ class LatestFrameWorker(Generic[FrameT]):
     @property
     def is_alive(self) -> bool:
         """True while the thread (both threads, with ``finish``) runs."""
-        threads = [self._thread] if self._finish is None else [self._thread, self._finisher]
+        threads = [self._thread, self._finisher][: self._frames_in_flight]
         return all(t is not None and t.is_alive() for t in threads)
 
     @property
     def frames_in_flight(self) -> int:
-        """How many frames can be between the mailbox and their end: 2 with ``finish``."""
-        return 1 if self._finish is None else 2
+        """How many frames can be between the mailbox and their end (1 or 2)."""
+        return self._frames_in_flight
 
     def wait_idle(self, timeout_s: float = 5.0) -> bool:
         """Block until no frame waits and none is in progress (for tests and tools)."""
@@ -277,9 +285,11 @@ class LatestFrameWorker(Generic[FrameT]):
             if not ok:
                 return
             result, error = self._guarded(self._process, frame)
+            if not error and self._finish is not None and self._frames_in_flight == 1:
+                _, error = self._guarded(self._finish, result)
             with self._cond:
                 self._busy = False
-                if error or self._finish is None:
+                if error or self._frames_in_flight == 1:
                     self._count(error)
                 elif not self._stopping:
                     self._handoff.append(result)  # it was empty: see _next_frame

@@ -116,8 +116,6 @@ def run_load_test(
             f'need frames >= 1, rate_hz > 0, rss_every >= 1, warmup >= 0; got {frames}, '
             f'{rate_hz}, {rss_every}, {warmup}'
         )
-    if frames_in_flight not in (1, 2):
-        raise ConfigError(f'frames_in_flight must be 1 or 2, got {frames_in_flight!r}')
     pipeline = DepthPipeline(estimator, PipelineConfig())
     camera = synthetic_camera(width, height)
     rgb = synthetic_rgb(width, height)
@@ -141,11 +139,12 @@ def run_load_test(
         process_ms.append((now - start) * 1e3)
         publish_times.append(now)
 
-    log = logging.getLogger('tools.bench.load')
-    if frames_in_flight == 2:
-        worker = LatestFrameWorker(infer, finish=finish, log=log)
-    else:
-        worker = LatestFrameWorker(lambda frame: finish(infer(frame)), log=log)
+    worker = LatestFrameWorker(
+        infer,
+        finish=finish,
+        frames_in_flight=frames_in_flight,
+        log=logging.getLogger('tools.bench.load'),
+    )
     worker.start()
     for index in range(warmup):
         worker.submit(_Frame(-1 - index, time.monotonic(), rgb8_message(rgb)))

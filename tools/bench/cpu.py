@@ -93,6 +93,22 @@ def ensure_int8(onnx_path: str | pathlib.Path, log: Callable[[str], None]) -> pa
     return report.path
 
 
+def model_files(
+    entry: str, cache_dir: str, log: Callable[[str], None]
+) -> tuple[dict[str, Any], str, pathlib.Path]:
+    """Export ``entry`` (a preset or a peer) once: (its info, the FP32 .onnx, its INT8 IR).
+
+    Raises ``ConfigError`` where the model cannot be exported for ONNX Runtime.
+    """
+    from tools.bench import e2e
+
+    info = e2e.prepare_model(entry, ['onnxruntime'], cache_dir)
+    if 'onnxruntime' in info['skipped']:
+        raise ConfigError(info['skipped']['onnxruntime'])
+    onnx_path = info['files']['onnx']
+    return info, onnx_path, ensure_int8(onnx_path, log)
+
+
 def bench_precisions(
     models: Sequence[str],
     *,
@@ -110,11 +126,7 @@ def bench_precisions(
     rows, skipped = [], []
     for entry in models:
         try:
-            info = e2e.prepare_model(entry, ['onnxruntime'], cache_dir)
-            if 'onnxruntime' in info['skipped']:
-                raise ConfigError(info['skipped']['onnxruntime'])
-            onnx_path = info['files']['onnx']
-            int8_path = ensure_int8(onnx_path, log)
+            info, onnx_path, int8_path = model_files(entry, cache_dir, log)
         except MoaDepthError as e:
             skipped.append({'what': entry, 'reason': str(e)})
             continue
@@ -161,11 +173,8 @@ def live_rows(
 ) -> dict[str, Any]:
     """Run the live node on the full-size model once per precision; rows + skipped."""
     from moa_depth_ros.bench import live
-    from tools.bench import e2e
 
-    info = e2e.prepare_model(LIVE_MODEL, ['onnxruntime'], cache_dir)
-    onnx_path = info['files']['onnx']
-    int8_path = ensure_int8(onnx_path, log)
+    _, onnx_path, int8_path = model_files(LIVE_MODEL, cache_dir, log)
     rows, skipped = [], []
     for label, transport in LIVE_ROWS:
         if label not in labels:

@@ -68,23 +68,31 @@ def node_args(model_path, *params):
 
 
 class Live:
-    """A node process, the graph of this test process, and a probe subscribed to its outputs."""
+    """A node process, the graph of this test process, and a probe subscribed to its outputs.
 
-    def __init__(self, domain_id, tmp_path, model_path, *params, reliable_outputs=True):
+    ``subscribe_outputs=False``: the probe reads /diagnostics only, so the node has nobody to
+    publish to (its lazy input) until a test subscribes.
+    """
+
+    def __init__(
+        self, domain_id, tmp_path, model_path, *params, reliable_outputs=True,
+        subscribe_outputs=True,
+    ):  # fmt: skip
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
         self.graph = RosGraph(domain_id)
         self.probe = self.graph.probe('camera_and_viewer')
+        outputs = [
+            ('depth', Image, f'{NS}/depth/image_rect'),
+            ('info', CameraInfo, f'{NS}/depth/camera_info'),
+            ('confidence', Image, f'{NS}/depth/confidence'),
+            ('points', PointCloud2, f'{NS}/points'),
+            ('colored', Image, f'{NS}/depth/colored'),
+        ]
         self.out = {
             name: self.probe.subscribe(msg_type, topic, reliable=reliable_outputs)
-            for name, msg_type, topic in [
-                ('depth', Image, f'{NS}/depth/image_rect'),
-                ('info', CameraInfo, f'{NS}/depth/camera_info'),
-                ('confidence', Image, f'{NS}/depth/confidence'),
-                ('points', PointCloud2, f'{NS}/points'),
-                ('colored', Image, f'{NS}/depth/colored'),
-            ]
+            for name, msg_type, topic in (outputs if subscribe_outputs else [])
         }
         self.diagnostics = self.probe.subscribe(DiagnosticArray, '/diagnostics')
         self.process = NodeProcess(
@@ -97,10 +105,10 @@ class Live:
 
     def camera_reliability(self, reliable: bool = True) -> None:
         """Wait until the node's image subscription follows a camera of this reliability."""
-        from sensor_msgs.msg import CameraInfo, Image
+        from sensor_msgs.msg import CameraInfo
 
         want = ['reliable' if reliable else 'best_effort']
-        self.probe.publisher(Image, f'{NS}/image_raw', reliable=reliable)
+        self.camera(reliable)
         self.probe.publisher(CameraInfo, f'{NS}/camera_info', reliable=reliable)
         for topic in (f'{NS}/image_raw', f'{NS}/camera_info'):
             assert wait_for(
@@ -108,12 +116,20 @@ class Live:
                 10.0,
             ), (topic, self.probe.subscriber_reliabilities(topic, 'moa_depth_node'))
 
+    def camera(self, reliable=True):
+        """Return a publisher of the node's camera images."""
+        from sensor_msgs.msg import Image
+
+        return self.probe.publisher(Image, f'{NS}/image_raw', reliable=reliable)
+
     def status(self, predicate=lambda values: True, timeout_s=10.0):
         """Wait for the next /diagnostics status whose values satisfy ``predicate``."""
+        return self.last_status(lambda level, message, values: predicate(values), timeout_s)
+
+    def last_status(self, predicate=lambda level, message, values: True, timeout_s=10.0):
+        """Wait for the next /diagnostics (level, message, values) satisfying ``predicate``."""
         self.diagnostics.clear()
-        array = self.diagnostics.wait_match(
-            lambda a: predicate(diagnostic_values(a)[2]), timeout_s
-        )
+        array = self.diagnostics.wait_match(lambda a: predicate(*diagnostic_values(a)), timeout_s)
         last = [diagnostic_values(a) for a in self.diagnostics.messages[-1:]]
         assert array is not None, f'no such /diagnostics status; the last: {last}'
         return diagnostic_values(array)

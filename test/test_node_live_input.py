@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 import pytest
-from ros_graph import NodeProcess, RosGraph, diagnostic_values, image_msg, wait_for
-from test_node_live import NODE, NS, START_TIMEOUT_S, node_args
+from ros_graph import image_msg, wait_for
+from test_node_live import NODE, NS, Live
 from tiny_model import write_tiny_onnx
 
 pytestmark = [pytest.mark.ros2]
@@ -35,40 +35,17 @@ def model_path(tmp_path_factory):
     return write_tiny_onnx(tmp_path_factory.mktemp('model') / 'tiny.onnx', range_m=(0.5, 10.0))
 
 
-class Node:
-    """The node process, this process's graph, a camera publisher and a /diagnostics inbox."""
+def started_node(domain_id, tmp_path, model_path, *params):
+    """Start the node process; this process plays the camera and reads /diagnostics.
 
-    def __init__(self, domain_id, tmp_path, model_path, *params):
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        self.graph = RosGraph(domain_id)
-        self.probe = self.graph.probe('camera')
-        self.diagnostics = self.probe.subscribe(DiagnosticArray, '/diagnostics')
-        self.process = NodeProcess(
-            node_args(model_path, 'diagnostics_period_s:=0.5', *params),
-            domain_id,
-            tmp_path / f'node-{domain_id}.log',
-        )
-        line = self.probe.wait_log('depth from /cam/image_raw', timeout_s=START_TIMEOUT_S)
-        assert line, self.process.output()
-
-    def camera(self, reliable=True):
-        from sensor_msgs.msg import Image
-
-        return self.probe.publisher(Image, f'{NS}/image_raw', reliable=reliable)
-
-    def last_status(self, predicate=lambda level, message, values: True, timeout_s=10.0):
-        """Wait for the next /diagnostics (level, message, values) satisfying ``predicate``."""
-        self.diagnostics.clear()
-        found = self.diagnostics.wait_match(
-            lambda a: predicate(*diagnostic_values(a)), timeout_s=timeout_s
-        )
-        assert found is not None, [diagnostic_values(a) for a in self.diagnostics.messages[-1:]]
-        return diagnostic_values(found)
-
-    def close(self):
-        self.process.stop()
-        self.graph.close()
+    No output subscriber: a test subscribes when it wants depth.
+    """
+    node = Live(
+        domain_id, tmp_path, model_path, 'diagnostics_period_s:=0.5', *params,
+        subscribe_outputs=False,
+    )  # fmt: skip
+    node.wait_started()
+    return node
 
 
 def stream(camera, frames, first_sec=1000, stop=None):
@@ -88,7 +65,7 @@ def test_a_reliable_camera_started_after_the_node_delivers_from_its_first_frame(
 ):
     from sensor_msgs.msg import Image
 
-    node = Node(ros_domain, tmp_path, model_path)
+    node = started_node(ros_domain, tmp_path, model_path)
     try:
         node.probe.subscribe(Image, f'{NS}/depth/confidence')  # someone listens
         camera = node.camera(reliable=True)
@@ -115,7 +92,7 @@ def test_diagnostics_are_ok_within_5_s_of_transport_loss_ending(ros_domain, tmp_
 
     # Forced best effort beside a reliable VGA camera: Fast DDS loses frames (the lossy
     # stretch); then reliable: the loss ends.
-    node = Node(
+    node = started_node(
         ros_domain,
         tmp_path,
         model_path,
@@ -157,7 +134,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def test_nobody_listening_costs_almost_no_cpu(ros_domain, tmp_path, model_path):
-    node = Node(ros_domain, tmp_path, model_path)
+    node = started_node(ros_domain, tmp_path, model_path)
     stop = threading.Event()
     try:
         camera = node.camera(reliable=True)
